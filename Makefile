@@ -1,0 +1,31 @@
+# Set-up and everyday commands. Everything runs inside .venv in the repository root.
+PY      := .venv/bin/python
+PIP     := $(PY) -m pip
+STAMP   := .venv/.installed
+WHEELS  := ../shared/wheels
+export HF_HUB_OFFLINE ?= 1
+export PIP_DISABLE_PIP_VERSION_CHECK = 1
+
+.PHONY: install test demo clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py Makefile tools/install_mmcv.sh
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q 'setuptools<70' wheel
+	# Pinned torch, served from this machine's disk; never let pip resolve an unpinned torch.
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	bash tools/install_mmcv.sh $(PY) $(WHEELS)
+	# The pins ride along so the resolver can never swap torch or mmcv for another build.
+	$(PIP) install -q -e '.[test,mmseg]' torch==2.14.1 torchvision==0.29.1 mmcv==2.1.0
+	$(PY) -c "import torch, diffusers, timm, mmcv.ops, mmseg.models; print('installed: torch', torch.__version__, 'diffusers', diffusers.__version__, 'timm', timm.__version__, 'mmcv', mmcv.__version__)"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest tests -q
+
+demo: install
+	$(PY) tools/demo.py --out work_dirs/demo
+
+clean:
+	rm -rf .venv work_dirs build *.egg-info

@@ -1,0 +1,225 @@
+"""The activation catalog: every capturable activation of a denoiser, named, in execution order.
+
+Names follow the original implementation (generic-diffusion-feature) so published layer configs work
+as-is; see DESIGN.md, "Activation names". The catalog is derived from the module tree alone (shapes
+follow from the known latent size), so it works on the meta device and never runs the model.
+
+Each `ActivationPoint` says *where* an activation lives (which module, input or output, NCHW or
+tokens, attention probabilities) and `capture.py` turns that into hooks. A new denoiser family only
+needs a walker here that yields points in execution order; capture and the backbone stay unchanged.
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Literal, Sequence
+
+import torch.nn as nn
+from diffusers.models.activations import GEGLU, SwiGLU
+from diffusers.models.attention_processor import Attention
+
+__all__ = ['ActivationPoint', 'list_activations', 'activation_points', 'resolve_names', 'latent_multiple']
+
+# How a hook reads the activation off its module.
+#   output     the module's output, already (B, C, h, w)
+#   input      the module's first input, already (B, C, h, w)
+#   tokens     the module's output, (B, h*w, C) on the grid of `grid_module`'s input
+#   attn-map   attention probabilities of an `Attention` module (needs the explicit, unfused path)
+Layout = Literal['output', 'input', 'tokens', 'attn-map']
+
+
+@dataclass(frozen=True)
+class ActivationPoint:
+    """One capturable activation.
+
+    Attributes:
+        name: Layer id, e.g. ``'up-level1-repeat0-vit-block0-cross-q'``.
+        kind: What it is, e.g. ``'res-out'``, ``'self-k'``, ``'cross-map'``.
+        channels: Channel count C of the captured (B, C, h, w) tensor.
+        size: (h, w) at the latent size the catalog was built for.
+        module: Dotted path of the module the hook sits on.
+        layout: How the hook reads it (see ``Layout``).
+        grid_module: Dotted path of the module whose input (B, C, h, w) gives the token grid.
+        order: Position in execution order (0 is first).
+    """
+
+    name: str
+    kind: str
+    channels: int
+    size: tuple[int, int]
+    module: str
+    layout: Layout
+    grid_module: str | None = None
+    order: int = 0
+
+    def stride(self, latent_hw: tuple[int, int]) -> int:
+        """Latent stride of this activation for the latent size the catalog was built with."""
+        return latent_hw[0] // self.size[0]
+
+
+def _half(hw: tuple[int, int]) -> tuple[int, int]:
+    # A stride-2 conv with padding 1 (Downsample2D) maps r -> ceil(r / 2).
+    return (math.ceil(hw[0] / 2), math.ceil(hw[1] / 2))
+
+
+def _double(hw: tuple[int, int]) -> tuple[int, int]:
+    return (hw[0] * 2, hw[1] * 2)
+
+
+class _Points:
+    """Collects points in execution order while a walker descends the module tree."""
+
+    def __init__(self, n_text_tokens: int):
+        self.points: list[ActivationPoint] = []
+        self.n_text_tokens = n_text_tokens
+
+    def add(self, name, kind, channels, size, module, layout, grid_module=None):
+        self.points.append(ActivationPoint(name, kind, int(channels), tuple(size), module, layout, grid_module,
+                                           order=len(self.points)))
+
+    def resnet(self, prefix: str, path: str, block: nn.Module, hw):
+        self.add(f'{prefix}-res-increment', 'res-increment', block.conv2.out_channels, hw, f'{path}.conv2', 'output')
+        self.add(f'{prefix}-res-out', 'res-out', block.conv2.out_channels, hw, path, 'output')
+
+    def vit(self, prefix: str, path: str, model: nn.Module, hw):
+        """A Transformer2DModel (spatial in, spatial out) and the blocks inside it."""
+        for k, block in enumerate(model.transformer_blocks):
+            self.transformer_block(f'{prefix}-block{k}', f'{path}.transformer_blocks.{k}', block, hw, grid=path)
+        out_channels = model.proj_out.out_features if isinstance(model.proj_out, nn.Linear) else model.proj_out.out_channels
+        self.add(f'{prefix}-out', 'vit-out', out_channels, hw, path, 'output')
+
+    def transformer_block(self, prefix: str, path: str, block: nn.Module, hw, grid: str):
+        """A BasicTransformerBlock-like block: self-attention, cross-attention, feed-forward."""
+        n_pixels = hw[0] * hw[1]
+        attn1, attn2 = getattr(block, 'attn1', None), getattr(block, 'attn2', None)
+        if isinstance(attn1, Attention):
+            is_cross = attn1.is_cross_attention  # only_cross_attention blocks: attn1 looks at text
+            tag = 'cross' if is_cross else 'self'
+            names = ('q',) if is_cross else ('q', 'k', 'v')
+            for proj in names:
+                lin = getattr(attn1, f'to_{proj}')
+                self.add(f'{prefix}-{tag}-{proj}', f'{tag}-{proj}', lin.out_features, hw, f'{path}.attn1.to_{proj}',
+                         'tokens', grid)
+            self.add(f'{prefix}-{tag}-map', f'{tag}-map', self.n_text_tokens if is_cross else n_pixels, hw,
+                     f'{path}.attn1', 'attn-map', grid)
+        if isinstance(attn2, Attention):
+            self.add(f'{prefix}-cross-q', 'cross-q', attn2.to_q.out_features, hw, f'{path}.attn2.to_q', 'tokens', grid)
+            self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, f'{path}.attn2', 'attn-map', grid)
+        ff = getattr(block, 'ff', None)
+        if ff is not None:
+            act = ff.net[0]  # GEGLU / GELU / ApproximateGELU: the first projection (+ gating)
+            inner = act.proj.out_features // (2 if isinstance(act, (GEGLU, SwiGLU)) else 1)  # gated: half
+            self.add(f'{prefix}-ffn-inner', 'ffn-inner', inner, hw, f'{path}.ff.net.0', 'tokens', grid)
+        self.add(f'{prefix}-out', 'vit-block-out', _block_dim(block), hw, path, 'tokens', grid)
+
+
+def _block_dim(block: nn.Module) -> int:
+    return block.attn1.to_out[0].out_features
+
+
+def _walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -> list[ActivationPoint]:
+    """UNet2DConditionModel-style denoisers (SD1.x, SD2.x, SDXL, Playground v2)."""
+    pts = _Points(n_text_tokens)
+    hw = tuple(latent_hw)
+    pts.add('unet-in', 'unet-in', unet.conv_in.in_channels, hw, 'conv_in', 'input')
+    pts.add('unet-after-conv-in', 'after-conv-in', unet.conv_in.out_channels, hw, 'conv_in', 'output')
+
+    def stage(prefix: str, path: str, block: nn.Module, hw):
+        attentions = getattr(block, 'attentions', None) or []
+        for j, resnet in enumerate(block.resnets):
+            pts.resnet(f'{prefix}-repeat{j}', f'{path}.resnets.{j}', resnet, hw)
+            if j < len(attentions):
+                pts.vit(f'{prefix}-repeat{j}-vit', f'{path}.attentions.{j}', attentions[j], hw)
+
+    for i, block in enumerate(unet.down_blocks):
+        stage(f'down-level{i}', f'down_blocks.{i}', block, hw)
+        if getattr(block, 'downsamplers', None):
+            hw = _half(hw)
+            pts.add(f'down-level{i}-downsampler-out', 'resampler-out', block.downsamplers[0].out_channels, hw,
+                    f'down_blocks.{i}.downsamplers.0', 'output')
+
+    mid = unet.mid_block
+    if mid is not None:
+        # UNetMidBlock2DCrossAttn runs resnets[0], then (attentions[j], resnets[j + 1]) pairs.
+        pts.resnet('mid-repeat0', 'mid_block.resnets.0', mid.resnets[0], hw)
+        for j, attention in enumerate(getattr(mid, 'attentions', None) or []):
+            pts.vit('mid-vit' if j == 0 else f'mid-vit{j}', f'mid_block.attentions.{j}', attention, hw)
+            pts.resnet(f'mid-repeat{j + 1}', f'mid_block.resnets.{j + 1}', mid.resnets[j + 1], hw)
+
+    for i, block in enumerate(unet.up_blocks):
+        stage(f'up-level{i}', f'up_blocks.{i}', block, hw)
+        if getattr(block, 'upsamplers', None):
+            hw = _double(hw)
+            pts.add(f'up-level{i}-upsampler-out', 'resampler-out', block.upsamplers[0].out_channels, hw,
+                    f'up_blocks.{i}.upsamplers.0', 'output')
+    pts.add('unet-out', 'unet-out', unet.conv_out.out_channels, hw, 'conv_out', 'output')
+    return pts.points
+
+
+def _is_unet(denoiser: nn.Module) -> bool:
+    return all(hasattr(denoiser, a) for a in ('conv_in', 'down_blocks', 'up_blocks', 'conv_out'))
+
+
+def latent_multiple(denoiser: nn.Module) -> int:
+    """The factor every latent side must be a multiple of for the denoiser to run unpadded."""
+    if _is_unet(denoiser):
+        n_down = sum(1 for b in denoiser.down_blocks if getattr(b, 'downsamplers', None))
+        return 2 ** n_down
+    raise TypeError(f'{type(denoiser).__name__} is not a supported denoiser (expected a diffusers UNet).')
+
+
+def activation_points(denoiser: nn.Module, latent_hw: tuple[int, int] = (64, 64),
+                      n_text_tokens: int = 77) -> list[ActivationPoint]:
+    """Every capturable activation of ``denoiser`` in execution order (the full record per point)."""
+    if _is_unet(denoiser):
+        return _walk_unet(denoiser, tuple(latent_hw), n_text_tokens)
+    raise TypeError(
+        f'{type(denoiser).__name__} is not a supported denoiser yet; supported: diffusers UNet2DConditionModel '
+        '(SD1.x, SD2.x, SDXL, Playground v2).')
+
+
+@dataclass(frozen=True)
+class ActivationInfo:
+    """A catalog row: layer id, kind, channels and (h, w) at the requested latent size."""
+
+    name: str
+    kind: str
+    channels: int
+    size: tuple[int, int]
+
+
+def list_activations(denoiser: nn.Module, latent_hw: tuple[int, int] = (64, 64), *,
+                     n_text_tokens: int = 77) -> list[ActivationInfo]:
+    """The catalog of a denoiser, without running it.
+
+    Args:
+        denoiser: A diffusers denoiser (``UNet2DConditionModel``); may live on the meta device.
+        latent_hw: Latent (h, w) to report sizes for (image size / 8 for latent-diffusion models).
+        n_text_tokens: Text sequence length, the channel count of ``*-cross-map`` activations.
+
+    Returns:
+        One ``ActivationInfo`` per layer id, in execution order; the same ids ``ActivationCapture`` takes.
+    """
+    return [ActivationInfo(p.name, p.kind, p.channels, p.size) for p in
+            activation_points(denoiser, latent_hw, n_text_tokens)]
+
+
+def resolve_names(points: Sequence[ActivationPoint], names: Sequence[str]) -> list[ActivationPoint]:
+    """Look layer ids up in a catalog; unknown ids raise ``ValueError`` naming the closest valid ones."""
+    by_name = {p.name: p for p in points}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        lines = []
+        for n in unknown:
+            close = difflib.get_close_matches(n, list(by_name), n=5, cutoff=0.6)
+            lines.append(f'  {n!r}: closest valid ids: {close}' if close else f'  {n!r}: no similar id')
+        raise ValueError(
+            'Unknown activation layer id(s) for this denoiser:\n' + '\n'.join(lines) +
+            f'\n{len(by_name)} ids exist; list them with diffbackbones.list_activations(denoiser, latent_hw).')
+    return [by_name[n] for n in names]
+
+
+def iter_modules(denoiser: nn.Module, points: Sequence[ActivationPoint]) -> Iterator[tuple[ActivationPoint, nn.Module]]:
+    for p in points:
+        yield p, denoiser.get_submodule(p.module)

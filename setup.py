@@ -1,0 +1,32 @@
+"""diffbackbones: diffusion-model activations as timm / MMSegmentation backbones."""
+from setuptools import find_packages, setup
+
+setup(
+    name='diffbackbones',
+    version='0.1.0',
+    description='Any diffusers denoiser as a multi-scale feature backbone for timm and MMSegmentation',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    python_requires='>=3.10',
+    packages=find_packages(include=['diffbackbones', 'diffbackbones.*']),
+    install_requires=[
+        # torch is pinned by the Makefile (torch==2.14.1 torchvision==0.29.1); an unpinned
+        # requirement here would let pip pull a multi-GB CUDA build on machines without it.
+        'torch>=2.1',
+        'diffusers>=0.30',
+        'transformers>=4.40',
+        'timm>=1.0.9',
+        'safetensors',
+        'huggingface_hub',
+        'accelerate',  # low_cpu_mem_usage loading of real weights
+        'tqdm',
+        'numpy',
+        'pillow',
+    ],
+    extras_require={
+        'test': ['pytest>=7', 'pytest-timeout'],
+        # mmcv 2.1.0 needs compiled ops; the Makefile installs it from ../shared/wheels or source.
+        'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'ftfy', 'regex'],
+    },
+)
