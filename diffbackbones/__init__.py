@@ -1,0 +1,15 @@
+"""diffbackbones: any diffusers denoiser as a multi-scale feature backbone for timm and MMSegmentation.
+
+    import timm, diffbackbones
+    m = timm.create_model('sd15_practical', pretrained=True, features_only=True)
+"""
+from .backbone import DiffusionBackbone
+from .capture import ActivationCapture
+from .catalog import ActivationInfo, list_activations
+from .loading import WeightsNotFoundError
+from .zoo import MODELS, get_model_spec
+from . import timm_models  # noqa: F401  (registers the timm entry points)
+
+__version__ = '0.1.0'
+__all__ = ['DiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError',
+           'MODELS', 'get_model_spec']

@@ -1,0 +1,251 @@
+"""`DiffusionBackbone`: a diffusion model as a multi-scale feature backbone.
+
+    image (B,3,H,W) in [-1,1] -> [resize] -> pad -> VAE latent -> noise at t -> denoiser with cached
+    conditioning, stopped right after the last requested activation -> levels by stride -> crop
+
+Returns a tuple of (B, C_i, ceil(H/s_i), ceil(W/s_i)), fine to coarse (the mmseg backbone contract);
+``feature_info`` describes the levels in timm's form.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .capture import ActivationCapture
+from .catalog import ActivationPoint, activation_points, latent_multiple, resolve_names
+from .conditioning import PromptConditioning
+from .loading import load_components
+from .zoo import MODELS, Levels, ModelSpec, get_model_spec
+
+__all__ = ['DiffusionBackbone', 'resolve_levels']
+
+ActivationsArg = Union[str, Sequence[str], Sequence[Sequence[str]]]
+_DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
+           'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise ValueError(f'dtype must be one of {sorted(_DTYPES)} or the matching torch dtype; got {dtype!r}')
+
+
+def _preset_levels(spec: ModelSpec, preset: str) -> Levels:
+    if preset in spec.presets:
+        return spec.presets[preset]
+    for other in MODELS.values():
+        for name, levels in other.presets.items():
+            if preset == f'{other.name}_{name}':
+                if other.family == spec.family:  # same topology: the layer ids are valid here
+                    return levels
+                raise ValueError(
+                    f'Preset {preset!r} belongs to {other.name!r} ({other.family} topology), but this backbone is '
+                    f'{spec.name!r} ({spec.family} topology), whose layer ids differ. Presets for {spec.name!r}: '
+                    f'{sorted(spec.presets)} (also as {[f"{spec.name}_{p}" for p in spec.presets]}).')
+    raise ValueError(f'Unknown preset {preset!r} for {spec.name!r}; available: {sorted(spec.presets)}. '
+                     'Or pass a list of layer ids (see diffbackbones.list_activations).')
+
+
+def resolve_levels(spec: ModelSpec, activations: ActivationsArg, points: Sequence[ActivationPoint],
+                   stride_of: dict[str, int]) -> Levels:
+    """Normalise the ``activations`` argument into levels (fine to coarse) of valid layer ids.
+
+    Args:
+        spec: Zoo entry (for presets).
+        activations: A preset name, a flat list of layer ids (grouped by stride), or a list of levels.
+        points: The denoiser's catalog.
+        stride_of: Pixel stride of every layer id.
+    """
+    if isinstance(activations, str):
+        levels = _preset_levels(spec, activations)
+    elif activations and all(isinstance(a, str) for a in activations):
+        resolve_names(points, activations)
+        by_stride: dict[int, list[str]] = {}
+        for name in dict.fromkeys(activations):
+            by_stride.setdefault(stride_of[name], []).append(name)
+        levels = tuple(tuple(by_stride[s]) for s in sorted(by_stride))
+    elif activations and all(not isinstance(a, str) and len(a) > 0 for a in activations):
+        levels = tuple(tuple(level) for level in activations)
+    else:
+        raise ValueError('activations must be a preset name, a non-empty list of layer ids, or a list of '
+                         f'non-empty levels (lists of layer ids); got {activations!r}')
+    resolve_names(points, [n for level in levels for n in level])
+    strides = []
+    for level in levels:
+        level_strides = {stride_of[n]: n for n in level}
+        if len(level_strides) > 1:
+            raise ValueError(f'Activations in one level must share a stride to be concatenated; level {list(level)} '
+                             f'mixes strides {sorted(level_strides)}. Put them in separate levels.')
+        strides.append(stride_of[level[0]])
+    if strides != sorted(strides):
+        raise ValueError(f'Levels must go fine to coarse (non-decreasing stride); got strides {strides} '
+                         f'for levels {[list(level) for level in levels]}.')
+    return levels
+
+
+class DiffusionBackbone(nn.Module):
+    """A pretrained diffusion model's activations as a feature pyramid.
+
+    Args:
+        model: Zoo name (``'sd15'``, ``'sd21'``, ``'sdxl'``, ``'pgv2'``, ``'test_sd_tiny'``, ...).
+        activations: Preset name (``'practical'``, ``'legacy'``, or qualified ``'sd15_practical'``),
+            a flat list of layer ids (grouped by stride, fine to coarse), or a list of levels.
+        pretrained: True (the zoo entry's hub id, from the local cache when offline), a local
+            diffusers folder, or False (exact architecture, seeded random weights, no network).
+        t: Integer training timestep used for the noise level and the denoiser's timestep input.
+        prompt: Text prompt, encoded once at construction; the text encoders are then released.
+        image_size: Optional working size (int or (h, w)) the input is resized to; features are
+            resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
+        noise_seed: Seed of the noise (same image, same features); None draws fresh noise each call.
+        ensemble_size: Number of noise samples, run as one batched forward and averaged.
+        sample_posterior: Sample the VAE posterior instead of taking its mean.
+        dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
+            under fp16 (SDXL's VAE overflows in fp16).
+        trainable_denoiser: Let gradients reach the denoiser (it is frozen and in eval mode otherwise,
+            also after ``.train()``). The VAE is always frozen.
+    """
+
+    def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
+                 pretrained: bool | str = True, t: int = 50, prompt: str = '',
+                 image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
+                 ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
+                 trainable_denoiser: bool = False):
+        super().__init__()
+        self.spec = spec = get_model_spec(model)
+        if not (isinstance(t, int) and 0 <= t < spec.num_train_timesteps):
+            raise ValueError(f't must be an integer training timestep in [0, {spec.num_train_timesteps}); got {t!r}')
+        if not (isinstance(ensemble_size, int) and ensemble_size >= 1):
+            raise ValueError(f'ensemble_size must be a positive integer; got {ensemble_size!r}')
+        self.dtype = _as_dtype(dtype)
+        self.t, self.noise_seed, self.ensemble_size = t, noise_seed, ensemble_size
+        self.sample_posterior, self.trainable_denoiser = sample_posterior, trainable_denoiser
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+
+        parts = load_components(spec, pretrained, self.dtype,
+                                vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
+        self.denoiser, self.vae = parts.denoiser, parts.vae
+        self.conditioning = PromptConditioning(spec, parts.text_encoders, parts.tokenizers, prompt)
+        del parts  # text encoders and tokenizers are released here
+
+        betas = torch.linspace(spec.beta_start ** 0.5, spec.beta_end ** 0.5, spec.num_train_timesteps,
+                               dtype=torch.float64) ** 2
+        self.register_buffer('alphas_cumprod', torch.cumprod(1 - betas, 0).float(), persistent=False)
+
+        self.latent_multiple = latent_multiple(self.denoiser)
+        reference_latent = (self.latent_multiple * 4,) * 2  # any multiple works: strides are ratios
+        self.points = activation_points(self.denoiser, reference_latent, self.conditioning.n_tokens)
+        self.stride_of = {p.name: self.vae.downsample_factor * p.stride(reference_latent) for p in self.points}
+        self.levels = resolve_levels(spec, activations, self.points, self.stride_of)
+        self._set_levels(self.levels)
+
+        for p in self.vae.parameters():
+            p.requires_grad_(False)
+        for p in self.denoiser.parameters():
+            p.requires_grad_(trainable_denoiser)
+        self.train(False)
+
+    def _set_levels(self, levels: Levels) -> None:
+        channels = {p.name: p.channels for p in self.points}
+        self.levels = levels
+        self.feature_info = [dict(num_chs=sum(channels[n] for n in level), reduction=self.stride_of[level[0]],
+                                  module=f'levels.{i}') for i, level in enumerate(levels)]
+        self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True)
+
+    def prune_levels(self, n_levels: int) -> None:
+        """Keep only the first ``n_levels`` levels; the forward then stops at their last activation."""
+        if not 1 <= n_levels <= len(self.levels):
+            raise ValueError(f'n_levels must be in [1, {len(self.levels)}]; got {n_levels}')
+        self._set_levels(self.levels[:n_levels])
+
+    def train(self, mode: bool = True) -> 'DiffusionBackbone':
+        super().train(mode)
+        self.vae.eval()
+        if not self.trainable_denoiser:
+            self.denoiser.eval()  # frozen means eval too: no dropout, whatever the caller's mode
+        return self
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Input sides are padded up to a multiple of this (VAE factor x UNet downsampling)."""
+        return self.vae.downsample_factor * self.latent_multiple
+
+    @staticmethod
+    def check_images(images) -> None:
+        """Raise ``ValueError`` unless ``images`` is a float (B, 3, H, W) tensor in [-1, 1]."""
+        if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+            got = (f'{type(images).__name__}' if not torch.is_tensor(images)
+                   else f'{images.dtype} tensor of shape {tuple(images.shape)}')
+            raise ValueError(f'Expected images as a float tensor of shape (B, 3, H, W) with values in [-1, 1]; '
+                             f'got a {got}.')
+        lo, hi = torch.aminmax(images.detach())
+        lo, hi = float(lo), float(hi)
+        if lo < -1.001 or hi > 1.001 or math.isnan(lo) or math.isnan(hi):
+            raise ValueError(
+                f'Expected image values in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]. Diffusion VAEs take '
+                'x / 127.5 - 1 for 0..255 images (normalise with mean = std = 127.5, or 0.5 for 0..1 images), '
+                'not ImageNet mean/std.')
+
+    def _noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        e, (b, *chw) = self.ensemble_size, shape
+        if self.noise_seed is None:
+            return torch.randn((e * b, *chw), device=device)
+        # One draw per ensemble member shared across the batch: an image's features do not depend on
+        # its batch or its position in it.
+        generator = torch.Generator().manual_seed(self.noise_seed)
+        noise = torch.randn((e, 1, *chw), generator=generator).to(device)
+        return noise.expand(e, b, *chw).reshape(e * b, *chw)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latent of images whose sides are multiples of ``pixel_multiple``."""
+        generator = None
+        if self.sample_posterior and self.noise_seed is not None:
+            generator = torch.Generator(images.device).manual_seed(self.noise_seed + 1)
+        with torch.no_grad():
+            return self.vae(images.to(self.vae.encoder.conv_in.weight.dtype), self.sample_posterior, generator)
+
+    def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Noise ``latents`` at ``t``, run the denoiser up to the last requested activation, return them."""
+        e, b = self.ensemble_size, latents.shape[0]
+        abar = self.alphas_cumprod[self.t]
+        noisy = abar.sqrt() * latents.float().repeat(e, 1, 1, 1) + (1 - abar).sqrt() * self._noise(latents.shape, latents.device)
+        timesteps = torch.full((e * b,), self.t, device=latents.device, dtype=torch.long)
+        kwargs = self.conditioning.denoiser_kwargs(e * b, image_hw, self.dtype)
+        with torch.set_grad_enabled(self.trainable_denoiser and torch.is_grad_enabled()), self.capture:
+            self.denoiser(noisy.to(self.dtype), timesteps, **kwargs)
+        captured, self.capture.activations = self.capture.activations, {}
+        if len(captured) != len(self.capture.points):
+            missing = sorted({p.name for p in self.capture.points} - set(captured))
+            raise RuntimeError(f'the denoiser forward did not produce {missing}')
+        return {name: a.view(e, b, *a.shape[1:]).mean(0) if e > 1 else a for name, a in captured.items()}
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self.check_images(images)
+        in_hw = tuple(images.shape[-2:])
+        if self.image_size is not None and tuple(self.image_size) != in_hw:
+            images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False, antialias=True)
+        work_hw = tuple(images.shape[-2:])
+        m = self.pixel_multiple
+        pad_h, pad_w = (-work_hw[0]) % m, (-work_hw[1]) % m
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode='replicate')
+        acts = self.extract(self.encode(images), work_hw)
+        outputs = []
+        for level, info in zip(self.levels, self.feature_info):
+            s = info['reduction']
+            feat = torch.cat([acts[n] for n in level], dim=1)[..., :math.ceil(work_hw[0] / s), :math.ceil(work_hw[1] / s)]
+            if work_hw != in_hw:
+                feat = F.interpolate(feat, size=(math.ceil(in_hw[0] / s), math.ceil(in_hw[1] / s)), mode='bilinear',
+                                     align_corners=False)
+            outputs.append(feat)
+        return tuple(outputs)
+
+    def extra_repr(self) -> str:
+        return (f'model={self.spec.name!r}, t={self.t}, levels={[list(level) for level in self.levels]}, '
+                f'channels={[i["num_chs"] for i in self.feature_info]}, '
+                f'strides={[i["reduction"] for i in self.feature_info]}, dtype={self.dtype}')

@@ -1,0 +1,131 @@
+"""timm entry points: ``timm.create_model('sd15_practical', pretrained=True, features_only=True)``.
+
+``DiffusionNet`` is the timm face of a ``DiffusionBackbone``: ``forward_features`` gives the coarsest
+level, ``forward_head`` pools it into a linear classifier (``num_classes=0``: pooled features), and
+``forward_intermediates`` / ``prune_intermediate_layers`` give the pyramid (timm's getter contract;
+pruning levels makes the denoiser stop earlier).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.nn as nn
+from timm.layers import ClassifierHead
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import FeatureGetterNet, feature_take_indices
+
+from .backbone import DiffusionBackbone
+from .zoo import MODELS
+
+__all__ = ['DiffusionNet']
+
+
+class DiffusionNet(nn.Module):
+    """A ``DiffusionBackbone`` with timm's model interface.
+
+    Args:
+        model: Zoo name.
+        activations: As ``DiffusionBackbone``.
+        weights: ``DiffusionBackbone``'s ``pretrained`` (True, False or a local folder).
+        num_classes: Classifier classes; 0 returns pooled features.
+        global_pool: Pooling of the coarsest level (timm pool types).
+        drop_rate: Dropout before the classifier.
+        **kwargs: Further ``DiffusionBackbone`` options (``t``, ``prompt``, ``dtype``, ...).
+    """
+
+    def __init__(self, model: str, activations='practical', weights: bool | str = True, num_classes: int = 0,
+                 in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.0, **kwargs):
+        super().__init__()
+        if in_chans != 3:
+            raise ValueError(f'diffusion backbones take RGB images: in_chans must be 3, got {in_chans}')
+        self.backbone = DiffusionBackbone(model, activations, pretrained=weights, **kwargs)
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self._set_feature_info()
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=drop_rate)
+
+    def _set_feature_info(self) -> None:
+        self.feature_info = [dict(info, module=f'backbone.{info["module"]}') for info in self.backbone.feature_info]
+        self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, pool_type=global_pool)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)[-1]
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = 'NCHW', intermediates_only: bool = False):
+        """Pyramid levels at ``indices`` (timm semantics: int = last n, sequence = those levels)."""
+        if output_fmt != 'NCHW':
+            raise ValueError(f"output_fmt must be 'NCHW'; got {output_fmt!r}")
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        levels = self.backbone(x)
+        intermediates = [levels[i] for i in take]
+        if intermediates_only:
+            return intermediates
+        return levels[-1], intermediates
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
+        """Drop levels after the last of ``indices`` (the denoiser then stops earlier)."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        self.backbone.prune_levels(max_index + 1)
+        self._set_feature_info()
+        if prune_head:
+            self.head = ClassifierHead(self.num_features, 0, pool_type='avg')
+            self.num_classes = 0
+        return take
+
+
+def _cfg(spec, **kwargs) -> dict:
+    size = spec.image_size
+    return dict(hf_hub_id=spec.hub_id, num_classes=0, input_size=(3, size, size), fixed_input_size=False,
+                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', crop_pct=1.0,
+                license=spec.license, first_conv='', classifier='head.fc', **kwargs)
+
+
+def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
+    model_name, preset = _ENTRIES[variant]
+    features_only = kwargs.pop('features_only', False)
+    out_indices = kwargs.pop('out_indices', None)
+    kwargs.pop('feature_cls', None)  # the getter is the only extractor that fits a UNet
+    kwargs.setdefault('activations', preset)
+    model = build_model_with_cfg(DiffusionNet, variant, pretrained=False, model=model_name, weights=pretrained,
+                                 **kwargs)
+    if features_only:
+        pretrained_cfg = model.pretrained_cfg
+        if out_indices is None:
+            out_indices = tuple(range(len(model.feature_info)))
+        model = FeatureGetterNet(model, out_indices=out_indices)
+        model.pretrained_cfg = model.default_cfg = pretrained_cfg
+    return model
+
+
+# variant name -> (zoo model, preset). One timm entry per (model, preset) pair.
+_ENTRIES = {f'{name}_{preset}': (name, preset) for name, spec in MODELS.items() for preset in spec.presets}
+default_cfgs = generate_default_cfgs({variant: _cfg(MODELS[name]) for variant, (name, _) in _ENTRIES.items()})
+
+
+def _make_entrypoint(variant: str):
+    def entrypoint(pretrained: bool | str = False, **kwargs) -> nn.Module:
+        return _create(variant, pretrained=pretrained, **kwargs)
+    entrypoint.__name__ = entrypoint.__qualname__ = variant
+    entrypoint.__module__ = __name__
+    name, preset = _ENTRIES[variant]
+    entrypoint.__doc__ = f'{MODELS[name].description}, {preset!r} feature preset.'
+    return entrypoint
+
+
+for _variant in _ENTRIES:
+    setattr(sys.modules[__name__], _variant, register_model(_make_entrypoint(_variant)))

@@ -1,0 +1,125 @@
+"""The model zoo as data: hub ids, embedded architecture configs, conditioning, presets.
+
+Per-model facts live here and nowhere else; the backbone, loader and conditioning code read them.
+Architecture configs sit in ``model_configs/<config_dir>/{unet,vae,text_encoder*}.json`` so that
+``pretrained=False`` builds the exact architecture offline.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'get_model_spec', 'load_config', 'Levels']
+
+CONFIG_ROOT = Path(__file__).parent / 'model_configs'
+
+# A feature pyramid: levels fine to coarse, each a tuple of layer ids concatenated along channels.
+Levels = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class TextEncoderSpec:
+    """One CLIP text encoder of a pipeline.
+
+    Attributes:
+        subfolder: Pipeline subfolder of the encoder (its tokenizer is ``tokenizer_subfolder``).
+        hidden_layer: ``'last'`` (final layer norm applied, SD1/SD2) or ``'penultimate'`` (SDXL).
+        pooled: This encoder's projected text embedding is the denoiser's pooled conditioning (SDXL).
+    """
+
+    subfolder: str
+    tokenizer_subfolder: str
+    hidden_layer: Literal['last', 'penultimate'] = 'last'
+    pooled: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything diffbackbones needs to know about one pretrained diffusion model."""
+
+    name: str
+    description: str
+    hub_id: str | None
+    config_dir: str
+    family: str                   # denoiser topology: presets are only valid within a family
+    text_encoders: tuple[TextEncoderSpec, ...]
+    image_size: int               # the paper's working size
+    license: str
+    presets: dict[str, Levels] = field(default_factory=dict)
+    time_ids: bool = False        # SDXL-style micro-conditioning (original size, crop, target size)
+    beta_start: float = 0.00085   # 'scaled_linear' DDPM schedule shared by SD1.x/2.x/SDXL/PGv2
+    beta_end: float = 0.012
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self):
+        if not (CONFIG_ROOT / self.config_dir / 'unet.json').is_file():
+            raise ValueError(f'model {self.name!r}: no embedded config in {CONFIG_ROOT / self.config_dir}')
+        for preset, levels in self.presets.items():
+            if not levels or any(not level for level in levels):
+                raise ValueError(f'model {self.name!r}: preset {preset!r} has an empty level')
+
+
+SD_PRESETS: dict[str, Levels] = {
+    # Meng et al. 2024: strides 8 / 16 / 32 at any input size.
+    'practical': (('up-level3-repeat0-vit-block0-self-k',),
+                  ('up-level2-repeat1-vit-block0-cross-q',),
+                  ('up-level1-repeat1-vit-block0-cross-q', 'up-level1-repeat2-res-out')),
+    'legacy': (('up-level2-upsampler-out', 'up-level3-repeat2-vit-out'),
+               ('up-level1-upsampler-out',),
+               ('up-level0-upsampler-out',)),
+}
+SDXL_PRESETS: dict[str, Levels] = {
+    'practical': (('up-level1-repeat0-vit-block0-cross-q', 'up-level1-repeat0-vit-block0-out'),
+                  ('up-level0-repeat0-vit-block7-out', 'up-level0-repeat0-vit-block5-out')),
+    'legacy': (('up-level1-upsampler-out', 'up-level2-repeat2-res-out'),
+               ('up-level0-upsampler-out',)),
+}
+PGV2_PRESETS: dict[str, Levels] = {
+    # From the paper's combined activation set for Playground v2.
+    'practical': (('up-level1-upsampler-out',),
+                  ('up-level1-repeat0-vit-block0-cross-q',),
+                  ('up-level0-repeat0-vit-block5-out',)),
+}
+
+_ONE_CLIP = (TextEncoderSpec('text_encoder', 'tokenizer'),)
+_TWO_CLIPS = (TextEncoderSpec('text_encoder', 'tokenizer', 'penultimate'),
+              TextEncoderSpec('text_encoder_2', 'tokenizer_2', 'penultimate', pooled=True))
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
+    ModelSpec('sd15', 'Stable Diffusion 1.5', 'stable-diffusion-v1-5/stable-diffusion-v1-5', 'sd15', 'sd',
+              _ONE_CLIP, 512, 'creativeml-openrail-m', SD_PRESETS),
+    ModelSpec('sd21', 'Stable Diffusion 2.1 base (512 px, epsilon prediction)', 'stabilityai/stable-diffusion-2-1-base',
+              'sd21', 'sd', _ONE_CLIP, 512, 'openrail++', SD_PRESETS),
+    ModelSpec('sdxl', 'Stable Diffusion XL base 1.0', 'stabilityai/stable-diffusion-xl-base-1.0', 'sdxl', 'sdxl',
+              _TWO_CLIPS, 1024, 'openrail++', SDXL_PRESETS, time_ids=True),
+    ModelSpec('pgv2', 'Playground v2 1024px aesthetic (SDXL architecture)', 'playgroundai/playground-v2-1024px-aesthetic',
+              'sdxl', 'sdxl', _TWO_CLIPS, 1024, 'playground-v2-community', PGV2_PRESETS, time_ids=True),
+    # Tiny random-weight variants with the fixture topologies, for tests (as timm's test_* models).
+    ModelSpec('test_sd_tiny', 'tiny SD1.5-topology model for tests', None, 'test_sd_tiny', 'sd',
+              _ONE_CLIP, 64, 'apache-2.0', SD_PRESETS),
+    ModelSpec('test_sdxl_tiny', 'tiny SDXL-topology model for tests', None, 'test_sdxl_tiny', 'sdxl',
+              _TWO_CLIPS, 64, 'apache-2.0', SDXL_PRESETS, time_ids=True),
+]}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Look a zoo entry up by name; unknown names list the available ones."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f'Unknown diffusion model {name!r}; available: {sorted(MODELS)}. '
+                         'To use another checkpoint of a listed architecture, pass its zoo name and '
+                         "pretrained='/path/to/diffusers/folder'.") from None
+
+
+@lru_cache(maxsize=None)
+def _read_config(config_dir: str, component: str) -> str:
+    return (CONFIG_ROOT / config_dir / f'{component}.json').read_text()
+
+
+def load_config(spec: ModelSpec, component: str) -> dict:
+    """A fresh copy of one embedded component config (``'unet'``, ``'vae'``, ``'text_encoder'``, ...)."""
+    return json.loads(_read_config(spec.config_dir, component))
