@@ -25,7 +25,7 @@ test: install
 	$(PY) -m pytest tests -q
 
 demo: install
-	$(PY) tools/demo.py --out work_dirs/demo
+	$(PY) tools/pca_demo.py --out work_dirs/demo
 
 clean:
 	rm -rf .venv work_dirs build *.egg-info

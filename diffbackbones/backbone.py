@@ -157,11 +157,16 @@ class DiffusionBackbone(nn.Module):
                                   module=f'levels.{i}') for i, level in enumerate(levels)]
         self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True)
 
-    def prune_levels(self, n_levels: int) -> None:
-        """Keep only the first ``n_levels`` levels; the forward then stops at their last activation."""
-        if not 1 <= n_levels <= len(self.levels):
-            raise ValueError(f'n_levels must be in [1, {len(self.levels)}]; got {n_levels}')
-        self._set_levels(self.levels[:n_levels])
+    def select_levels(self, indices: Sequence[int]) -> None:
+        """Keep only the levels at ``indices`` (renumbered 0..k-1, order kept).
+
+        In a UNet the finest levels are computed last, so keeping a prefix would not save anything;
+        after selecting, the forward stops right after the last activation the kept levels need.
+        """
+        indices = sorted(set(int(i) for i in indices))
+        if not indices or indices[0] < 0 or indices[-1] >= len(self.levels):
+            raise ValueError(f'level indices must be in [0, {len(self.levels)}); got {indices}')
+        self._set_levels(tuple(self.levels[i] for i in indices))
 
     def train(self, mode: bool = True) -> 'DiffusionBackbone':
         super().train(mode)

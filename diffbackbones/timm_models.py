@@ -3,7 +3,7 @@
 ``DiffusionNet`` is the timm face of a ``DiffusionBackbone``: ``forward_features`` gives the coarsest
 level, ``forward_head`` pools it into a linear classifier (``num_classes=0``: pooled features), and
 ``forward_intermediates`` / ``prune_intermediate_layers`` give the pyramid (timm's getter contract;
-pruning levels makes the denoiser stop earlier).
+pruning levels lets the denoiser stop earlier).
 """
 from __future__ import annotations
 
@@ -78,14 +78,17 @@ class DiffusionNet(nn.Module):
         return levels[-1], intermediates
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
-        """Drop levels after the last of ``indices`` (the denoiser then stops earlier)."""
-        take, max_index = feature_take_indices(len(self.feature_info), indices)
-        self.backbone.prune_levels(max_index + 1)
+        """Keep only the levels at ``indices``, renumbered 0..k-1; the denoiser then stops as early as they allow.
+
+        Unlike a chain of stages, a UNet computes its finest levels last, so pruning keeps exactly the
+        requested levels rather than a prefix.
+        """
+        take, _ = feature_take_indices(len(self.feature_info), indices)
+        self.backbone.select_levels(take)
         self._set_feature_info()
         if prune_head:
-            self.head = ClassifierHead(self.num_features, 0, pool_type='avg')
-            self.num_classes = 0
-        return take
+            self.reset_classifier(0, '')
+        return list(range(len(self.feature_info)))
 
 
 def _cfg(spec, **kwargs) -> dict:
