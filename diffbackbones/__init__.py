@@ -10,6 +10,13 @@ from .loading import WeightsNotFoundError
 from .zoo import MODELS, get_model_spec
 from . import timm_models  # noqa: F401  (registers the timm entry points)
 
+try:  # MMSegmentation is optional: register the backbone and the shapes dataset when it is there
+    import mmseg  # noqa: F401
+except ImportError:
+    pass
+else:
+    from . import segmentation  # noqa: F401
+
 __version__ = '0.1.0'
 __all__ = ['DiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError',
            'MODELS', 'get_model_spec']

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from .capture import ActivationCapture
 from .catalog import ActivationPoint, activation_points, latent_multiple, resolve_names
 from .conditioning import PromptConditioning
+from .fusion import LevelFusion
 from .loading import load_components
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
@@ -109,13 +110,19 @@ class DiffusionBackbone(nn.Module):
             under fp16 (SDXL's VAE overflows in fp16).
         trainable_denoiser: Let gradients reach the denoiser (it is frozen and in eval mode otherwise,
             also after ``.train()``). The VAE is always frozen.
+        fusion: Add learnable, zero-initialised residual blocks per activation and per level (identity
+            at the start of training).
+
+    Checkpoints hold only what can be trained: frozen denoiser and VAE weights are left out of
+    ``state_dict()`` (they come back from their pretrained source, or the seeded random init, when
+    the backbone is built) and are filled in from the live model on ``load_state_dict``.
     """
 
     def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
                  pretrained: bool | str = True, t: int = 50, prompt: str = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
-                 trainable_denoiser: bool = False):
+                 trainable_denoiser: bool = False, fusion: bool = False):
         super().__init__()
         self.spec = spec = get_model_spec(model)
         if not (isinstance(t, int) and 0 <= t < spec.num_train_timesteps):
@@ -143,17 +150,26 @@ class DiffusionBackbone(nn.Module):
         self.stride_of = {p.name: self.vae.downsample_factor * p.stride(reference_latent) for p in self.points}
         self.levels = resolve_levels(spec, activations, self.points, self.stride_of)
         self._set_levels(self.levels)
+        self.fusion = nn.ModuleList(LevelFusion([self._channels[n] for n in level]) for level in self.levels) \
+            if fusion else None
 
         for p in self.vae.parameters():
             p.requires_grad_(False)
         for p in self.denoiser.parameters():
             p.requires_grad_(trainable_denoiser)
         self.train(False)
+        self.register_state_dict_post_hook(_drop_frozen_weights)
+        self.register_load_state_dict_pre_hook(_fill_frozen_weights)
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the parts that are not trained (and not checkpointed)."""
+        return ('vae.',) if self.trainable_denoiser else ('vae.', 'denoiser.')
 
     def _set_levels(self, levels: Levels) -> None:
-        channels = {p.name: p.channels for p in self.points}
+        self._channels = {p.name: p.channels for p in self.points}
         self.levels = levels
-        self.feature_info = [dict(num_chs=sum(channels[n] for n in level), reduction=self.stride_of[level[0]],
+        self.feature_info = [dict(num_chs=sum(self._channels[n] for n in level), reduction=self.stride_of[level[0]],
                                   module=f'levels.{i}') for i, level in enumerate(levels)]
         self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True)
 
@@ -167,6 +183,8 @@ class DiffusionBackbone(nn.Module):
         if not indices or indices[0] < 0 or indices[-1] >= len(self.levels):
             raise ValueError(f'level indices must be in [0, {len(self.levels)}); got {indices}')
         self._set_levels(tuple(self.levels[i] for i in indices))
+        if self.fusion is not None:
+            self.fusion = nn.ModuleList(self.fusion[i] for i in indices)
 
     def train(self, mode: bool = True) -> 'DiffusionBackbone':
         super().train(mode)
@@ -241,9 +259,10 @@ class DiffusionBackbone(nn.Module):
             images = F.pad(images, (0, pad_w, 0, pad_h), mode='replicate')
         acts = self.extract(self.encode(images), work_hw)
         outputs = []
-        for level, info in zip(self.levels, self.feature_info):
+        for i, (level, info) in enumerate(zip(self.levels, self.feature_info)):
             s = info['reduction']
-            feat = torch.cat([acts[n] for n in level], dim=1)[..., :math.ceil(work_hw[0] / s), :math.ceil(work_hw[1] / s)]
+            parts = [acts[n][..., :math.ceil(work_hw[0] / s), :math.ceil(work_hw[1] / s)] for n in level]
+            feat = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
             if work_hw != in_hw:
                 feat = F.interpolate(feat, size=(math.ceil(in_hw[0] / s), math.ceil(in_hw[1] / s)), mode='bilinear',
                                      align_corners=False)
@@ -254,3 +273,17 @@ class DiffusionBackbone(nn.Module):
         return (f'model={self.spec.name!r}, t={self.t}, levels={[list(level) for level in self.levels]}, '
                 f'channels={[i["num_chs"] for i in self.feature_info]}, '
                 f'strides={[i["reduction"] for i in self.feature_info]}, dtype={self.dtype}')
+
+
+def _drop_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: str, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(tuple(prefix + p for p in module.frozen_prefixes))]:
+        del state_dict[key]
+
+
+def _fill_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: str, local_metadata, strict,
+                         missing_keys, unexpected_keys, error_msgs) -> None:
+    # A checkpoint without the frozen weights loads strictly: they are taken from the live model,
+    # which rebuilt them from their pretrained source. Frozen weights a checkpoint does hold win.
+    for part in module.frozen_prefixes:  # the hook sits on the backbone, not on its parts
+        for key, value in getattr(module, part.rstrip('.')).state_dict(prefix=prefix + part, keep_vars=True).items():
+            state_dict.setdefault(key, value)

@@ -98,6 +98,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('pgv2', 'Playground v2 1024px aesthetic (SDXL architecture)', 'playgroundai/playground-v2-1024px-aesthetic',
               'sdxl', 'sdxl', _TWO_CLIPS, 1024, 'playground-v2-community', PGV2_PRESETS, time_ids=True),
     # Tiny random-weight variants with the fixture topologies, for tests (as timm's test_* models).
+    # Their VAE scaling factors (3.0, 4.0) give the random-init encoders unit-variance latents, the
+    # role 0.18215 plays for SD's trained VAE; otherwise the noise at t=50 would drown the signal.
     ModelSpec('test_sd_tiny', 'tiny SD1.5-topology model for tests', None, 'test_sd_tiny', 'sd',
               _ONE_CLIP, 64, 'apache-2.0', SD_PRESETS),
     ModelSpec('test_sdxl_tiny', 'tiny SDXL-topology model for tests', None, 'test_sdxl_tiny', 'sdxl',

@@ -1,0 +1,84 @@
+"""What mmseg's tools need on top of mmengine here: safe checkpoint loading, gloo on CPU, a channel check."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+__all__ = ['allow_mmengine_checkpoints', 'init_cpu_distributed', 'check_segmentor']
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Let ``torch.load(weights_only=True)`` (the default since torch 2.6) read mmengine checkpoints.
+
+    mmengine writes its message hub (``HistoryBuffer`` objects holding numpy arrays and scalars) into
+    every checkpoint, so ``--resume`` fails with ``UnpicklingError`` as shipped. Rather than turning
+    the safe loader off, this allow-lists exactly the globals mmengine writes.
+    """
+    import numpy as np
+    from mmengine.logging import HistoryBuffer
+    allowed = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+    allowed += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool', 'uint8')]
+    torch.serialization.add_safe_globals(allowed)
+
+
+def init_cpu_distributed(launcher: str) -> None:
+    """Start a gloo process group for ``--launcher pytorch`` when there is no GPU.
+
+    mmengine's own init calls ``torch.cuda.set_device``, which fails without CUDA; once a group
+    exists, mmengine skips its init and uses this one.
+    """
+    if launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
+        if 'RANK' not in os.environ:
+            raise RuntimeError('--launcher pytorch needs the RANK/WORLD_SIZE environment of torchrun; '
+                               'start with torchrun --nproc_per_node=N tools/train.py ...')
+        dist.init_process_group(backend='gloo')
+
+
+def _backbone_channels(backbone: nn.Module) -> list[int] | None:
+    info = getattr(backbone, 'feature_info', None)
+    if info is None:
+        return None
+    if hasattr(info, 'channels'):  # timm FeatureInfo (TIMMBackbone route)
+        return list(info.channels())
+    return [level['num_chs'] for level in info]
+
+
+def check_segmentor(model: nn.Module) -> None:
+    """Raise ``ValueError`` when the neck / heads expect other channels than the backbone gives.
+
+    mmseg would only fail at the first forward, with a convolution shape error; this names the field.
+    """
+    backbone = getattr(model, 'backbone', None)
+    timm_model = getattr(backbone, 'timm_model', None)
+    channels = _backbone_channels(timm_model if timm_model is not None else backbone)
+    if channels is None:
+        return
+    neck = getattr(model, 'neck', None)
+    if neck is not None:
+        expected = list(getattr(neck, 'in_channels', []))
+        if expected and expected != channels:
+            raise ValueError(f'neck.in_channels={expected} but the backbone gives {channels} channels per level; '
+                             f'set model.neck.in_channels={channels}.')
+        return
+    heads = [('decode_head', getattr(model, 'decode_head', None))]
+    aux = getattr(model, 'auxiliary_head', None)
+    heads += [(f'auxiliary_head[{i}]', h) for i, h in enumerate(aux)] if isinstance(aux, nn.ModuleList) \
+        else [('auxiliary_head', aux)]
+    for name, head in heads:
+        if head is None or not hasattr(head, 'in_index'):
+            continue
+        index = head.in_index
+        try:
+            expected = [channels[i] for i in index] if isinstance(index, (list, tuple)) else channels[index]
+        except IndexError:
+            raise ValueError(f'{name}.in_index={index} but the backbone has only {len(channels)} levels '
+                             f'(channels {channels}).') from None
+        if getattr(head, 'input_transform', None) == 'resize_concat':
+            expected = sum(expected)
+        got = list(head.in_channels) if isinstance(head.in_channels, (list, tuple)) else head.in_channels
+        if got != expected:
+            raise ValueError(f'{name}.in_channels={got} does not match the backbone: levels {index} give '
+                             f'{expected} channels (all levels: {channels}); set model.{name}.in_channels={expected}.')

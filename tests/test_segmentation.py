@@ -1,0 +1,132 @@
+"""MMSegmentation: configs build, heads train, checkpoints hold no frozen weights, resume, torchrun."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+mmseg = pytest.importorskip('mmseg')
+from mmengine.config import Config  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
+
+import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone and ShapesDataset)
+from diffbackbones.segmentation import check_segmentor  # noqa: E402
+from diffbackbones.segmentation.shapes import make_shapes_dataset  # noqa: E402
+
+from conftest import REPO  # noqa: E402
+
+register_all_modules()  # what Runner does for default_scope='mmseg'
+
+TOY = REPO / 'configs' / 'toy' / 'upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py'
+PAPER_CONFIGS = sorted((REPO / 'configs' / 'diffusion').glob('*.py'))
+TOY_CONFIGS = sorted((REPO / 'configs' / 'toy').glob('*.py'))
+
+
+def _no_sync_bn(cfg):
+    # SyncBN needs a process group; swapping it for BN does not change any shape
+    for head in ('decode_head', 'auxiliary_head'):
+        if cfg.model.get(head) and cfg.model[head].get('norm_cfg'):
+            cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
+
+
+@pytest.mark.parametrize('path', PAPER_CONFIGS, ids=lambda p: p.name)
+def test_paper_configs_build_at_real_size_on_the_meta_device(path):
+    cfg = Config.fromfile(path)
+    assert cfg.model.backbone.t == 50 and cfg.optim_wrapper.optimizer.lr == 1.6e-4
+    assert cfg.train_dataloader.batch_size == 2 and cfg.train_cfg.max_iters == 80000
+    assert cfg.model.test_cfg.mode == 'slide' and cfg.model.backbone.prompt
+    assert re.search(r'mIoU', path.read_text().splitlines()[0] + path.read_text().splitlines()[1])
+    cfg.model.backbone.pretrained = False  # the real architecture, without weights
+    _no_sync_bn(cfg)
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    check_segmentor(model)  # raises if any head's in_channels disagree with the backbone
+    channels = [level['num_chs'] for level in model.backbone.feature_info]
+    assert list(model.decode_head.in_channels) == channels
+    assert sum(channels) in {'sd15-practical': {3520}, 'sd15-legacy': {3520}, 'sdxl-practical': {3840},
+                             'sdxl-legacy': {2240}, 'pgv2-practical': {2560}}[path.name.split('_')[1]]
+
+
+@pytest.fixture(scope='module')
+def shapes_root(tmp_path_factory):
+    return make_shapes_dataset(tmp_path_factory.mktemp('data') / 'shapes', n_train=8, n_val=2)
+
+
+def run_tool(script, *args, env_extra=None, launcher=None, timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', **(env_extra or {}))
+    cmd = [sys.executable, str(REPO / 'tools' / script), *map(str, args)]
+    if launcher:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', *launcher, *cmd[1:]]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return proc.stdout + proc.stderr
+
+
+def short_run(shapes_root, iters=2):
+    return ['--cfg-options', f'train_dataloader.dataset.data_root={shapes_root}',
+            f'val_dataloader.dataset.data_root={shapes_root}', f'test_dataloader.dataset.data_root={shapes_root}',
+            'train_dataloader.batch_size=2', f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
+            'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('path', TOY_CONFIGS, ids=lambda p: p.name)
+def test_toy_configs_train_a_step_and_predict(path, shapes_root, tmp_path):
+    log = run_tool('train.py', path, '--work-dir', tmp_path, *short_run(shapes_root, iters=1))
+    assert 'Iter(train) [1/1]' in log
+    assert re.search(r'Iter\(val\) \[2/2\].*mIoU: [\d.]+', log)
+
+
+def test_bad_configs_fail_at_build_time_naming_the_problem():
+    cfg = Config.fromfile(TOY)
+    cfg.model.decode_head.in_channels = [32, 64, 64]
+    with pytest.raises(ValueError, match=r'decode_head.in_channels=\[32, 64, 64\].*\[32, 64, 128\]'):
+        check_segmentor(MODELS.build(cfg.model))
+    cfg = Config.fromfile(TOY)
+    cfg.model.auxiliary_head.in_index = 5
+    with pytest.raises(ValueError, match=r'auxiliary_head.in_index=5.*only 3 levels'):
+        check_segmentor(MODELS.build(cfg.model))
+    cfg = Config.fromfile(TOY)
+    cfg.model.backbone.activations = ['up-level1-repeat0-vit-block0-crossq']
+    with pytest.raises(ValueError, match=r'up-level1-repeat0-vit-block0-cross-q'):
+        MODELS.build(cfg.model)
+
+
+@pytest.mark.slow
+def test_checkpoint_without_frozen_weights_resumes_and_tests(shapes_root, tmp_path):
+    from diffbackbones.segmentation import allow_mmengine_checkpoints
+    run_tool('train.py', TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=2))
+    allow_mmengine_checkpoints()
+    ckpt = torch.load(tmp_path / 'iter_2.pth', map_location='cpu')  # torch's safe loader
+    keys = list(ckpt['state_dict'])
+    assert any(k.startswith('backbone.fusion.') for k in keys) and any(k.startswith('decode_head.') for k in keys)
+    assert not any(k.startswith(('backbone.denoiser.', 'backbone.vae.')) for k in keys)
+    frozen = diffbackbones.DiffusionBackbone('test_sd_tiny', pretrained=False)
+    frozen_bytes = sum(p.numel() * p.element_size() for p in frozen.parameters())
+    assert (tmp_path / 'iter_2.pth').stat().st_size < frozen_bytes  # the file is smaller than what it leaves out
+
+    # --resume continues from iteration 2 with the trained weights and optimizer state
+    log = run_tool('train.py', TOY, '--work-dir', tmp_path, '--resume', *short_run(shapes_root, iters=3))
+    assert re.search(r'resumed .*iter_2.pth|Load checkpoint from .*iter_2.pth', log, re.I), log[-3000:]
+    assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
+    resumed = torch.load(tmp_path / 'iter_3.pth', map_location='cpu')
+    assert resumed['meta']['iter'] == 3
+
+    # test.py restores exactly what was trained: the prediction uses the checkpoint's head and fusion
+    log = run_tool('test.py', TOY, tmp_path / 'iter_3.pth', '--work-dir', tmp_path / 'test',
+                   '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5])
+    assert re.search(r'mIoU: [\d.]+', log)
+    assert list((tmp_path / 'pictures').rglob('*.png'))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_trains_and_evaluates(shapes_root, tmp_path):
+    log = run_tool('train.py', TOY, '--launcher', 'pytorch', '--work-dir', tmp_path, *short_run(shapes_root, iters=2),
+                   launcher=['--nproc_per_node=2', '--master_port=29531'])
+    assert 'Distributed training is not used' not in log
+    assert re.search(r'Iter\(val\) \[\d+/\d+\].*mIoU: [\d.]+', log)
+    assert (tmp_path / 'iter_2.pth').exists()

@@ -1,0 +1,237 @@
+"""Time a DiffusionBackbone against the full forward it replaces and against the truncation floor.
+
+    python tools/benchmark.py --model sd15 --preset practical --size 256
+    python tools/benchmark.py --model sdxl --size 512 --reps 3
+    python tools/benchmark.py --model sd21 --dift            # DIFT-style feature: up_blocks[1] output
+
+Three variants, same input batch, same dtype, all without autograd:
+  (a) full      VAE encode + the COMPLETE denoiser forward + ActivationCapture hooks (no early stop):
+                what the original implementation does.
+  (b) floor     VAE encode + the denoiser cut right after the deepest requested activation by one
+                hook that raises, with no capture machinery: the cheapest way to get that far.
+  (c) backbone  DiffusionBackbone.forward itself.
+Variants run interleaved (a, b, c, a, b, c, ...) so machine noise hits all alike; the median of the
+timed rounds is reported, with the largest peak memory growth of a call; FLOPs come from one extra
+counting pass per variant. Random weights by default (pretrained=False: the real architecture).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from diffusers import AutoencoderKL
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from diffbackbones import ActivationCapture, DiffusionBackbone
+from diffbackbones.catalog import ActivationPoint
+from diffbackbones.zoo import MODELS, load_config
+
+DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
+LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward'}
+
+
+class _Cut(Exception):
+    """Raised by the floor's hook to end the denoiser forward."""
+
+
+def _raise(*_) -> None:
+    raise _Cut
+
+
+def denoiser_inputs(bb: DiffusionBackbone, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """VAE latent noised at t, timesteps and conditioning, as DiffusionBackbone.extract builds them."""
+    latents = bb.encode(images)
+    abar = bb.alphas_cumprod[bb.t]
+    # The backbone's seeded noise (one draw shared by the batch), so (a) and (c) see identical inputs.
+    noise = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(bb.noise_seed)).to(latents.device)
+    noisy = abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise
+    timesteps = torch.full((len(images),), bb.t, device=images.device, dtype=torch.long)
+    return noisy.to(bb.dtype), timesteps, bb.conditioning.denoiser_kwargs(len(images), images.shape[-2:], bb.dtype)
+
+
+def deepest_point(bb: DiffusionBackbone) -> ActivationPoint:
+    """The requested activation computed last: where the backbone (and the floor) stop."""
+    return max(bb.capture.points, key=lambda p: p.order)
+
+
+def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Callable[[], object] | None]:
+    """The measured callables by key ('a', 'b', 'c'); 'b' is None when it has no hook-only definition."""
+    capture = ActivationCapture(bb.denoiser, [p.name for p in bb.capture.points], stop_early=False)
+    deepest = deepest_point(bb)
+
+    def full() -> dict[str, torch.Tensor]:
+        noisy, timesteps, kwargs = denoiser_inputs(bb, images)
+        with capture:
+            bb.denoiser(noisy, timesteps, **kwargs)
+        return capture.activations
+
+    def floor() -> None:
+        noisy, timesteps, kwargs = denoiser_inputs(bb, images)
+        module = bb.denoiser.get_submodule(deepest.module)
+        # An 'input' activation exists before its module runs, so the cut goes before that module.
+        handle = (module.register_forward_pre_hook(_raise) if deepest.layout == 'input'
+                  else module.register_forward_hook(_raise))
+        try:
+            bb.denoiser(noisy, timesteps, **kwargs)
+            raise RuntimeError(f'the floor forward never reached {deepest.module}')
+        except _Cut:
+            pass
+        finally:
+            handle.remove()  # the denoiser is shared with (a) and (c)
+
+    # Attention maps need the unfused attention path: there is no hook-only floor for them.
+    has_maps = any(p.layout == 'attn-map' for p in bb.capture.points)
+    return {'a': full, 'b': None if has_maps else floor, 'c': lambda: bb(images)}
+
+
+def _rss_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def run_once(fn: Callable[[], object], device: torch.device) -> tuple[object, float, int]:
+    """Run fn once: its result, wall seconds, and peak memory growth in bytes over the state before it."""
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        # getrusage's max RSS cannot be reset, so each variant's peak would hide behind earlier ones.
+        # Instead: give freed heap pages back (else an earlier variant's freed memory hides this one's growth),
+        # and reset the kernel's resident-set high-water mark (Linux >= 4.0); both outside the timing.
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        base = _rss_kib('VmRSS:') * 1024
+    start = time.perf_counter()
+    out = fn()
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if device.type == 'cuda' else _rss_kib('VmHWM:') * 1024
+    return out, seconds, peak - base
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    # The math SDPA path: FlopCounterMode has no formula for the fused CPU attention kernel (counts 0).
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def param_bytes(*modules: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes of parameters and buffers; floating tensors counted at ``dtype`` when given (meta modules)."""
+    return sum(t.numel() * (dtype.itemsize if dtype and t.is_floating_point() else t.element_size())
+               for m in modules for t in [*m.parameters(), *m.buffers()])
+
+
+def pipeline_param_bytes(bb: DiffusionBackbone) -> int:
+    """Denoiser + full VAE (decoder included) + text encoders; the missing parts built on the meta device."""
+    spec = bb.spec
+    with torch.device('meta'):  # no allocation; counted at the dtypes the backbone uses
+        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+        encoders = [(CLIPTextModelWithProjection if te.pooled else CLIPTextModel)(
+            CLIPTextConfig(**load_config(spec, te.subfolder))) for te in spec.text_encoders]
+    return (param_bytes(bb.denoiser) + param_bytes(vae, dtype=bb.vae.encoder.conv_in.weight.dtype)
+            + param_bytes(*encoders, dtype=bb.dtype))
+
+
+def size_str(n: int) -> str:
+    return f'{n / 2 ** 30:.2f} GiB' if n >= 2 ** 30 else f'{n / 2 ** 20:.1f} MiB'
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or '?'
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    gpu = f', {torch.cuda.get_device_name(device)}' if device.type == 'cuda' else ''
+    return f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, device {device}{gpu}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='test_sd_tiny', choices=sorted(MODELS))
+    parser.add_argument('--preset', default='practical')
+    parser.add_argument('--activations', help='comma-separated layer ids (overrides --preset)')
+    parser.add_argument('--dift', action='store_true', help=f'activations {DIFT} (DIFT on sd21; overrides both)')
+    parser.add_argument('--pretrained', default='false', help="'false' (random weights), 'true' or a local folder")
+    parser.add_argument('--size', type=int, default=None, help="square image side (default: the model's own)")
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16', 'bf16'])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--reps', type=int, default=5, help='timed rounds (median reported)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before the timed ones')
+    parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
+    args = parser.parse_args()
+    if args.reps < 1 or args.warmup < 1:
+        parser.error('--reps and --warmup must be at least 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pretrained = {'false': False, 'true': True}.get(args.pretrained.lower(), args.pretrained)
+    activations = DIFT if args.dift else args.activations.split(',') if args.activations else args.preset
+    device = torch.device(args.device)
+
+    bb = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype).to(device)
+    size = args.size or bb.spec.image_size
+    if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
+        parser.error(f'--size must be a multiple of {bb.pixel_multiple} for {args.model}')
+    images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    variants = make_variants(bb, images)
+    deepest = deepest_point(bb)
+
+    print(f'machine: {machine(device)}')
+    print(f'model {args.model} (pretrained={pretrained}), {args.dtype}, batch {args.batch} x {size}x{size}, '
+          f'levels {[list(level) for level in bb.levels]}')
+    print(f'deepest activation: {deepest.name} (#{deepest.order + 1} of {len(bb.points)} in execution order)')
+    print(f'loaded parameter memory: backbone {size_str(param_bytes(bb))} vs full pipeline '
+          f'{size_str(pipeline_param_bytes(bb))} (denoiser + full VAE + text encoders)')
+
+    times = {name: [] for name, fn in variants.items() if fn}
+    peaks = dict.fromkeys(times, 0)
+    with torch.inference_mode():
+        for _ in range(args.warmup):  # also takes the first call's one-time allocations out of the peaks
+            outs = {name: run_once(variants[name], device)[0] for name in times}
+            # (a) and (c) must compute the same features, or the comparison means nothing.
+            acts, feats = outs['a'], outs['c']
+            err = max(float((torch.cat([acts[n] for n in level], 1).float() - f.float()).norm() / f.float().norm())
+                      for level, f in zip(bb.levels, feats))
+            del outs, acts, feats
+        for _ in range(args.reps):
+            for name in times:
+                _, seconds, peak = run_once(variants[name], device)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], peak)
+        flops = {name: count_flops(variants[name]) for name in times}
+        vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
+    print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
+
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    mem = 'peak RSS growth' if device.type == 'cpu' else 'peak allocated'
+    print(f'\n{"variant":<32} {"images/s":>9} {"latency ms":>11} {mem + " MiB":>20} {"TFLOP/image":>12}')
+    for name in variants:
+        if name not in times:
+            print(f'{LABELS[name]:<32} n/a: attention maps need the unfused attention path, no hook-only floor')
+            continue
+        print(f'{LABELS[name]:<32} {args.batch / median[name]:>9.3f} {median[name] * 1e3:>11.1f} '
+              f'{peaks[name] / 2 ** 20:>20.1f} {flops[name] / args.batch / 1e12:>12.4g}')
+    print(f'{"of which VAE encode":<32} {vae_flops / args.batch / 1e12:>55.4g}')
+    a, b, c = (median.get(n) for n in 'abc')
+    print(f'\nc/a throughput: {a / c:.2f}x ({"c faster" if a > c else "c slower"}; {args.reps} rounds, median)')
+    if b is not None:
+        print(f'c/b time: {c / b:.3f}x (overhead of the backbone over the floor: {100 * (c / b - 1):+.1f}%)')
+        print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.2f}x (the most any early stop can gain here)')
+
+
+if __name__ == '__main__':
+    main()
