@@ -15,11 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .cache import LatentCache
 from .capture import ActivationCapture
 from .catalog import ActivationPoint, activation_points, latent_multiple, resolve_names
 from .conditioning import PromptConditioning
 from .fusion import LevelFusion
 from .loading import load_components
+from .pruning import PrunedModule, prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
 __all__ = ['DiffusionBackbone', 'resolve_levels']
@@ -99,12 +101,13 @@ class DiffusionBackbone(nn.Module):
             a flat list of layer ids (grouped by stride, fine to coarse), or a list of levels.
         pretrained: True (the zoo entry's hub id, from the local cache when offline), a local
             diffusers folder, or False (exact architecture, seeded random weights, no network).
-        t: Integer training timestep used for the noise level and the denoiser's timestep input.
+        t: Integer training timestep used for the noise level and the denoiser's timestep input; a
+            list of timesteps runs them all in one batched forward and averages the activations.
         prompt: Text prompt, encoded once at construction; the text encoders are then released.
         image_size: Optional working size (int or (h, w)) the input is resized to; features are
             resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
         noise_seed: Seed of the noise (same image, same features); None draws fresh noise each call.
-        ensemble_size: Number of noise samples, run as one batched forward and averaged.
+        ensemble_size: Noise samples per timestep, run in the same batched forward and averaged.
         sample_posterior: Sample the VAE posterior instead of taking its mean.
         dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
             under fp16 (SDXL's VAE overflows in fp16).
@@ -112,6 +115,13 @@ class DiffusionBackbone(nn.Module):
             also after ``.train()``). The VAE is always frozen.
         fusion: Add learnable, zero-initialised residual blocks per activation and per level (identity
             at the start of training).
+        prune: Drop the denoiser modules that run after the last requested activation (measured
+            with one probe forward at construction); they are never computed anyway.
+        latent_cache: ``'memory'`` or a folder: cache VAE latents by image content so repeated
+            images skip the VAE encoder (needs the posterior mean, not sampling).
+        channels_last: Run the denoiser in channels-last memory format.
+        compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward
+            stops by an exception at the last activation, which compiled graphs must not contain).
 
     Checkpoints hold only what can be trained: frozen denoiser and VAE weights are left out of
     ``state_dict()`` (they come back from their pretrained source, or the seeded random init, when
@@ -122,16 +132,22 @@ class DiffusionBackbone(nn.Module):
                  pretrained: bool | str = True, t: int = 50, prompt: str = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
-                 trainable_denoiser: bool = False, fusion: bool = False):
+                 trainable_denoiser: bool = False, fusion: bool = False, prune: bool = True,
+                 latent_cache: str | None = None, channels_last: bool = False, compile: bool = False):
         super().__init__()
         self.spec = spec = get_model_spec(model)
-        if not (isinstance(t, int) and 0 <= t < spec.num_train_timesteps):
-            raise ValueError(f't must be an integer training timestep in [0, {spec.num_train_timesteps}); got {t!r}')
+        timesteps = (t,) if isinstance(t, int) else tuple(t) if isinstance(t, (list, tuple)) else ()
+        if not timesteps or not all(isinstance(s, int) and 0 <= s < spec.num_train_timesteps for s in timesteps):
+            raise ValueError(f't must be an integer training timestep in [0, {spec.num_train_timesteps}) or a list of '
+                             f'them; got {t!r}')
         if not (isinstance(ensemble_size, int) and ensemble_size >= 1):
             raise ValueError(f'ensemble_size must be a positive integer; got {ensemble_size!r}')
         self.dtype = _as_dtype(dtype)
-        self.t, self.noise_seed, self.ensemble_size = t, noise_seed, ensemble_size
+        self.t, self.timesteps, self.noise_seed, self.ensemble_size = t, timesteps, noise_seed, ensemble_size
         self.sample_posterior, self.trainable_denoiser = sample_posterior, trainable_denoiser
+        if latent_cache is not None and sample_posterior:
+            raise ValueError('latent_cache keeps one latent per image, so it needs the posterior mean: '
+                             'use sample_posterior=False or latent_cache=None.')
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
 
         parts = load_components(spec, pretrained, self.dtype,
@@ -152,6 +168,13 @@ class DiffusionBackbone(nn.Module):
         self._set_levels(self.levels)
         self.fusion = nn.ModuleList(LevelFusion([self._channels[n] for n in level]) for level in self.levels) \
             if fusion else None
+        self.pruned = self._prune() if prune else []
+        if channels_last:
+            self.denoiser.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self.compiled = self._compile() if compile else []
+        self.latent_cache = None if latent_cache is None else LatentCache(
+            latent_cache, f'{spec.name}|{pretrained}|{next(self.vae.parameters()).dtype}')
 
         for p in self.vae.parameters():
             p.requires_grad_(False)
@@ -171,7 +194,44 @@ class DiffusionBackbone(nn.Module):
         self.levels = levels
         self.feature_info = [dict(num_chs=sum(self._channels[n] for n in level), reduction=self.stride_of[level[0]],
                                   module=f'levels.{i}') for i, level in enumerate(levels)]
-        self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True)
+        self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True,
+                                         catalog=self.points)
+
+    def _prune(self) -> list[str]:
+        device = next(self.denoiser.parameters()).device
+        m = self.latent_multiple
+        probe = torch.zeros(1, self.denoiser.config.in_channels, m, m, device=device, dtype=self.dtype)
+        kwargs = self.conditioning.denoiser_kwargs(1, (m * 8, m * 8), self.dtype)
+
+        def run():
+            with torch.no_grad(), self.capture:
+                self.denoiser(probe, torch.full((1,), self.timesteps[0], device=device), **kwargs)
+            self.capture.activations = {}
+        return prune_unexecuted(self.denoiser, run)
+
+    def _compile(self) -> list[str]:
+        """Compile the largest denoiser parts that contain no hooked module (and were not pruned)."""
+        hooked = {p.module for p in self.capture.points} | {p.grid_module for p in self.capture.points if p.grid_module}
+        compiled = []
+
+        def visit(name: str, module: nn.Module) -> None:
+            for child_name, child in module.named_children():
+                path = f'{name}.{child_name}' if name else child_name
+                contains_hook = any(h == path or h.startswith(path + '.') for h in hooked)
+                if isinstance(child, (nn.ModuleList, nn.ModuleDict)) or contains_hook:
+                    visit(path, child)
+                elif not isinstance(child, PrunedModule) and next(child.parameters(), None) is not None:
+                    child.compile()
+                    compiled.append(path)
+        visit('', self.denoiser)
+        return compiled
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute denoiser activations in the backward pass (for a trainable denoiser)."""
+        if enable:
+            self.denoiser.enable_gradient_checkpointing()
+        else:
+            self.denoiser.disable_gradient_checkpointing()
 
     def select_levels(self, indices: Sequence[int]) -> None:
         """Keep only the levels at ``indices`` (renumbered 0..k-1, order kept).
@@ -214,33 +274,56 @@ class DiffusionBackbone(nn.Module):
                 'x / 127.5 - 1 for 0..255 images (normalise with mean = std = 127.5, or 0.5 for 0..1 images), '
                 'not ImageNet mean/std.')
 
+    @property
+    def n_members(self) -> int:
+        """Forward copies of each image: one per (timestep, noise sample)."""
+        return len(self.timesteps) * self.ensemble_size
+
     def _noise(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
-        e, (b, *chw) = self.ensemble_size, shape
+        """(members * B, C, h, w) noise, member-major."""
+        e, (b, *chw) = self.n_members, shape
         if self.noise_seed is None:
             return torch.randn((e * b, *chw), device=device)
-        # One draw per ensemble member shared across the batch: an image's features do not depend on
-        # its batch or its position in it.
+        # One draw per member shared across the batch: an image's features do not depend on its
+        # batch or its position in it.
         generator = torch.Generator().manual_seed(self.noise_seed)
         noise = torch.randn((e, 1, *chw), generator=generator).to(device)
         return noise.expand(e, b, *chw).reshape(e * b, *chw)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent of images whose sides are multiples of ``pixel_multiple``."""
+        images = images.to(next(self.vae.parameters()).dtype)
+        if self.latent_cache is not None:
+            return self._encode_cached(images)
         generator = None
         if self.sample_posterior and self.noise_seed is not None:
             generator = torch.Generator(images.device).manual_seed(self.noise_seed + 1)
         with torch.no_grad():
-            return self.vae(images.to(self.vae.encoder.conv_in.weight.dtype), self.sample_posterior, generator)
+            return self.vae(images, self.sample_posterior, generator)
+
+    def _encode_cached(self, images: torch.Tensor) -> torch.Tensor:
+        keys = [self.latent_cache.key(image) for image in images]
+        latents = [self.latent_cache.get(key) for key in keys]
+        misses = [i for i, latent in enumerate(latents) if latent is None]
+        if misses:
+            with torch.no_grad():
+                fresh = self.vae(images[misses])
+            for i, latent in zip(misses, fresh):
+                self.latent_cache.put(keys[i], latent)
+                latents[i] = latent
+        return torch.stack([latent.to(images.device) for latent in latents])
 
     def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Noise ``latents`` at ``t``, run the denoiser up to the last requested activation, return them."""
-        e, b = self.ensemble_size, latents.shape[0]
-        abar = self.alphas_cumprod[self.t]
+        """Noise ``latents`` at each timestep and noise sample (all members in one batch), run the
+        denoiser up to the last requested activation, and return the member-averaged activations."""
+        e, b = self.n_members, latents.shape[0]
+        timesteps = torch.tensor(self.timesteps, device=latents.device).repeat_interleave(self.ensemble_size * b)
+        abar = self.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * latents.float().repeat(e, 1, 1, 1) + (1 - abar).sqrt() * self._noise(latents.shape, latents.device)
-        timesteps = torch.full((e * b,), self.t, device=latents.device, dtype=torch.long)
         kwargs = self.conditioning.denoiser_kwargs(e * b, image_hw, self.dtype)
+        noisy = noisy.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         with torch.set_grad_enabled(self.trainable_denoiser and torch.is_grad_enabled()), self.capture:
-            self.denoiser(noisy.to(self.dtype), timesteps, **kwargs)
+            self.denoiser(noisy, timesteps, **kwargs)
         captured, self.capture.activations = self.capture.activations, {}
         if len(captured) != len(self.capture.points):
             missing = sorted({p.name for p in self.capture.points} - set(captured))

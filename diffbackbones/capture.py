@@ -95,15 +95,17 @@ class ActivationCapture:
         stop_early: Raise ``StopForward`` right after the last requested activation is computed, so
             the rest of the forward is skipped; the context manager swallows it.
         detach: Store detached tensors (for analysis); keep False to backpropagate through them.
+        catalog: The denoiser's catalog, when the caller already has it (``activation_points``).
 
     After the forward, ``activations`` maps each name to a (B, C, h, w) tensor.
     """
 
     def __init__(self, denoiser: nn.Module, names: Sequence[str], *, stop_early: bool = False,
-                 detach: bool = False):
+                 detach: bool = False, catalog: Sequence[ActivationPoint] | None = None):
         self.denoiser = denoiser
         self.names = list(dict.fromkeys(names))
-        self.points: list[ActivationPoint] = resolve_names(activation_points(denoiser), self.names)
+        catalog = activation_points(denoiser) if catalog is None else catalog
+        self.points: list[ActivationPoint] = resolve_names(catalog, self.names)
         self.stop_early = stop_early
         self.detach = detach
         self.activations: dict[str, torch.Tensor] = {}

@@ -49,6 +49,9 @@ class DiffusionNet(nn.Module):
         self.feature_info = [dict(info, module=f'backbone.{info["module"]}') for info in self.backbone.feature_info]
         self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.backbone.set_grad_checkpointing(enable)
+
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 

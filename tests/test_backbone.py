@@ -65,19 +65,27 @@ def test_padding_crops_back_to_the_unpadded_content(sd_tiny):
         torch.testing.assert_close(fc, fp[..., :fc.shape[-2], :fc.shape[-1]])
 
 
-def test_ensemble_is_the_mean_of_its_members(sd_tiny):
+@pytest.mark.parametrize('timesteps,ensemble', [(50, 3), ([10, 200], 2)])
+def test_batched_members_are_the_mean_of_separate_runs(timesteps, ensemble):
+    """Timesteps x noise samples run as one batch and equal the mean of one run per member."""
     x = random_images(2, 64, 64)
-    ens = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, ensemble_size=3)
+    ens = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, t=timesteps, ensemble_size=ensemble)
+    assert ens.n_members == len(ens.timesteps) * ensemble
+    calls = []
+    handle = ens.denoiser.conv_in.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    with torch.no_grad():
+        together = ens(x)
+    handle.remove()
+    assert calls == [2 * ens.n_members]  # one batched forward, not a loop
     with torch.no_grad():
         latents = ens.encode(x)
-        noise = ens._noise(latents.shape, latents.device).view(3, 2, *latents.shape[1:])
-        together = ens(x)
-        abar = ens.alphas_cumprod[ens.t]
+        noise = ens._noise(latents.shape, latents.device).view(ens.n_members, 2, *latents.shape[1:])
         members = []
-        for e in range(3):
-            noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise[e]
+        for m, t in enumerate(s for s in ens.timesteps for _ in range(ensemble)):
+            abar = ens.alphas_cumprod[t]
+            noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise[m]
             with ens.capture:
-                ens.denoiser(noisy, torch.full((2,), ens.t), **ens.conditioning.denoiser_kwargs(2, (64, 64), torch.float32))
+                ens.denoiser(noisy, torch.full((2,), t), **ens.conditioning.denoiser_kwargs(2, (64, 64), torch.float32))
             members.append(ens.capture.activations)
             ens.capture.activations = {}
     for level, feat in zip(ens.levels, together):
@@ -170,8 +178,9 @@ def test_local_diffusers_folder_loads_its_weights(tmp_path):
     CLIPTextModel(CLIPTextConfig(**load_config(spec, 'text_encoder'))).save_pretrained(tmp_path / 'text_encoder')
     write_tiny_clip_tokenizer(tmp_path / 'tokenizer')
     backbone = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=str(tmp_path))
-    for (name, mine), theirs in zip(backbone.denoiser.state_dict().items(), unet.state_dict().values()):
-        assert torch.equal(mine, theirs), name
+    theirs = unet.state_dict()
+    for name, mine in backbone.denoiser.state_dict().items():  # the kept (unpruned) part
+        assert torch.equal(mine, theirs[name]), name
     with torch.no_grad():
         assert all(torch.isfinite(f).all() for f in backbone(random_images(1, 64, 64)))
 

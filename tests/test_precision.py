@@ -1,0 +1,58 @@
+"""fp16 / bf16 paths, channels_last, torch.compile and gradient checkpointing on a tiny model."""
+import pytest
+import torch
+
+from diffbackbones import DiffusionBackbone
+
+from conftest import random_images
+
+
+@pytest.fixture(scope='module')
+def reference():
+    x = random_images(1, 64, 64)
+    with torch.no_grad():
+        return x, DiffusionBackbone('test_sdxl_tiny', 'practical', pretrained=False)(x)
+
+
+@pytest.mark.parametrize('dtype,vae_dtype', [('fp16', torch.float32), ('bf16', torch.bfloat16)])
+def test_low_precision_is_finite_and_close_to_fp32(reference, dtype, vae_dtype):
+    x, ref = reference
+    backbone = DiffusionBackbone('test_sdxl_tiny', 'practical', pretrained=False, dtype=dtype)
+    assert next(backbone.vae.parameters()).dtype == vae_dtype  # fp16 keeps the VAE in fp32 (SDXL overflows)
+    with torch.no_grad():
+        feats = backbone(x)
+    for f, r in zip(feats, ref):
+        assert f.dtype == backbone.dtype and torch.isfinite(f).all()
+        assert ((f.float() - r).norm() / r.norm()) < 0.05
+
+
+def test_channels_last_matches(reference):
+    x, ref = reference
+    backbone = DiffusionBackbone('test_sdxl_tiny', 'practical', pretrained=False, channels_last=True)
+    with torch.no_grad():
+        for f, r in zip(backbone(x), ref):
+            torch.testing.assert_close(f, r, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compile_matches_eager(reference):
+    x, ref = reference
+    backbone = DiffusionBackbone('test_sdxl_tiny', 'practical', pretrained=False, compile=True)
+    assert backbone.compiled and 'down_blocks.0' in backbone.compiled  # no capture point there
+    with torch.no_grad():
+        for f, r in zip(backbone(x), ref):
+            torch.testing.assert_close(f, r, rtol=1e-3, atol=1e-4)
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    x = random_images(1, 64, 64)
+    grads = []
+    for checkpointing in (False, True):
+        backbone = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, trainable_denoiser=True).train()
+        backbone.set_grad_checkpointing(checkpointing)
+        assert backbone.denoiser.is_gradient_checkpointing == checkpointing
+        sum(f.square().mean() for f in backbone(x)).backward()
+        grads.append({n: p.grad.clone() for n, p in backbone.denoiser.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
