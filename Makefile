@@ -26,11 +26,11 @@ test: install
 
 # The main job: a tiny diffusion backbone + UPerHead trained on the embedded shapes set (CPU, minutes),
 # evaluated (mIoU printed as mmseg does) and its predictions drawn under work_dirs/demo/pictures.
-TOY := configs/toy/upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py
+TOY := configs/toy/upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py
 demo: install
 	$(PY) tools/make_shapes.py data/shapes
 	$(PY) tools/train.py $(TOY) --work-dir work_dirs/demo
-	$(PY) tools/test.py $(TOY) work_dirs/demo/iter_600.pth --work-dir work_dirs/demo/test --show-dir work_dirs/demo/pictures
+	$(PY) tools/test.py $(TOY) work_dirs/demo/iter_300.pth --work-dir work_dirs/demo/test --show-dir work_dirs/demo/pictures
 	@echo "predictions drawn in work_dirs/demo/pictures"
 
 clean:

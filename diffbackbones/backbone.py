@@ -168,7 +168,7 @@ class DiffusionBackbone(nn.Module):
         self._set_levels(self.levels)
         self.fusion = nn.ModuleList(LevelFusion([self._channels[n] for n in level]) for level in self.levels) \
             if fusion else None
-        self.pruned = self._prune() if prune else []
+        self.pruned = self.prune_tail() if prune else []
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
@@ -197,7 +197,11 @@ class DiffusionBackbone(nn.Module):
         self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True,
                                          catalog=self.points)
 
-    def _prune(self) -> list[str]:
+    def prune_tail(self) -> list[str]:
+        """Drop the denoiser modules that run after the last requested activation; returns their paths.
+
+        Measured with one probe forward at the smallest valid latent size (see ``pruning.py``).
+        """
         device = next(self.denoiser.parameters()).device
         m = self.latent_multiple
         probe = torch.zeros(1, self.denoiser.config.in_channels, m, m, device=device, dtype=self.dtype)
@@ -313,15 +317,23 @@ class DiffusionBackbone(nn.Module):
                 latents[i] = latent
         return torch.stack([latent.to(images.device) for latent in latents])
 
-    def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Noise ``latents`` at each timestep and noise sample (all members in one batch), run the
-        denoiser up to the last requested activation, and return the member-averaged activations."""
+    def denoiser_inputs(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Noisy latents, timesteps and conditioning for one batched denoiser call.
+
+        Every (timestep, noise sample) member gets a copy of the batch, member-major, so the call has
+        ``n_members * B`` rows.
+        """
         e, b = self.n_members, latents.shape[0]
         timesteps = torch.tensor(self.timesteps, device=latents.device).repeat_interleave(self.ensemble_size * b)
         abar = self.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * latents.float().repeat(e, 1, 1, 1) + (1 - abar).sqrt() * self._noise(latents.shape, latents.device)
-        kwargs = self.conditioning.denoiser_kwargs(e * b, image_hw, self.dtype)
         noisy = noisy.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        return noisy, timesteps, self.conditioning.denoiser_kwargs(e * b, image_hw, self.dtype)
+
+    def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
+        """Run the denoiser on all members up to the last requested activation; member-averaged activations."""
+        e, b = self.n_members, latents.shape[0]
+        noisy, timesteps, kwargs = self.denoiser_inputs(latents, image_hw)
         with torch.set_grad_enabled(self.trainable_denoiser and torch.is_grad_enabled()), self.capture:
             self.denoiser(noisy, timesteps, **kwargs)
         captured, self.capture.activations = self.capture.activations, {}

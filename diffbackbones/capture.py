@@ -173,6 +173,11 @@ class ActivationCapture:
         return exc_type is not None and issubclass(exc_type, StopForward)
 
     @property
+    def last_point(self) -> ActivationPoint:
+        """The requested activation computed last: where ``stop_early`` ends the forward."""
+        return max(self.points, key=lambda p: p.order)
+
+    @property
     def complete(self) -> bool:
         """True when every requested activation was captured."""
         return len(self.activations) == len(self.points)

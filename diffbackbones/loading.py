@@ -155,5 +155,6 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
 
 
 def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    # Only cast when needed: diffusers warns on any .to(dtype) of a model, even a no-op one.
-    return module if next(module.parameters()).dtype == dtype else module.to(dtype)
+    # nn.Module.to directly: diffusers' ModelMixin.to warns about "modules to keep in float32" on every
+    # dtype cast, even when that list is empty (UNets and VAEs have none).
+    return module if next(module.parameters()).dtype == dtype else nn.Module.to(module, dtype)

@@ -21,7 +21,7 @@ from conftest import REPO  # noqa: E402
 
 register_all_modules()  # what Runner does for default_scope='mmseg'
 
-TOY = REPO / 'configs' / 'toy' / 'upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py'
+TOY = REPO / 'configs' / 'toy' / 'upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py'
 PAPER_CONFIGS = sorted((REPO / 'configs' / 'diffusion').glob('*.py'))
 TOY_CONFIGS = sorted((REPO / 'configs' / 'toy').glob('*.py'))
 
@@ -130,3 +130,35 @@ def test_two_process_torchrun_trains_and_evaluates(shapes_root, tmp_path):
     assert 'Distributed training is not used' not in log
     assert re.search(r'Iter\(val\) \[\d+/\d+\].*mIoU: [\d.]+', log)
     assert (tmp_path / 'iter_2.pth').exists()
+
+
+def test_shapes_generator_is_deterministic_and_labels_every_class(tmp_path):
+    import numpy as np
+    from PIL import Image
+    a = make_shapes_dataset(tmp_path / 'a', n_train=6, n_val=2)
+    b = make_shapes_dataset(tmp_path / 'b', n_train=6, n_val=2)
+    labels = []
+    for split, n in (('train', 6), ('val', 2)):
+        for i in range(n):
+            for kind in ('img_dir', 'ann_dir'):
+                assert (a / kind / split / f'{i:05d}.png').read_bytes() == (b / kind / split / f'{i:05d}.png').read_bytes()
+            labels.append(np.asarray(Image.open(a / 'ann_dir' / split / f'{i:05d}.png')))
+    assert set(np.unique(np.stack(labels)).tolist()) == {0, 1, 2, 3}
+    dataset = diffbackbones.segmentation.ShapesDataset(data_root=str(a), data_prefix=dict(
+        img_path='img_dir/train', seg_map_path='ann_dir/train'), pipeline=[])
+    assert len(dataset) == 6 and dataset.metainfo['classes'] == ('background', 'circle', 'square', 'triangle')
+
+
+class _Smuggler:
+    """A checkpoint object that would call getattr on something other than HistoryBuffer."""
+
+    def __reduce__(self):
+        return getattr, (dict, 'fromkeys')
+
+
+def test_safe_loading_allows_mmengine_globals_but_not_a_general_getattr(tmp_path):
+    from diffbackbones.segmentation import allow_mmengine_checkpoints
+    allow_mmengine_checkpoints()
+    torch.save({'x': _Smuggler()}, tmp_path / 'crafted.pth')
+    with pytest.raises(Exception, match='only HistoryBuffer statistics methods are allowed'):
+        torch.load(tmp_path / 'crafted.pth')

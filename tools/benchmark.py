@@ -4,15 +4,18 @@
     python tools/benchmark.py --model sdxl --size 512 --reps 3
     python tools/benchmark.py --model sd21 --dift            # DIFT-style feature: up_blocks[1] output
 
-Three variants, same input batch, same dtype, all without autograd:
+Four variants, same input batch, same dtype, all without autograd:
   (a) full      VAE encode + the COMPLETE denoiser forward + ActivationCapture hooks (no early stop):
                 what the original implementation does.
   (b) floor     VAE encode + the denoiser cut right after the deepest requested activation by one
                 hook that raises, with no capture machinery: the cheapest way to get that far.
   (c) backbone  DiffusionBackbone.forward itself.
+  (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
 Variants run interleaved (a, b, c, a, b, c, ...) so machine noise hits all alike; the median of the
 timed rounds is reported, with the largest peak memory growth of a call; FLOPs come from one extra
 counting pass per variant. Random weights by default (pretrained=False: the real architecture).
+The backbone is built with prune=False, since (a) needs the whole denoiser; the tail pruning would
+drop never runs in (b) and (c) anyway. It is pruned at the end, to report the memory users get.
 """
 from __future__ import annotations
 
@@ -31,11 +34,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from diffbackbones import ActivationCapture, DiffusionBackbone
-from diffbackbones.catalog import ActivationPoint
+from diffbackbones.cache import LatentCache
 from diffbackbones.zoo import MODELS, load_config
 
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
-LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward'}
+LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward',
+          'd': '(d) (c) + warm latent cache'}
 
 
 class _Cut(Exception):
@@ -46,35 +50,20 @@ def _raise(*_) -> None:
     raise _Cut
 
 
-def denoiser_inputs(bb: DiffusionBackbone, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """VAE latent noised at t, timesteps and conditioning, as DiffusionBackbone.extract builds them."""
-    latents = bb.encode(images)
-    abar = bb.alphas_cumprod[bb.t]
-    # The backbone's seeded noise (one draw shared by the batch), so (a) and (c) see identical inputs.
-    noise = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(bb.noise_seed)).to(latents.device)
-    noisy = abar.sqrt() * latents.float() + (1 - abar).sqrt() * noise
-    timesteps = torch.full((len(images),), bb.t, device=images.device, dtype=torch.long)
-    return noisy.to(bb.dtype), timesteps, bb.conditioning.denoiser_kwargs(len(images), images.shape[-2:], bb.dtype)
-
-
-def deepest_point(bb: DiffusionBackbone) -> ActivationPoint:
-    """The requested activation computed last: where the backbone (and the floor) stop."""
-    return max(bb.capture.points, key=lambda p: p.order)
-
-
 def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Callable[[], object] | None]:
     """The measured callables by key ('a', 'b', 'c'); 'b' is None when it has no hook-only definition."""
-    capture = ActivationCapture(bb.denoiser, [p.name for p in bb.capture.points], stop_early=False)
-    deepest = deepest_point(bb)
+    capture = ActivationCapture(bb.denoiser, [p.name for p in bb.capture.points], stop_early=False, catalog=bb.points)
+    deepest = bb.capture.last_point
+    hw = tuple(images.shape[-2:])
 
     def full() -> dict[str, torch.Tensor]:
-        noisy, timesteps, kwargs = denoiser_inputs(bb, images)
+        noisy, timesteps, kwargs = bb.denoiser_inputs(bb.encode(images), hw)
         with capture:
             bb.denoiser(noisy, timesteps, **kwargs)
         return capture.activations
 
     def floor() -> None:
-        noisy, timesteps, kwargs = denoiser_inputs(bb, images)
+        noisy, timesteps, kwargs = bb.denoiser_inputs(bb.encode(images), hw)
         module = bb.denoiser.get_submodule(deepest.module)
         # An 'input' activation exists before its module runs, so the cut goes before that module.
         handle = (module.register_forward_pre_hook(_raise) if deepest.layout == 'input'
@@ -87,9 +76,18 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
         finally:
             handle.remove()  # the denoiser is shared with (a) and (c)
 
+    cache = LatentCache('memory', 'benchmark')  # filled by the warm-up round
+
+    def cached() -> tuple[torch.Tensor, ...]:
+        bb.latent_cache = cache
+        try:
+            return bb(images)
+        finally:
+            bb.latent_cache = None
+
     # Attention maps need the unfused attention path: there is no hook-only floor for them.
     has_maps = any(p.layout == 'attn-map' for p in bb.capture.points)
-    return {'a': full, 'b': None if has_maps else floor, 'c': lambda: bb(images)}
+    return {'a': full, 'b': None if has_maps else floor, 'c': lambda: bb(images), 'd': cached}
 
 
 def _rss_kib(field: str) -> int:
@@ -182,20 +180,18 @@ def main() -> None:
     activations = DIFT if args.dift else args.activations.split(',') if args.activations else args.preset
     device = torch.device(args.device)
 
-    bb = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype).to(device)
+    bb = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype, prune=False).to(device)
     size = args.size or bb.spec.image_size
     if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
         parser.error(f'--size must be a multiple of {bb.pixel_multiple} for {args.model}')
     images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     variants = make_variants(bb, images)
-    deepest = deepest_point(bb)
+    deepest = bb.capture.last_point
 
     print(f'machine: {machine(device)}')
     print(f'model {args.model} (pretrained={pretrained}), {args.dtype}, batch {args.batch} x {size}x{size}, '
           f'levels {[list(level) for level in bb.levels]}')
     print(f'deepest activation: {deepest.name} (#{deepest.order + 1} of {len(bb.points)} in execution order)')
-    print(f'loaded parameter memory: backbone {size_str(param_bytes(bb))} vs full pipeline '
-          f'{size_str(pipeline_param_bytes(bb))} (denoiser + full VAE + text encoders)')
 
     times = {name: [] for name, fn in variants.items() if fn}
     peaks = dict.fromkeys(times, 0)
@@ -214,6 +210,8 @@ def main() -> None:
                 peaks[name] = max(peaks[name], peak)
         flops = {name: count_flops(variants[name]) for name in times}
         vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
+        pipeline, unpruned = pipeline_param_bytes(bb), param_bytes(bb)
+        bb.prune_tail()  # what DiffusionBackbone(prune=True) does at construction
     print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
@@ -228,9 +226,12 @@ def main() -> None:
     print(f'{"of which VAE encode":<32} {vae_flops / args.batch / 1e12:>55.4g}')
     a, b, c = (median.get(n) for n in 'abc')
     print(f'\nc/a throughput: {a / c:.2f}x ({"c faster" if a > c else "c slower"}; {args.reps} rounds, median)')
+    print(f'd/a throughput: {a / median["d"]:.2f}x (repeated images skip the VAE encoder)')
     if b is not None:
         print(f'c/b time: {c / b:.3f}x (overhead of the backbone over the floor: {100 * (c / b - 1):+.1f}%)')
         print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.2f}x (the most any early stop can gain here)')
+    print(f'loaded parameter memory: backbone {size_str(param_bytes(bb))} (pruned; {size_str(unpruned)} unpruned) '
+          f'vs full pipeline {size_str(pipeline)} (denoiser + full VAE + text encoders)')
 
 
 if __name__ == '__main__':

@@ -21,6 +21,7 @@ def parse_args():
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument('--show-dir', help='directory where painted images will be saved')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
+    parser.add_argument('--show-interval', type=int, default=1, help='draw every n-th test image (mmseg draws every 50th)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings in the config')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
     parser.add_argument('--tta', action='store_true', help='test time augmentation')
@@ -36,6 +37,7 @@ def trigger_visualization_hook(cfg, args):
         raise RuntimeError('VisualizationHook must be included in default_hooks; see configs/_base_/default_runtime.py')
     hook = default_hooks['visualization']
     hook['draw'] = True  # turn on visualization
+    hook['interval'] = args.show_interval
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time

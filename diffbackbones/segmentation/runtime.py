@@ -1,7 +1,9 @@
 """What mmseg's tools need on top of mmengine here: safe checkpoint loading, gloo on CPU, a channel check."""
 from __future__ import annotations
 
+import codecs
 import os
+import pickle
 
 import torch
 import torch.distributed as dist
@@ -10,16 +12,35 @@ import torch.nn as nn
 __all__ = ['allow_mmengine_checkpoints', 'init_cpu_distributed', 'check_segmentor']
 
 
+def _history_buffer_statistic(owner, name: str):
+    """Stands in for ``builtins.getattr`` while unpickling, and resolves only what mmengine writes.
+
+    mmengine pickles ``HistoryBuffer``'s statistics methods (``HistoryBuffer.min`` and so on) by
+    qualified name, which pickle encodes as ``getattr(HistoryBuffer, 'min')``. Allowing the real
+    ``getattr`` would let a crafted checkpoint reach anything (and run code), so only those
+    attributes of that class resolve.
+    """
+    from mmengine.logging import HistoryBuffer
+    # the four built-in statistics (registered lazily by the first HistoryBuffer) plus custom ones
+    if owner is HistoryBuffer and name in {'min', 'max', 'current', 'mean', *HistoryBuffer._statistics_methods}:
+        return getattr(owner, name)
+    raise pickle.UnpicklingError(f'refused getattr({owner!r}, {name!r}) in a checkpoint: only HistoryBuffer '
+                                 'statistics methods are allowed')
+
+
 def allow_mmengine_checkpoints() -> None:
     """Let ``torch.load(weights_only=True)`` (the default since torch 2.6) read mmengine checkpoints.
 
-    mmengine writes its message hub (``HistoryBuffer`` objects holding numpy arrays and scalars) into
-    every checkpoint, so ``--resume`` fails with ``UnpicklingError`` as shipped. Rather than turning
-    the safe loader off, this allow-lists exactly the globals mmengine writes.
+    mmengine writes its message hub (``HistoryBuffer`` objects holding numpy arrays, scalars and
+    statistics methods) into every checkpoint, so ``--resume`` fails with ``UnpicklingError`` as
+    shipped. Rather than turning the safe loader off, this allow-lists exactly the globals mmengine
+    writes, with ``getattr`` narrowed to the one use mmengine makes of it.
     """
     import numpy as np
     from mmengine.logging import HistoryBuffer
-    allowed = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar]
+    allowed = [HistoryBuffer, np.ndarray, np.dtype, np.core.multiarray._reconstruct, np.core.multiarray.scalar,
+               codecs.encode, (_history_buffer_statistic, 'builtins.getattr'),
+               (_history_buffer_statistic, '__builtin__.getattr')]
     allowed += [type(np.dtype(t)) for t in ('float64', 'float32', 'int64', 'int32', 'bool', 'uint8')]
     torch.serialization.add_safe_globals(allowed)
 

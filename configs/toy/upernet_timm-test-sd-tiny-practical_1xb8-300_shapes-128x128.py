@@ -1,5 +1,5 @@
 # Toy: the same run through mmseg's own TIMMBackbone and the timm registry entry 'test_sd_tiny_practical'.
-_base_ = ['./upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py']
+_base_ = ['./upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py']
 model = dict(
     backbone=dict(
         _delete_=True,

@@ -1,5 +1,5 @@
 # Toy: FPN neck + FPNHead (mmseg's Semantic FPN) on the tiny SD-topology model's 'legacy' layer ids.
-_base_ = ['./upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py']
+_base_ = ['./upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py']
 model = dict(
     backbone=dict(activations='legacy'),
     neck=dict(type='FPN', in_channels=[96, 64, 64], out_channels=32, num_outs=3),

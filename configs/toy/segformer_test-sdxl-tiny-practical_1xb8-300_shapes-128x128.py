@@ -1,5 +1,5 @@
 # Toy: SegformerHead (all-MLP decoder) on the tiny SDXL-topology model's 'practical' layer ids.
-_base_ = ['./upernet_test-sd-tiny-practical_1xb8-600_shapes-128x128.py']
+_base_ = ['./upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py']
 model = dict(
     backbone=dict(model='test_sdxl_tiny', activations='practical'),
     decode_head=dict(
