@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch.nn as nn
 from diffusers.models.activations import GEGLU, SwiGLU
@@ -219,7 +219,3 @@ def resolve_names(points: Sequence[ActivationPoint], names: Sequence[str]) -> li
             f'\n{len(by_name)} ids exist; list them with diffbackbones.list_activations(denoiser, latent_hw).')
     return [by_name[n] for n in names]
 
-
-def iter_modules(denoiser: nn.Module, points: Sequence[ActivationPoint]) -> Iterator[tuple[ActivationPoint, nn.Module]]:
-    for p in points:
-        yield p, denoiser.get_submodule(p.module)

@@ -9,7 +9,6 @@ next to the input. Real weights give semantic colours; a random-weight model sti
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np

@@ -9,12 +9,10 @@ loader); the neck/head channels are checked against the backbone before training
 """
 import argparse
 import os
-import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
-from diffbackbones.segmentation import allow_mmengine_checkpoints, check_segmentor, init_cpu_distributed
+from diffbackbones.segmentation import build_runner, load_tool_config
 
 
 def parse_args():
@@ -35,24 +33,13 @@ def parse_args():
 
 def main():
     args = parse_args()
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    # work_dir: command line > config > ./work_dirs/<config name>
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    cfg = load_tool_config(args.config, args.cfg_options, args.work_dir, args.launcher)
     if args.amp:
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
         cfg.optim_wrapper.loss_scale = 'dynamic'
     cfg.resume = args.resume
 
-    allow_mmengine_checkpoints()
-    init_cpu_distributed(args.launcher)
-    runner = Runner.from_cfg(cfg)
-    check_segmentor(runner.model.module if hasattr(runner.model, 'module') else runner.model)
+    runner = build_runner(cfg)
     runner.train()
 
 

@@ -9,8 +9,9 @@ from mmseg.registry import MODELS
 
 from ..backbone import DiffusionBackbone
 from .datasets import ShapesDataset
-from .runtime import allow_mmengine_checkpoints, check_segmentor, init_cpu_distributed
+from .runtime import allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed, load_tool_config
 
 MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
 
-__all__ = ['ShapesDataset', 'allow_mmengine_checkpoints', 'check_segmentor', 'init_cpu_distributed']
+__all__ = ['ShapesDataset', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor', 'init_cpu_distributed',
+           'load_tool_config']

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-__all__ = ['allow_mmengine_checkpoints', 'init_cpu_distributed', 'check_segmentor']
+__all__ = ['allow_mmengine_checkpoints', 'init_cpu_distributed', 'check_segmentor', 'load_tool_config', 'build_runner']
 
 
 def _history_buffer_statistic(owner, name: str):
@@ -103,3 +103,28 @@ def check_segmentor(model: nn.Module) -> None:
         if got != expected:
             raise ValueError(f'{name}.in_channels={got} does not match the backbone: levels {index} give '
                              f'{expected} channels (all levels: {channels}); set model.{name}.in_channels={expected}.')
+
+
+def load_tool_config(config: str, cfg_options: dict | None, work_dir: str | None, launcher: str):
+    """A tool's config: the file, then ``--cfg-options``; work_dir from the command line, the config,
+    or ``./work_dirs/<config name>``, as mmseg's tools do."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    cfg.launcher = launcher
+    if cfg_options is not None:
+        cfg.merge_from_dict(cfg_options)
+    if work_dir is not None:
+        cfg.work_dir = work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = os.path.join('./work_dirs', os.path.splitext(os.path.basename(config))[0])
+    return cfg
+
+
+def build_runner(cfg):
+    """The mmengine Runner with safe checkpoint loading, gloo on CPU and the channel check done."""
+    from mmengine.runner import Runner
+    allow_mmengine_checkpoints()
+    init_cpu_distributed(cfg.launcher)
+    runner = Runner.from_cfg(cfg)
+    check_segmentor(runner.model.module if hasattr(runner.model, 'module') else runner.model)
+    return runner
