@@ -13,7 +13,8 @@ Four variants, same input batch, same dtype, all without autograd:
   (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
 Variants run interleaved (a, b, c, a, b, c, ...) so machine noise hits all alike; the median of the
 timed rounds is reported, with the largest peak memory growth of a call; FLOPs come from one extra
-counting pass per variant. Random weights by default (pretrained=False: the real architecture).
+counting pass per variant, and each variant's achieved FLOP/s is put against the dense matmul rate
+measured on the same device and dtype (the practical ceiling). Random weights by default (pretrained=False: the real architecture).
 The backbone is built with prune=False, since (a) needs the whole denoiser; the tail pruning would
 drop never runs in (b) and (c) anyway. It is pruned at the end, to report the memory users get.
 """
@@ -125,6 +126,23 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
+    """The measured dense matmul rate (FLOP/s) at ``dtype`` and the square size used.
+
+    The practical ceiling of the hardware for this dtype: each variant's achieved FLOP/s is reported as a
+    fraction of it, so a number is comparable across cards and CPUs.
+    """
+    n = 8192 if device.type == 'cuda' else 1024
+    gen = torch.Generator(device).manual_seed(0)
+    x, y = (torch.randn(n, n, generator=gen, device=device).to(dtype) for _ in range(2))
+    calls, seconds = 0, 0.0
+    x @ y  # warm-up: kernel selection, lazy initialisation
+    while calls < 3 or seconds < 1.0:  # at least a second of work, so timer resolution does not matter
+        _, took, _ = run_once(lambda: x @ y, device)
+        calls, seconds = calls + 1, seconds + took
+    return 2 * n ** 3 * calls / seconds, n
+
+
 def param_bytes(*modules: nn.Module, dtype: torch.dtype | None = None) -> int:
     """Bytes of parameters and buffers; floating tensors counted at ``dtype`` when given (meta modules)."""
     return sum(t.numel() * (dtype.itemsize if dtype and t.is_floating_point() else t.element_size())
@@ -210,19 +228,24 @@ def main() -> None:
                 peaks[name] = max(peaks[name], peak)
         flops = {name: count_flops(variants[name]) for name in times}
         vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
+        rate, rate_n = matmul_rate(device, bb.dtype)
         pipeline, unpruned = pipeline_param_bytes(bb), param_bytes(bb)
         bb.prune_tail()  # what DiffusionBackbone(prune=True) does at construction
     print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
     mem = 'peak RSS growth' if device.type == 'cpu' else 'peak allocated'
-    print(f'\n{"variant":<32} {"images/s":>9} {"latency ms":>11} {mem + " MiB":>20} {"TFLOP/image":>12}')
+    print(f'matmul rate: {rate / 1e12:.3g} TFLOP/s ({rate_n}x{rate_n} @ {rate_n}x{rate_n}, {args.dtype}, measured here)')
+    print(f'\n{"variant":<32} {"images/s":>9} {"latency ms":>11} {mem + " MiB":>20} {"TFLOP/image":>12} '
+          f'{"TFLOP/s":>8} {"% matmul":>9}')
     for name in variants:
         if name not in times:
             print(f'{LABELS[name]:<32} n/a: attention maps need the unfused attention path, no hook-only floor')
             continue
+        achieved = flops[name] / median[name]
         print(f'{LABELS[name]:<32} {args.batch / median[name]:>9.3f} {median[name] * 1e3:>11.1f} '
-              f'{peaks[name] / 2 ** 20:>20.1f} {flops[name] / args.batch / 1e12:>12.4g}')
+              f'{peaks[name] / 2 ** 20:>20.1f} {flops[name] / args.batch / 1e12:>12.4g} '
+              f'{achieved / 1e12:>8.3g} {achieved / rate:>9.1%}')
     print(f'{"of which VAE encode":<32} {vae_flops / args.batch / 1e12:>55.4g}')
     a, b, c = (median.get(n) for n in 'abc')
     print(f'\nc/a throughput: {a / c:.2f}x ({"c faster" if a > c else "c slower"}; {args.reps} rounds, median)')

@@ -1,0 +1,68 @@
+"""tools/benchmark.py on the tiny model: it runs, and its arithmetic says what the backbone skips.
+
+No timing is asserted (the machines are noisy); FLOP counts and the feature check are exact.
+"""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.fixture(scope='module')
+def report() -> str:
+    cmd = [sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--model', 'test_sd_tiny', '--size', '64',
+           '--reps', '1', '--threads', '1']
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, 'HF_HUB_OFFLINE': '1'},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _table(report: str) -> dict[str, list[float]]:
+    """Variant key ('a'..'d') -> its numeric columns: images/s, latency, memory, TFLOP/image, TFLOP/s, % matmul."""
+    rows = {}
+    for line in report.splitlines():
+        if m := re.match(r'\(([abcd])\) ', line):
+            cells = re.split(r'\s{2,}', line.strip())[1:]
+            rows[m.group(1)] = [float(c.rstrip('%')) for c in cells]
+    return rows
+
+
+def _number(report: str, pattern: str) -> float:
+    m = re.search(pattern, report)
+    assert m, f'{pattern!r} not in the report:\n{report}'
+    return float(m.group(1))
+
+
+def test_backbone_computes_the_full_forwards_features(report):
+    assert _number(report, r'max relative L2 error ([0-9.e+-]+)') < 1e-5
+
+
+def test_flop_counts_show_the_early_exit_and_the_cache(report):
+    rows = _table(report)
+    assert set(rows) == set('abcd'), report
+    flops = {k: v[3] for k, v in rows.items()}
+    vae = _number(report, r'of which VAE encode\s+([0-9.e+-]+)')
+    assert flops['c'] == flops['b'] < flops['a']  # the backbone does exactly the floor's arithmetic
+    assert flops['d'] == pytest.approx(flops['c'] - vae, rel=1e-3)  # a warm cache skips just the VAE encoder
+    assert _number(report, r'FLOP bound a/b: ([0-9.]+)x') == pytest.approx(flops['a'] / flops['b'], abs=0.01)
+
+
+def test_rates_are_put_against_the_measured_matmul_rate(report):
+    rate = _number(report, r'matmul rate: ([0-9.e+-]+) TFLOP/s')
+    assert rate > 0
+    for key, (images_per_s, latency_ms, _, tflop, tflop_per_s, percent) in _table(report).items():
+        assert images_per_s == pytest.approx(1e3 / latency_ms, rel=0.02), key
+        assert tflop_per_s == pytest.approx(tflop * images_per_s, rel=0.02), key
+        assert percent == pytest.approx(100 * tflop_per_s / rate, rel=0.05, abs=0.1), key
+
+
+def test_pruned_parameter_memory_is_below_the_full_pipeline(report):
+    m = re.search(r'backbone ([0-9.]+) MiB \(pruned; ([0-9.]+) MiB unpruned\) vs full pipeline ([0-9.]+) MiB', report)
+    assert m, report
+    pruned, unpruned, pipeline = map(float, m.groups())
+    assert pruned < unpruned < pipeline
