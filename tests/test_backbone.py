@@ -256,3 +256,5 @@ def test_bad_options_are_refused():
         DiffusionBackbone('test_sd_tiny', t=1000, pretrained=False)
     with pytest.raises(ValueError, match='dtype'):
         DiffusionBackbone('test_sd_tiny', dtype='int8', pretrained=False)
+    with pytest.raises(ValueError, match='channels_last must be None'):
+        DiffusionBackbone('test_sd_tiny', channels_last='yes', pretrained=False)

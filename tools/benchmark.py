@@ -6,11 +6,14 @@
 
 Four variants, same input batch, same dtype, all without autograd:
   (a) full      VAE encode + the COMPLETE denoiser forward + ActivationCapture hooks (no early stop):
-                what the original implementation does.
-  (b) floor     VAE encode + the denoiser cut right after the deepest requested activation by one
-                hook that raises, with no capture machinery: the cheapest way to get that far.
+                what the original implementation does, with its VAE in the default memory format.
+  (b) floor     the backbone's VAE encode + the denoiser cut right after the deepest requested
+                activation by one hook that raises, with no capture machinery: the cheapest way to
+                get that far with the same kernels, so c/b is the cost of the capture machinery.
   (c) backbone  DiffusionBackbone.forward itself.
   (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
+  (e) compiled  with --compile: a second backbone, same weights, built with compile=True (torch.compile;
+                compiled during the untimed warm-up).
 Variants run interleaved (a, b, c, a, b, c, ...) so machine noise hits all alike; the median of the
 timed rounds is reported, with the largest peak memory growth of a call; FLOPs come from one extra
 counting pass per variant, and each variant's achieved FLOP/s is put against the dense matmul rate
@@ -40,7 +43,7 @@ from diffbackbones.zoo import MODELS, load_config
 
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
 LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward',
-          'd': '(d) (c) + warm latent cache'}
+          'd': '(d) (c) + warm latent cache', 'e': '(e) (c) with compile=True'}
 
 
 class _Cut(Exception):
@@ -57,8 +60,12 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
     deepest = bb.capture.last_point
     hw = tuple(images.shape[-2:])
 
+    vae_dtype = next(bb.vae.parameters()).dtype
+
     def full() -> dict[str, torch.Tensor]:
-        noisy, timesteps, kwargs = bb.denoiser_inputs(bb.encode(images), hw)
+        # The VAE as the original runs it: default memory format (bb.encode may pick channels-last).
+        latents = bb.vae(images.to(vae_dtype).contiguous())
+        noisy, timesteps, kwargs = bb.denoiser_inputs(latents, hw)
         with capture:
             bb.denoiser(noisy, timesteps, **kwargs)
         return capture.activations
@@ -188,6 +195,7 @@ def main() -> None:
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--reps', type=int, default=5, help='timed rounds (median reported)')
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before the timed ones')
+    parser.add_argument('--compile', action='store_true', help='also time (e): the backbone with compile=True')
     parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
     args = parser.parse_args()
     if args.reps < 1 or args.warmup < 1:
@@ -204,6 +212,10 @@ def main() -> None:
         parser.error(f'--size must be a multiple of {bb.pixel_multiple} for {args.model}')
     images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     variants = make_variants(bb, images)
+    if args.compile:  # its own modules: compiling bb's would compile (a) and (b) too. Random init is seeded.
+        compiled = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype,
+                                     compile=True).to(device)
+        variants['e'] = lambda: compiled(images)
     deepest = bb.capture.last_point
 
     print(f'machine: {machine(device)}')
@@ -220,18 +232,25 @@ def main() -> None:
             acts, feats = outs['a'], outs['c']
             err = max(float((torch.cat([acts[n] for n in level], 1).float() - f.float()).norm() / f.float().norm())
                       for level, f in zip(bb.levels, feats))
+            if 'e' in outs:
+                err_e = max(float((e.float() - f.float()).norm() / f.float().norm()) for e, f in zip(outs['e'], feats))
             del outs, acts, feats
         for _ in range(args.reps):
             for name in times:
                 _, seconds, peak = run_once(variants[name], device)
                 times[name].append(seconds)
                 peaks[name] = max(peaks[name], peak)
-        flops = {name: count_flops(variants[name]) for name in times}
+        # (e) runs (c)'s arithmetic; counting through compiled graphs would only recompile them
+        flops = {name: count_flops(variants[name]) for name in times if name != 'e'}
+        if 'e' in times:
+            flops['e'] = flops['c']
         vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
         rate, rate_n = matmul_rate(device, bb.dtype)
         pipeline, unpruned = pipeline_param_bytes(bb), param_bytes(bb)
         bb.prune_tail()  # what DiffusionBackbone(prune=True) does at construction
     print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
+    if 'e' in times:
+        print(f'check: (e) vs (c) features, max relative L2 error {err_e:.2e}')
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
     mem = 'peak RSS growth' if device.type == 'cpu' else 'peak allocated'
@@ -250,6 +269,8 @@ def main() -> None:
     a, b, c = (median.get(n) for n in 'abc')
     print(f'\nc/a throughput: {a / c:.2f}x ({"c faster" if a > c else "c slower"}; {args.reps} rounds, median)')
     print(f'd/a throughput: {a / median["d"]:.2f}x (repeated images skip the VAE encoder)')
+    if 'e' in median:
+        print(f'e/c throughput: {c / median["e"]:.2f}x (torch.compile against eager)')
     if b is not None:
         print(f'c/b time: {c / b:.3f}x (overhead of the backbone over the floor: {100 * (c / b - 1):+.1f}%)')
         print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.2f}x (the most any early stop can gain here)')
