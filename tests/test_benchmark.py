@@ -66,3 +66,16 @@ def test_pruned_parameter_memory_is_below_the_full_pipeline(report):
     assert m, report
     pruned, unpruned, pipeline = map(float, m.groups())
     assert pruned < unpruned < pipeline
+
+
+def test_format_benchmark_times_both_parts_in_both_formats():
+    cmd = [sys.executable, str(REPO / 'tools' / 'benchmark_formats.py'), '--model', 'test_sd_tiny', '--size', '64',
+           '--reps', '1', '--threads', '1']
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, 'HF_HUB_OFFLINE': '1'},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r'^(VAE encoder|denoiser to the last activation)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x$',
+                      done.stdout, re.M)
+    assert [r[0] for r in rows] == ['VAE encoder', 'denoiser to the last activation'], done.stdout
+    for _, default_ms, cl_ms, ratio in rows:
+        assert float(ratio) == pytest.approx(float(default_ms) / float(cl_ms), rel=0.02, abs=0.01)

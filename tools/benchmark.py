@@ -14,12 +14,14 @@ Four variants, same input batch, same dtype, all without autograd:
   (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
   (e) compiled  with --compile: a second backbone, same weights, built with compile=True (torch.compile;
                 compiled during the untimed warm-up).
-Variants run interleaved (a, b, c, a, b, c, ...) so machine noise hits all alike; the median of the
-timed rounds is reported, with the largest peak memory growth of a call; FLOPs come from one extra
-counting pass per variant, and each variant's achieved FLOP/s is put against the dense matmul rate
-measured on the same device and dtype (the practical ceiling). Random weights by default (pretrained=False: the real architecture).
-The backbone is built with prune=False, since (a) needs the whole denoiser; the tail pruning would
-drop never runs in (b) and (c) anyway. It is pruned at the end, to report the memory users get.
+Variants run interleaved, in alternating order (a, b, c, d, d, c, b, a, ...), so machine noise hits
+all alike. The table reports the median time over the rounds and the largest peak memory growth of a
+call; each ratio is the median of the per-round ratios (paired: slow and fast rounds cancel), with its
+range. FLOPs come from one extra counting pass per variant, and each variant's achieved FLOP/s is put
+against the dense matmul rate measured on the same device and dtype (the practical ceiling). Random
+weights by default (pretrained=False: the real architecture). The backbone is built with prune=False,
+since (a) needs the whole denoiser; the tail pruning would drop never runs in (b) and (c) anyway. It
+is pruned at the end, to report the memory users get.
 """
 from __future__ import annotations
 
@@ -235,8 +237,9 @@ def main() -> None:
             if 'e' in outs:
                 err_e = max(float((e.float() - f.float()).norm() / f.float().norm()) for e, f in zip(outs['e'], feats))
             del outs, acts, feats
-        for _ in range(args.reps):
-            for name in times:
+        for round_ in range(args.reps):
+            # a, b, c, d then d, c, b, a: a drift of the machine's speed within a round hits all alike
+            for name in (list(times) if round_ % 2 == 0 else reversed(times)):
                 _, seconds, peak = run_once(variants[name], device)
                 times[name].append(seconds)
                 peaks[name] = max(peaks[name], peak)
@@ -266,14 +269,20 @@ def main() -> None:
               f'{peaks[name] / 2 ** 20:>20.1f} {flops[name] / args.batch / 1e12:>12.4g} '
               f'{achieved / 1e12:>8.3g} {achieved / rate:>9.1%}')
     print(f'{"of which VAE encode":<32} {vae_flops / args.batch / 1e12:>55.4g}')
-    a, b, c = (median.get(n) for n in 'abc')
-    print(f'\nc/a throughput: {a / c:.2f}x ({"c faster" if a > c else "c slower"}; {args.reps} rounds, median)')
-    print(f'd/a throughput: {a / median["d"]:.2f}x (repeated images skip the VAE encoder)')
-    if 'e' in median:
-        print(f'e/c throughput: {c / median["e"]:.2f}x (torch.compile against eager)')
-    if b is not None:
-        print(f'c/b time: {c / b:.3f}x (overhead of the backbone over the floor: {100 * (c / b - 1):+.1f}%)')
-        print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.2f}x (the most any early stop can gain here)')
+    def ratio(x: str, y: str) -> str:
+        """Median over rounds of the per-round time ratio x/y, with its range: a paired statistic, so a
+        machine that is slower in one round than in another cancels out."""
+        per_round = sorted(tx / ty for tx, ty in zip(times[x], times[y]))
+        return (f'{statistics.median(per_round):.3f}x (median of {len(per_round)} rounds, '
+                f'range {per_round[0]:.3f}-{per_round[-1]:.3f})')
+
+    print(f'\nc/a throughput: {ratio("a", "c")}')
+    print(f'd/a throughput: {ratio("a", "d")}: repeated images skip the VAE encoder')
+    if 'e' in times:
+        print(f'e/c throughput: {ratio("c", "e")}: torch.compile against eager')
+    if 'b' in times:
+        print(f'c/b time: {ratio("c", "b")}: the overhead of the backbone over the floor')
+        print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.3f}x (the most any early stop can gain here)')
     print(f'loaded parameter memory: backbone {size_str(param_bytes(bb))} (pruned; {size_str(unpruned)} unpruned) '
           f'vs full pipeline {size_str(pipeline)} (denoiser + full VAE + text encoders)')
 
