@@ -235,6 +235,14 @@ class DiffusionBackbone(nn.Module):
                     child.compile()
                     compiled.append(path)
         visit('', self.denoiser)
+        # nn.Module.compile() routes every part through one shared wrapper function, so all parts'
+        # graphs (one or two per part: static, then dynamic shapes) count against that one function's
+        # recompile limit. At dynamo's default of 8, most of sd15's 52 parts fell back to eager with
+        # only a log warning. Raise the limit (never lower it) to what these parts need.
+        needed = 2 * len(compiled) + 8
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, needed)
         return compiled
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
