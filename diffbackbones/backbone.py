@@ -312,25 +312,29 @@ class DiffusionBackbone(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent of images whose sides are multiples of ``pixel_multiple``."""
         images = images.to(next(self.vae.parameters()).dtype)
-        if self.channels_last or (self.channels_last is None and images.device.type == 'cpu'):
-            # A channels-last input is enough: convolutions follow it (weights are reordered per call,
-            # which is cheap next to the activations), and the output latent comes back channels-last.
-            images = images.contiguous(memory_format=torch.channels_last)
         if self.latent_cache is not None:
             return self._encode_cached(images)
         generator = None
         if self.sample_posterior and self.noise_seed is not None:
             generator = torch.Generator(images.device).manual_seed(self.noise_seed + 1)
+        return self._run_vae(images, self.sample_posterior, generator)
+
+    def _run_vae(self, images: torch.Tensor, sample: bool = False,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """The VAE encoder in the chosen memory format (cached and uncached paths alike)."""
+        if self.channels_last or (self.channels_last is None and images.device.type == 'cpu'):
+            # A channels-last input is enough: convolutions follow it (weights are reordered per call,
+            # which is cheap next to the activations), and the output latent comes back channels-last.
+            images = images.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            return self.vae(images, self.sample_posterior, generator)
+            return self.vae(images, sample, generator)
 
     def _encode_cached(self, images: torch.Tensor) -> torch.Tensor:
         keys = [self.latent_cache.key(image) for image in images]
         latents = [self.latent_cache.get(key) for key in keys]
         misses = [i for i, latent in enumerate(latents) if latent is None]
         if misses:
-            with torch.no_grad():
-                fresh = self.vae(images[misses])
+            fresh = self._run_vae(images[misses])
             for i, latent in zip(misses, fresh):
                 self.latent_cache.put(keys[i], latent)
                 latents[i] = latent

@@ -135,6 +135,10 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
+def relative_error(x: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((x.float() - reference.float()).norm() / reference.float().norm())
+
+
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> tuple[float, int]:
     """The measured dense matmul rate (FLOP/s) at ``dtype`` and the square size used.
 
@@ -232,10 +236,9 @@ def main() -> None:
             outs = {name: run_once(variants[name], device)[0] for name in times}
             # (a) and (c) must compute the same features, or the comparison means nothing.
             acts, feats = outs['a'], outs['c']
-            err = max(float((torch.cat([acts[n] for n in level], 1).float() - f.float()).norm() / f.float().norm())
-                      for level, f in zip(bb.levels, feats))
+            err = max(relative_error(torch.cat([acts[n] for n in level], 1), f) for level, f in zip(bb.levels, feats))
             if 'e' in outs:
-                err_e = max(float((e.float() - f.float()).norm() / f.float().norm()) for e, f in zip(outs['e'], feats))
+                err_e = max(relative_error(e, f) for e, f in zip(outs['e'], feats))
             del outs, acts, feats
         for round_ in range(args.reps):
             # a, b, c, d then d, c, b, a: a drift of the machine's speed within a round hits all alike
