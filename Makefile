@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile tools/install_mmcv.sh
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q -rs
 
 # The main job: a tiny diffusion backbone + UPerHead trained on the embedded shapes set (CPU, minutes),
 # evaluated (mIoU printed as mmseg does) and its predictions drawn under work_dirs/demo/pictures.

@@ -10,6 +10,9 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.10',
     packages=find_packages(include=['diffbackbones', 'diffbackbones.*']),
+    # Everything the package reads at run time ships inside it (wheel and sdist; MANIFEST.in for the
+    # latter): the embedded architecture configs, and the shipped weights folder when there is one.
+    package_data={'diffbackbones': ['model_configs/*/*.json', 'weights/*/*', 'weights/*/*/*']},
     install_requires=[
         # torch is pinned by the Makefile (torch==2.14.1 torchvision==0.29.1); an unpinned
         # requirement here would let pip pull a multi-GB CUDA build on machines without it.

@@ -9,6 +9,7 @@ Returns a tuple of (B, C_i, ceil(H/s_i), ceil(W/s_i)), fine to coarse (the mmseg
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence, Union
 
 import torch
@@ -21,7 +22,7 @@ from .catalog import ActivationPoint, activation_points, latent_multiple, resolv
 from .conditioning import PromptConditioning
 from .fusion import LevelFusion
 from .loading import load_components
-from .pruning import PrunedModule, prune_unexecuted
+from .pruning import prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
 __all__ = ['DiffusionBackbone', 'resolve_levels']
@@ -112,7 +113,10 @@ class DiffusionBackbone(nn.Module):
         dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
             under fp16 (SDXL's VAE overflows in fp16).
         trainable_denoiser: Let gradients reach the denoiser (it is frozen and in eval mode otherwise,
-            also after ``.train()``). The VAE is always frozen.
+            also after ``.train()``).
+        trainable_vae: Let gradients reach the VAE encoder (frozen and in eval mode otherwise). The
+            timm entries train both by default, like every timm model; ``frozen=True`` there is this
+            class's default.
         fusion: Add learnable, zero-initialised residual blocks per activation and per level (identity
             at the start of training).
         prune: Drop the denoiser modules that run after the last requested activation (measured
@@ -126,18 +130,23 @@ class DiffusionBackbone(nn.Module):
             GPUs). ``False``: the default format everywhere.
         compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward
             stops by an exception at the last activation, which compiled graphs must not contain).
+        strict_input: Raise on image values outside [-1, 1]. By default such input runs and warns
+            once per model (the range is the VAE's, but any normalised tensor is a valid input, as
+            for every timm model). NaN or inf values always raise.
 
-    Checkpoints hold only what can be trained: frozen denoiser and VAE weights are left out of
-    ``state_dict()`` (they come back from their pretrained source, or the seeded random init, when
-    the backbone is built) and are filled in from the live model on ``load_state_dict``.
+    ``state_dict()`` is complete, as torch, timm and EMA users expect. Checkpoints can still leave the
+    frozen parts out (mmseg configs do, through ``LeanCheckpointHook``): ``load_state_dict`` fills
+    frozen weights a checkpoint lacks from the live model, which rebuilt them from their pretrained
+    source (or the seeded random init), so such a checkpoint loads strictly.
     """
 
     def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
                  pretrained: bool | str = True, t: int = 50, prompt: str = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
-                 trainable_denoiser: bool = False, fusion: bool = False, prune: bool = True,
-                 latent_cache: str | None = None, channels_last: bool | None = None, compile: bool = False):
+                 trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool = False,
+                 prune: bool = True, latent_cache: str | None = None, channels_last: bool | None = None,
+                 compile: bool = False, strict_input: bool = False):
         super().__init__()
         self.spec = spec = get_model_spec(model)
         timesteps = (t,) if isinstance(t, int) else tuple(t) if isinstance(t, (list, tuple)) else ()
@@ -151,10 +160,14 @@ class DiffusionBackbone(nn.Module):
                              f'got {channels_last!r}')
         self.dtype = _as_dtype(dtype)
         self.t, self.timesteps, self.noise_seed, self.ensemble_size = t, timesteps, noise_seed, ensemble_size
-        self.sample_posterior, self.trainable_denoiser = sample_posterior, trainable_denoiser
+        self.sample_posterior, self.trainable_denoiser, self.trainable_vae = sample_posterior, trainable_denoiser, trainable_vae
+        self.strict_input, self._warned_range = strict_input, False
         if latent_cache is not None and sample_posterior:
             raise ValueError('latent_cache keeps one latent per image, so it needs the posterior mean: '
                              'use sample_posterior=False or latent_cache=None.')
+        if latent_cache is not None and trainable_vae:
+            raise ValueError('latent_cache keeps the latents of a fixed encoder, but trainable_vae=True changes '
+                             'the encoder as it trains: use one or the other.')
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
 
         parts = load_components(spec, pretrained, self.dtype,
@@ -184,17 +197,17 @@ class DiffusionBackbone(nn.Module):
             latent_cache, f'{spec.name}|{pretrained}|{next(self.vae.parameters()).dtype}')
 
         for p in self.vae.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(trainable_vae)
         for p in self.denoiser.parameters():
             p.requires_grad_(trainable_denoiser)
         self.train(False)
-        self.register_state_dict_post_hook(_drop_frozen_weights)
         self.register_load_state_dict_pre_hook(_fill_frozen_weights)
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of the parts that are not trained (and not checkpointed)."""
-        return ('vae.',) if self.trainable_denoiser else ('vae.', 'denoiser.')
+        """State-dict prefixes of the diffusion parts that are not trained (lean checkpoints leave them out)."""
+        return tuple(f'{part}.' for part, trainable in (('vae', self.trainable_vae),
+                                                         ('denoiser', self.trainable_denoiser)) if not trainable)
 
     def _set_levels(self, levels: Levels) -> None:
         self._channels = {p.name: p.channels for p in self.points}
@@ -205,19 +218,24 @@ class DiffusionBackbone(nn.Module):
                                          catalog=self.points)
 
     def prune_tail(self) -> list[str]:
-        """Drop the denoiser modules that run after the last requested activation; returns their paths.
+        """Drop the denoiser modules that run after the last requested activation, and the projections
+        that run before it but feed none of the activations; returns their paths.
 
-        Measured with one probe forward at the smallest valid latent size (see ``pruning.py``).
+        Measured with one probe forward at the smallest valid latent size (see ``pruning.py``). The
+        probe keeps a graph from its input (not from the weights: no weight gradient is allocated),
+        which is what tells a projection that feeds nothing.
         """
         device = next(self.denoiser.parameters()).device
         m = self.latent_multiple
-        probe = torch.zeros(1, self.denoiser.config.in_channels, m, m, device=device, dtype=self.dtype)
+        probe = torch.zeros(1, self.denoiser.config.in_channels, m, m, device=device, dtype=self.dtype,
+                            requires_grad=True)
         kwargs = self.conditioning.denoiser_kwargs(1, (m * 8, m * 8), self.dtype)
 
         def run():
-            with torch.no_grad(), self.capture:
+            with torch.enable_grad(), self.capture:
                 self.denoiser(probe, torch.full((1,), self.timesteps[0], device=device), **kwargs)
-            self.capture.activations = {}
+            captured, self.capture.activations = list(self.capture.activations.values()), {}
+            return captured
         return prune_unexecuted(self.denoiser, run)
 
     def _compile(self) -> list[str]:
@@ -231,7 +249,7 @@ class DiffusionBackbone(nn.Module):
                 contains_hook = any(h == path or h.startswith(path + '.') for h in hooked)
                 if isinstance(child, (nn.ModuleList, nn.ModuleDict)) or contains_hook:
                     visit(path, child)
-                elif not isinstance(child, PrunedModule) and next(child.parameters(), None) is not None:
+                elif next(child.parameters(), None) is not None:  # pruned and skipped parts hold none
                     child.compile()
                     compiled.append(path)
         visit('', self.denoiser)
@@ -267,7 +285,8 @@ class DiffusionBackbone(nn.Module):
 
     def train(self, mode: bool = True) -> 'DiffusionBackbone':
         super().train(mode)
-        self.vae.eval()
+        if not self.trainable_vae:
+            self.vae.eval()
         if not self.trainable_denoiser:
             self.denoiser.eval()  # frozen means eval too: no dropout, whatever the caller's mode
         return self
@@ -277,21 +296,34 @@ class DiffusionBackbone(nn.Module):
         """Input sides are padded up to a multiple of this (VAE factor x UNet downsampling)."""
         return self.vae.downsample_factor * self.latent_multiple
 
-    @staticmethod
-    def check_images(images) -> None:
-        """Raise ``ValueError`` unless ``images`` is a float (B, 3, H, W) tensor in [-1, 1]."""
+    def check_images(self, images) -> None:
+        """Refuse what cannot be an image batch; warn once (or raise, ``strict_input``) outside [-1, 1].
+
+        Raises ``ValueError`` unless ``images`` is a float (B, 3, H, W) tensor of finite values.
+        """
         if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
             got = (f'{type(images).__name__}' if not torch.is_tensor(images)
                    else f'{images.dtype} tensor of shape {tuple(images.shape)}')
             raise ValueError(f'Expected images as a float tensor of shape (B, 3, H, W) with values in [-1, 1]; '
                              f'got a {got}.')
-        lo, hi = torch.aminmax(images.detach())
-        lo, hi = float(lo), float(hi)
-        if lo < -1.001 or hi > 1.001 or math.isnan(lo) or math.isnan(hi):
-            raise ValueError(
-                f'Expected image values in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]. Diffusion VAEs take '
-                'x / 127.5 - 1 for 0..255 images (normalise with mean = std = 127.5, or 0.5 for 0..1 images), '
-                'not ImageNet mean/std.')
+        if images.numel() == 0:
+            return
+        lo, hi = (float(v) for v in torch.aminmax(images.detach()))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            n_bad = int((~torch.isfinite(images.detach())).sum())
+            raise ValueError(f'The images contain NaN or inf values ({n_bad} of {images.numel()}); check the '
+                             'data loading and augmentation that produced them.')
+        if lo < -1.001 or hi > 1.001:
+            message = (f'Expected image values in [-1, 1]; got values in [{lo:.4g}, {hi:.4g}]. Diffusion VAEs take '
+                       'x / 127.5 - 1 for 0..255 images (normalise with mean = std = 127.5, or 0.5 for 0..1 images), '
+                       'not ImageNet mean/std.')
+            if self.strict_input:
+                raise ValueError(message)
+            if not self._warned_range:  # once per model: a training loop would repeat it every step
+                self._warned_range = True
+                # stacklevel: past forward and nn.Module's call wrappers, to the caller's line
+                warnings.warn(message + ' (Warned once per model; strict_input=True makes this an error.)',
+                              stacklevel=5)
 
     @property
     def n_members(self) -> int:
@@ -326,7 +358,7 @@ class DiffusionBackbone(nn.Module):
             # A channels-last input is enough: convolutions follow it (weights are reordered per call,
             # which is cheap next to the activations), and the output latent comes back channels-last.
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.trainable_vae and torch.is_grad_enabled()):
             return self.vae(images, sample, generator)
 
     def _encode_cached(self, images: torch.Tensor) -> torch.Tensor:
@@ -358,7 +390,9 @@ class DiffusionBackbone(nn.Module):
         """Run the denoiser on all members up to the last requested activation; member-averaged activations."""
         e, b = self.n_members, latents.shape[0]
         noisy, timesteps, kwargs = self.denoiser_inputs(latents, image_hw)
-        with torch.set_grad_enabled(self.trainable_denoiser and torch.is_grad_enabled()), self.capture:
+        # A graph is kept when anything upstream trains (a trainable VAE needs it through a frozen denoiser).
+        trains = self.trainable_denoiser or self.trainable_vae
+        with torch.set_grad_enabled(trains and torch.is_grad_enabled()), self.capture:
             self.denoiser(noisy, timesteps, **kwargs)
         captured, self.capture.activations = self.capture.activations, {}
         if len(captured) != len(self.capture.points):
@@ -369,6 +403,10 @@ class DiffusionBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.check_images(images)
         in_hw = tuple(images.shape[-2:])
+        if images.shape[0] == 0:  # an empty batch: empty levels of the shapes a full one would have
+            return tuple(images.new_zeros(0, info['num_chs'], math.ceil(in_hw[0] / info['reduction']),
+                                          math.ceil(in_hw[1] / info['reduction']), dtype=self.dtype)
+                         for info in self.feature_info)
         if self.image_size is not None and tuple(self.image_size) != in_hw:
             images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False, antialias=True)
         work_hw = tuple(images.shape[-2:])
@@ -392,11 +430,6 @@ class DiffusionBackbone(nn.Module):
         return (f'model={self.spec.name!r}, t={self.t}, levels={[list(level) for level in self.levels]}, '
                 f'channels={[i["num_chs"] for i in self.feature_info]}, '
                 f'strides={[i["reduction"] for i in self.feature_info]}, dtype={self.dtype}')
-
-
-def _drop_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: str, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(tuple(prefix + p for p in module.frozen_prefixes))]:
-        del state_dict[key]
 
 
 def _fill_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: str, local_metadata, strict,

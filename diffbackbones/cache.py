@@ -8,6 +8,9 @@ images (evaluation, sweeps over layers or timesteps) then skip the VAE encoder.
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -42,20 +45,33 @@ class LatentCache:
 
     def get(self, key: str) -> torch.Tensor | None:
         latent = self._memory.get(key)
-        if latent is None and self.folder is not None and (self.folder / f'{key}.safetensors').is_file():
-            latent = load_file(self.folder / f'{key}.safetensors')['latent']
+        if latent is None and self.folder is not None:
+            latent = self._read(self.folder / f'{key}.safetensors')
         if latent is None:
             self.misses += 1
         else:
             self.hits += 1
         return latent
 
+    @staticmethod
+    def _read(path: Path) -> torch.Tensor | None:
+        """The latent stored at ``path``; None when it is absent or unreadable (then it is recomputed)."""
+        if not path.is_file():
+            return None
+        try:
+            return load_file(path)['latent']
+        except Exception as e:  # truncated or corrupted (a full disk, a copy cut short): a miss, not a crash
+            warnings.warn(f'latent cache: unreadable entry {path} ({type(e).__name__}: {e}); recomputing it',
+                          stacklevel=3)
+            return None
+
     def put(self, key: str, latent: torch.Tensor) -> None:
         latent = latent.detach().cpu().contiguous()
         if self.folder is None:
             self._memory[key] = latent
         else:
-            tmp = self.folder / f'{key}.tmp'
+            # A temp name of this writer's own: two processes caching the same image never share one.
+            tmp = self.folder / f'{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp'
             save_file({'latent': latent}, tmp)
             tmp.replace(self.folder / f'{key}.safetensors')  # atomic: readers never see half a file
 

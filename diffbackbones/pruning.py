@@ -1,19 +1,28 @@
-"""Drop the denoiser modules a backbone never runs (everything after its last requested activation).
+"""Drop the denoiser modules a backbone never needs: the tail after its last requested activation, and
+the projections that run before it but feed nothing it captures.
 
-Which modules run is measured, not guessed: one probe forward at the smallest valid latent size
-(on the denoiser's own device, so the meta device works too) records every module entered before
-the capture stops the forward. Modules that never ran are replaced by ``PrunedModule`` placeholders,
-which hold no parameters and fail loudly if anything ever calls them. Container lengths and
-indices are kept, so the denoiser's own forward code runs unchanged up to the stop point.
+Both are measured, not guessed, in one probe forward at the smallest valid latent size (on the
+denoiser's own device, so the meta device works too):
+
+- modules never entered before the capture stops the forward are replaced by ``PrunedModule``
+  placeholders, which hold no parameters and fail loudly if anything ever calls them;
+- linear layers that ran but whose output has no autograd path to any captured activation (an
+  attention's ``to_q`` when its ``to_k`` is the last activation: the processor computes q first) are
+  replaced by ``SkippedLinear``, which returns zeros of the right shape. They held weights that could
+  never get a gradient and cost a matmul per forward.
+
+Container lengths and indices are kept, so the denoiser's own forward code runs unchanged up to the
+stop point.
 """
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from typing import Callable, Sequence
 
+import torch
 import torch.nn as nn
 
-__all__ = ['PrunedModule', 'prune_unexecuted']
+__all__ = ['PrunedModule', 'SkippedLinear', 'prune_unexecuted']
 
 
 class PrunedModule(nn.Module):
@@ -31,20 +40,65 @@ class PrunedModule(nn.Module):
         return self.path
 
 
-def prune_unexecuted(model: nn.Module, run: Callable[[], None]) -> list[str]:
-    """Call ``run()`` (a forward of ``model`` that may stop early) and prune what it never entered.
+class SkippedLinear(nn.Module):
+    """Stands in for a linear layer whose output reaches no captured activation: zeros, no weights."""
+
+    def __init__(self, path: str, out_features: int):
+        super().__init__()
+        self.path, self.out_features = path, out_features
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f'{self.path}, out_features={self.out_features}'
+
+
+def _dead_linears(captured: Sequence[torch.Tensor], outputs: dict[str, list[torch.Tensor]]) -> list[str]:
+    """Linear layers none of whose outputs has an autograd path to ``captured``."""
+    names = [n for n, outs in outputs.items() if outs]
+    flat = [out for n in names for out in outputs[n]]
+    if not captured or not flat:
+        return []
+    with torch.enable_grad():  # the backbone may be built under no_grad
+        total = sum(c.float().sum() for c in captured)
+    grads = iter(torch.autograd.grad(total, flat, allow_unused=True))
+    return [n for n in names if all(next(grads) is None for _ in outputs[n])]
+
+
+def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]) -> list[str]:
+    """Call ``run()`` (a forward of ``model`` that may stop early) and prune what it does not need.
+
+    Args:
+        model: The denoiser.
+        run: Runs the probe forward and returns the captured activations. When they carry autograd
+            graphs (the probe ran with grad enabled from an input that requires grad), linear layers
+            that ran without reaching them are replaced by ``SkippedLinear``.
 
     Returns:
-        Dotted paths of the pruned subtrees.
+        Dotted paths of the pruned subtrees and skipped layers.
     """
     entered: set[str] = set()
+    outputs: dict[str, list[torch.Tensor]] = {}
+
+    def record_output(module, args, out, name):
+        if torch.is_tensor(out) and out.requires_grad:
+            outputs.setdefault(name, []).append(out)
+
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.add(name))
                for name, m in model.named_modules()]
+    handles += [m.register_forward_hook(lambda mod, a, out, name=name: record_output(mod, a, out, name))
+                for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     try:
-        run()
+        captured = [c for c in run() if c.requires_grad]
+        dead = _dead_linears(captured, outputs)
     finally:
         for handle in handles:
             handle.remove()
+    outputs.clear()
+    for name in dead:
+        parent_name, _, child = name.rpartition('.')
+        model.get_submodule(parent_name)._modules[child] = SkippedLinear(name, model.get_submodule(name).out_features)
     # a container (ModuleList, or a module whose forward was skipped) is kept when a descendant ran
     keep = set()
     for name in entered:
@@ -59,4 +113,4 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], None]) -> list[str]:
         if parent_name in keep and holds_tensors:
             model.get_submodule(parent_name)._modules[child] = PrunedModule(name)
             pruned.append(name)
-    return pruned
+    return pruned + dead

@@ -1,9 +1,14 @@
 """timm entry points: ``timm.create_model('sd15_practical', pretrained=True, features_only=True)``.
 
-``DiffusionNet`` is the timm face of a ``DiffusionBackbone``: ``forward_features`` gives the coarsest
-level, ``forward_head`` pools it into a linear classifier (``num_classes=0``: pooled features), and
+``DiffusionNet`` is the timm face of a ``DiffusionBackbone``: ``forward_features`` gives every level on
+the coarsest grid (finer levels area-pooled to it, then concatenated: each chosen activation feeds the
+head, and each denoiser part that runs gets a gradient), ``forward_head`` pools that into a linear
+classifier (``num_classes=0``: pooled features), and
 ``forward_intermediates`` / ``prune_intermediate_layers`` give the pyramid (timm's getter contract;
 pruning levels lets the denoiser stop earlier).
+
+Like every timm model, an entry is trainable (VAE encoder and denoiser) unless built with
+``frozen=True``, the paper's setting for features; ``state_dict()`` is always complete.
 """
 from __future__ import annotations
 
@@ -11,12 +16,13 @@ import sys
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import ClassifierHead
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from .backbone import DiffusionBackbone
-from .zoo import MODELS
+from .zoo import MODELS, layer_stride
 
 __all__ = ['DiffusionNet']
 
@@ -29,16 +35,21 @@ class DiffusionNet(nn.Module):
         activations: As ``DiffusionBackbone``.
         weights: ``DiffusionBackbone``'s ``pretrained`` (True, False or a local folder).
         num_classes: Classifier classes; 0 returns pooled features.
-        global_pool: Pooling of the coarsest level (timm pool types).
+        global_pool: Pooling of the coarsest level (timm pool types; ``''`` keeps it unpooled).
         drop_rate: Dropout before the classifier.
-        **kwargs: Further ``DiffusionBackbone`` options (``t``, ``prompt``, ``dtype``, ...).
+        frozen: Freeze the VAE encoder and the denoiser (the paper's setting); by default both train,
+            as every timm model does until its user freezes it.
+        **kwargs: Further ``DiffusionBackbone`` options (``t``, ``prompt``, ``dtype``, ``strict_input``, ...).
     """
 
     def __init__(self, model: str, activations='practical', weights: bool | str = True, num_classes: int = 0,
-                 in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.0, **kwargs):
+                 in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.0, frozen: bool = False,
+                 **kwargs):
         super().__init__()
         if in_chans != 3:
             raise ValueError(f'diffusion backbones take RGB images: in_chans must be 3, got {in_chans}')
+        kwargs.setdefault('trainable_denoiser', not frozen)
+        kwargs.setdefault('trainable_vae', not frozen)
         self.backbone = DiffusionBackbone(model, activations, pretrained=weights, **kwargs)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
@@ -47,7 +58,7 @@ class DiffusionNet(nn.Module):
 
     def _set_feature_info(self) -> None:
         self.feature_info = [dict(info, module=f'backbone.{info["module"]}') for info in self.backbone.feature_info]
-        self.num_features = self.head_hidden_size = self.feature_info[-1]['num_chs']
+        self.num_features = self.head_hidden_size = sum(info['num_chs'] for info in self.feature_info)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -59,8 +70,15 @@ class DiffusionNet(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, pool_type=global_pool)
 
+    @staticmethod
+    def _on_coarsest_grid(levels: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        size = levels[-1].shape[-2:]
+        return torch.cat([level if level.shape[-2:] == size else F.adaptive_avg_pool2d(level, size)
+                          for level in levels], dim=1)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(x)[-1]
+        """(B, num_features, h, w) at the coarsest stride: all levels, finer ones area-pooled to it."""
+        return self._on_coarsest_grid(self.backbone(x))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -78,7 +96,7 @@ class DiffusionNet(nn.Module):
         intermediates = [levels[i] for i in take]
         if intermediates_only:
             return intermediates
-        return levels[-1], intermediates
+        return self._on_coarsest_grid(levels), intermediates
 
     def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True):
         """Keep only the levels at ``indices``, renumbered 0..k-1; the denoiser then stops as early as they allow.
@@ -94,11 +112,13 @@ class DiffusionNet(nn.Module):
         return list(range(len(self.feature_info)))
 
 
-def _cfg(spec, **kwargs) -> dict:
+def _cfg(spec, preset: str) -> dict:
     size = spec.image_size
-    return dict(hf_hub_id=spec.hub_id, num_classes=0, input_size=(3, size, size), fixed_input_size=False,
-                mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', crop_pct=1.0,
-                license=spec.license, first_conv='', classifier='head.fc', **kwargs)
+    coarsest = layer_stride(spec, spec.presets[preset][-1][0])
+    pool = -(-size // coarsest)  # ceil: the backbone pads to its multiple and crops back
+    return dict(hf_hub_id=spec.hub_id, num_classes=0, input_size=(3, size, size), pool_size=(pool, pool),
+                fixed_input_size=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic',
+                crop_pct=1.0, license=spec.license, first_conv='backbone.vae.encoder.conv_in', classifier='head.fc')
 
 
 def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
@@ -120,7 +140,7 @@ def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module
 
 # variant name -> (zoo model, preset). One timm entry per (model, preset) pair.
 _ENTRIES = {f'{name}_{preset}': (name, preset) for name, spec in MODELS.items() for preset in spec.presets}
-default_cfgs = generate_default_cfgs({variant: _cfg(MODELS[name]) for variant, (name, _) in _ENTRIES.items()})
+default_cfgs = generate_default_cfgs({variant: _cfg(MODELS[name], preset) for variant, (name, preset) in _ENTRIES.items()})
 
 
 def _make_entrypoint(variant: str):

@@ -7,12 +7,13 @@ Architecture configs sit in ``model_configs/<config_dir>/{unet,vae,text_encoder*
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'get_model_spec', 'load_config', 'Levels']
+__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
 
@@ -125,3 +126,26 @@ def _read_config(config_dir: str, component: str) -> str:
 def load_config(spec: ModelSpec, component: str) -> dict:
     """A fresh copy of one embedded component config (``'unet'``, ``'vae'``, ``'text_encoder'``, ...)."""
     return json.loads(_read_config(spec.config_dir, component))
+
+
+def layer_stride(spec: ModelSpec, name: str) -> int:
+    """Pixel stride of a UNet layer id, read off the embedded configs without building the model.
+
+    For registry metadata (timm's ``pool_size``), where building even a meta-device model per entry
+    would slow ``import diffbackbones`` down; the catalog stays the authority (a test checks every id
+    of every zoo model against it). Every UNet block but the last halves the resolution on the way
+    down and doubles it on the way up; a resampler's output lives at the next level's resolution.
+    """
+    n_levels = len(load_config(spec, 'unet')['block_out_channels'])
+    vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    match = re.match(r'(down|up)-level(\d+)', name)
+    if match is None:
+        latent = 2 ** (n_levels - 1) if name.startswith('mid-') else 1  # unet-in / after-conv-in / out
+    else:
+        level = int(match.group(2))
+        latent = 2 ** level if match.group(1) == 'down' else 2 ** (n_levels - 1 - level)
+        if name.endswith('-downsampler-out'):
+            latent *= 2
+        elif name.endswith('-upsampler-out'):
+            latent //= 2
+    return vae_factor * latent

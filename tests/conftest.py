@@ -7,7 +7,25 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO.parent / 'shared' / 'fixtures' / 'reference-activations'
+
+
+def _fixtures_root() -> Path:
+    # DIFFBACKBONES_FIXTURES names a fixtures folder (one holding reference-activations/); otherwise the
+    # project's ../shared/fixtures beside the clone. A public clone has neither: those tests skip.
+    env = os.environ.get('DIFFBACKBONES_FIXTURES')
+    return Path(env) if env else REPO.parent / 'shared' / 'fixtures'
+
+
+FIXTURES = _fixtures_root() / 'reference-activations'
+
+
+def reference_fixture(topology: str) -> Path:
+    """The reference-activation fixture folder of ``topology``, or a skip that says where it was looked for."""
+    root = FIXTURES / topology
+    if not (root / 'activations.json').is_file():
+        pytest.skip(f'reference fixtures not found at {root}: set DIFFBACKBONES_FIXTURES to a folder holding '
+                    'reference-activations/ (the project keeps them in ../shared/fixtures)')
+    return root
 
 
 def pytest_configure(config):

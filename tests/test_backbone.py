@@ -225,17 +225,43 @@ def test_flat_lists_are_grouped_by_stride(sd_tiny):
     assert [i['reduction'] for i in backbone.feature_info] == [8, 32]
 
 
+def _with_nan_and_inf():
+    x = random_images(1, 64, 64)
+    x[0, 0, 3, 3], x[0, 1, 4, 4] = float('nan'), float('inf')
+    return x
+
+
 @pytest.mark.parametrize('images,match', [
     (torch.rand(3, 64, 64), r'shape \(B, 3, H, W\).*shape \(3, 64, 64\)'),
     (torch.rand(1, 4, 64, 64), r'got a torch.float32 tensor of shape \(1, 4, 64, 64\)'),
     (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), 'float tensor.*torch.uint8'),
-    (torch.rand(1, 3, 64, 64) * 255, r'values in \[-1, 1\].*127.5'),
-    (torch.full((1, 3, 64, 64), float('nan')), r'values in \[-1, 1\]'),
+    (_with_nan_and_inf(), r'contain NaN or inf values \(2 of 12288\)'),
     ('not a tensor', 'got a str'),
 ])
 def test_bad_images_are_refused_with_a_reason(sd_tiny, images, match):
     with pytest.raises(ValueError, match=match):
         sd_tiny(images)
+
+
+def test_out_of_range_input_warns_once_or_raises_when_strict():
+    backbone = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False)
+    x = torch.rand(1, 3, 64, 64) * 255
+    with pytest.warns(UserWarning, match=r'values in \[-1, 1\].*got values in \[.*, 25\d.*127.5.*once per model') as record:
+        with torch.no_grad():
+            feats = backbone(x)
+            backbone(x)  # a second out-of-range batch runs without a second warning
+    assert len([w for w in record if 'values in [-1, 1]' in str(w.message)]) == 1
+    assert record[0].filename == __file__  # points at the caller's line, not at torch internals
+    assert all(torch.isfinite(f).all() for f in feats)
+    strict = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, strict_input=True)
+    with pytest.raises(ValueError, match=r'values in \[-1, 1\].*127.5'):
+        strict(x)
+
+
+def test_an_empty_batch_gives_empty_levels_of_the_right_shapes(sd_tiny):
+    feats = sd_tiny(torch.zeros(0, 3, 64, 96))
+    assert [tuple(f.shape) for f in feats] == [(0, i['num_chs'], math.ceil(64 / i['reduction']),
+                                               math.ceil(96 / i['reduction'])) for i in sd_tiny.feature_info]
 
 
 def test_missing_weights_offline_say_how_to_fix(tmp_path, monkeypatch):

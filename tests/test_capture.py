@@ -7,11 +7,11 @@ from safetensors.torch import load_file
 
 from diffbackbones import ActivationCapture, list_activations
 
-from conftest import FIXTURES
+from conftest import reference_fixture
 
 
 def load_fixture(topology):
-    root = FIXTURES / topology
+    root = reference_fixture(topology)
     unet = UNet2DConditionModel.from_pretrained(root / 'unet', torch_dtype=torch.float32).eval()
     inputs = load_file(root / 'inputs.safetensors')
     kwargs = dict(encoder_hidden_states=inputs['encoder_hidden_states'])

@@ -2,15 +2,16 @@
 import json
 
 import pytest
+import timm
 import torch
 from diffusers import UNet2DConditionModel
 
 from diffbackbones import list_activations
 from diffbackbones.backbone import resolve_levels
 from diffbackbones.catalog import activation_points
-from diffbackbones.zoo import MODELS, load_config
+from diffbackbones.zoo import MODELS, layer_stride, load_config
 
-from conftest import FIXTURES
+from conftest import reference_fixture
 
 
 def meta_unet(model: str) -> UNet2DConditionModel:
@@ -69,10 +70,22 @@ def test_sdxl_catalog_has_ten_blocks_in_the_deepest_level_and_non_square_sizes()
 
 @pytest.mark.parametrize('topology', ['sd', 'sdxl'])
 def test_catalog_matches_reference_names_order_and_shapes(topology):
-    reference = json.loads((FIXTURES / topology / 'activations.json').read_text())
-    unet = UNet2DConditionModel.from_config(json.loads((FIXTURES / topology / 'unet' / 'config.json').read_text()))
+    reference = json.loads((reference_fixture(topology) / 'activations.json').read_text())
+    unet = UNet2DConditionModel.from_config(json.loads((reference_fixture(topology) / 'unet' / 'config.json').read_text()))
     catalog = [a for a in list_activations(unet, (16, 16), n_text_tokens=8) if not a.kind.endswith('map')]
     expected = [n for n in reference if not n.endswith('noise-pred')]
     assert [a.name for a in catalog] == expected  # same ids, same (execution) order
     for a in catalog:
         assert [2, a.channels, *a.size] == reference[a.name], a.name
+
+
+@pytest.mark.parametrize('model', sorted(MODELS))
+def test_layer_stride_from_configs_agrees_with_the_catalog(model):
+    # layer_stride gives timm's pool_size without building a model; the catalog is the authority
+    spec = MODELS[model]
+    vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    for p in activation_points(meta_unet(model), (64, 64)):
+        assert layer_stride(spec, p.name) == vae_factor * p.stride((64, 64)), p.name
+    for preset, levels in spec.presets.items():
+        cfg = timm.models.get_pretrained_cfg(f'{model}_{preset}').to_dict()
+        assert cfg['pool_size'] == (spec.image_size // layer_stride(spec, levels[-1][0]),) * 2

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.pruning import PrunedModule
+from diffbackbones.pruning import PrunedModule, SkippedLinear
 
 from conftest import random_images
 
@@ -43,6 +43,9 @@ def test_the_tail_is_not_kept(pair):
     assert isinstance(unet.conv_out, PrunedModule) and isinstance(unet.up_blocks[3].resnets[1], PrunedModule)
     assert isinstance(unet.up_blocks[3].attentions[0].transformer_blocks[0].attn1.to_v, PrunedModule)
     assert not isinstance(unet.up_blocks[3].attentions[0].transformer_blocks[0].attn1.to_k, PrunedModule)
+    # to_q runs before to_k but feeds nothing captured: its weights go, a zero stand-in keeps the call
+    assert isinstance(unet.up_blocks[3].attentions[0].transformer_blocks[0].attn1.to_q, SkippedLinear)
+    assert 'up_blocks.3.attentions.0.transformer_blocks.0.attn1.to_q' in pruned.pruned
     assert len(unet.up_blocks[3].resnets) == 3  # indices kept: the UNet's own forward is unchanged
     n_pruned = sum(p.numel() for p in pruned.denoiser.parameters())
     n_full = sum(p.numel() for p in full.denoiser.parameters())

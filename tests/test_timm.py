@@ -1,4 +1,6 @@
 """timm registry: features_only, out_indices, forward_intermediates, classifier, pretrained_cfg."""
+import warnings
+
 import pytest
 import timm
 import torch
@@ -17,6 +19,7 @@ def test_entry_points_are_registered():
     assert cfg['hf_hub_id'] == 'stable-diffusion-v1-5/stable-diffusion-v1-5'
     assert cfg['mean'] == cfg['std'] == (0.5, 0.5, 0.5) and cfg['input_size'] == (3, 512, 512)
     assert timm.models.get_pretrained_cfg('sdxl_practical').to_dict()['input_size'] == (3, 1024, 1024)
+    assert cfg['pool_size'] == (16, 16) and cfg['first_conv'] == 'backbone.vae.encoder.conv_in'
 
 
 def test_features_only_matches_feature_info():
@@ -42,20 +45,61 @@ def test_out_indices_prune_the_pyramid_and_the_forward():
     assert ran == []  # level 2 (stride 8) was pruned, so up_blocks[3] never runs
 
 
-def test_classifier_trains_only_its_head():
-    model = timm.create_model('test_sdxl_tiny_practical', num_classes=5)
+def test_frozen_classifier_trains_only_its_head():
+    model = timm.create_model('test_sdxl_tiny_practical', num_classes=5, frozen=True)
     assert model.num_classes == 5 and model.get_classifier().out_features == 5
     model.train()
+    assert not model.backbone.denoiser.training and not model.backbone.vae.training
     logits = model(random_images(2, 64, 64))
     assert logits.shape == (2, 5)
     logits.sum().backward()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     reached = {n for n, p in model.named_parameters() if p.grad is not None}
     assert trainable == reached == {'head.fc.weight', 'head.fc.bias'}
-    model.reset_classifier(3)
-    assert model(random_images(1, 64, 64)).shape == (1, 3)
-    model.reset_classifier(0)
-    assert model(random_images(1, 64, 64)).shape == (1, model.num_features)
+    assert 'backbone.denoiser.conv_in.weight' in model.state_dict()  # frozen is not left out
+
+
+TINY_ENTRIES = ['test_sd_tiny_practical', 'test_sd_tiny_legacy', 'test_sdxl_tiny_practical', 'test_sdxl_tiny_legacy']
+
+
+@pytest.mark.parametrize('name', TINY_ENTRIES)
+def test_timm_model_contract(name):
+    """What timm's own test suite checks of every model (test_model_forward/backward/default_cfgs)."""
+    cfg = timm.models.get_pretrained_cfg(name).to_dict()
+    for key in ('input_size', 'pool_size', 'first_conv', 'classifier', 'mean', 'std', 'license'):
+        assert cfg.get(key), key  # hf_hub_id: None for test models, real ids checked above
+    x = torch.randn(2, *cfg['input_size'])  # timm feeds any normalised tensor: no [-1, 1] promise
+
+    # backward: a fresh model is trainable, VAE included, and the loss reaches every parameter
+    model = timm.create_model(name, num_classes=7)
+    model.train()
+    with pytest.warns(UserWarning, match=r'values in \[-1, 1\]'):
+        out = model(x)
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad[:5]
+    assert any(n.startswith('backbone.vae.') for n, _ in model.named_parameters())
+    state_dict = model.state_dict()
+    for key in (cfg['first_conv'], cfg['classifier']):
+        assert key + '.weight' in state_dict, key
+    assert set(dict(model.named_parameters())) <= set(state_dict)  # complete: frozen or not
+    assert model.backbone.vae.encoder.conv_in is model.get_submodule(cfg['first_conv'])
+
+    # default cfg: forward_features unpooled at pool_size, heads of head_hidden_size
+    model = timm.create_model(name).eval()
+    assert model.num_classes == 0 and model.num_features > 0 and model.head_hidden_size > 0
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        feats = model.forward_features(x)
+        assert feats.shape == (2, model.num_features, *cfg['pool_size'])
+        assert model.forward_head(feats, pre_logits=True).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, model.head_hidden_size)
+        model.reset_classifier(0, '')
+        assert model(x).shape == (2, model.num_features, *cfg['pool_size'])
+        unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
+        assert unpooled(x).shape == (2, unpooled.num_features, *cfg['pool_size'])
 
 
 def test_forward_intermediates_contract():
@@ -65,7 +109,9 @@ def test_forward_intermediates_contract():
         final, inter = model.forward_intermediates(x)
         only = model.forward_intermediates(x, indices=2, intermediates_only=True)
     assert [f.shape[1] for f in inter] == [96, 64, 64]
-    assert torch.equal(final, inter[-1])
+    assert torch.equal(final, model.forward_features(x))  # every level on the coarsest grid
+    assert final.shape == (1, 96 + 64 + 64, 2, 2) and torch.equal(final[:, -64:], inter[-1])
+    assert torch.allclose(final[:, :96], torch.nn.functional.avg_pool2d(inter[0], 4), atol=1e-6)
     assert len(only) == 2 and torch.equal(only[0], inter[1])
 
 

@@ -13,6 +13,8 @@ vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
+# Checkpoints leave out the frozen diffusion weights (they come back from their pretrained source).
+custom_hooks = [dict(type='LeanCheckpointHook')]
 load_from = None
 resume = False
 tta_model = dict(type='SegTTAModel')

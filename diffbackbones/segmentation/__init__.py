@@ -4,14 +4,22 @@ Loaded by ``import diffbackbones`` when mmseg is installed, so a config only nee
 ``custom_imports=dict(imports=['diffbackbones'], allow_failed_imports=False)`` and
 ``backbone=dict(type='DiffusionBackbone', model='sd15', activations='practical', ...)``.
 The backbone is registered as it is: no mmseg class is subclassed or patched.
+
+The import has one process-wide effect: torch's safe loader (``torch.load(weights_only=True)``, the
+default since torch 2.6) learns the few globals mmengine writes into every checkpoint (see
+``allow_mmengine_checkpoints``), so mmseg's own ``tools/train.py --resume``, ``tools/test.py``,
+``init_model`` and ``MMSegInferencer`` read checkpoints unchanged. It only adds to the allow-list, with
+``getattr`` narrowed to HistoryBuffer's statistics methods: the loader stays safe for every other file.
 """
 from mmseg.registry import MODELS
 
 from ..backbone import DiffusionBackbone
 from .datasets import ShapesDataset
+from .hooks import LeanCheckpointHook
 from .runtime import allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed, load_tool_config
 
 MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
+allow_mmengine_checkpoints()
 
-__all__ = ['ShapesDataset', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor', 'init_cpu_distributed',
+__all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor', 'init_cpu_distributed',
            'load_tool_config']
