@@ -284,3 +284,26 @@ def test_bad_options_are_refused():
         DiffusionBackbone('test_sd_tiny', dtype='int8', pretrained=False)
     with pytest.raises(ValueError, match='channels_last must be None'):
         DiffusionBackbone('test_sd_tiny', channels_last='yes', pretrained=False)
+
+
+def test_state_dict_is_complete_and_a_lean_one_loads_strictly():
+    a = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, fusion=True)
+    full = a.state_dict()
+    assert 'vae.encoder.conv_in.weight' in full and 'denoiser.conv_in.weight' in full
+    assert set(dict(a.named_parameters())) <= set(full)
+    with torch.no_grad():
+        for p in a.fusion.parameters():
+            p.add_(0.5)  # a trained fusion, to tell loaded from fresh
+    lean = {k: v for k, v in a.state_dict().items() if not k.startswith(a.frozen_prefixes)}
+    assert lean and len(lean) < len(full)
+    b = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, fusion=True)
+    result = b.load_state_dict(lean, strict=True)  # frozen weights come from b's own (identical) source
+    assert not result.missing_keys and not result.unexpected_keys
+    x = random_images(1, 64, 64)
+    with torch.no_grad():
+        assert all(torch.equal(p, q) for p, q in zip(a(x), b(x)))
+    # a trainable denoiser is not filled in: a lean checkpoint lacks what was trained, and says so
+    c = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, fusion=True, trainable_denoiser=True)
+    assert c.frozen_prefixes == ('vae.',)
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\).*denoiser\.'):
+        c.load_state_dict(lean, strict=True)

@@ -54,3 +54,52 @@ def test_disk_cache_is_shared_by_a_rebuilt_backbone_and_namespaced(tmp_path):
 def test_cache_refuses_posterior_sampling():
     with pytest.raises(ValueError, match='posterior mean'):
         DiffusionBackbone('test_sd_tiny', pretrained=False, latent_cache='memory', sample_posterior=True)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage'])
+def test_a_damaged_disk_entry_is_a_miss_that_is_recomputed_and_rewritten(damage, tmp_path):
+    folder = tmp_path / 'latents'
+    x = random_images(1, 64, 64)
+    backbone = DiffusionBackbone('test_sd_tiny', pretrained=False, latent_cache=str(folder))
+    with torch.no_grad():
+        reference = backbone(x)
+    (entry,) = folder.rglob('*.safetensors')
+    data = entry.read_bytes()
+    entry.write_bytes(data[: len(data) // 2] if damage == 'truncated' else b'\x00' * 64)
+    calls = count_vae_calls(backbone)
+    with pytest.warns(UserWarning, match=r'unreadable entry .*recomputing'), torch.no_grad():
+        again = backbone(x)
+    assert calls == [1] and all(torch.equal(a, b) for a, b in zip(reference, again))
+    assert entry.read_bytes() == data  # rewritten whole
+    with torch.no_grad():
+        backbone(x)
+    assert calls == [1]  # and read back from then on
+    assert not list(folder.rglob('*.tmp'))
+
+
+def _put_many(folder, namespace, n, ready, go):
+    from diffbackbones.cache import LatentCache
+    cache = LatentCache(folder, namespace)
+    ready.set()
+    go.wait(60)  # both writers start together, after their (slow) imports
+    for i in range(n):
+        cache.put('same-key', torch.full((4, 8, 8), float(i)))
+
+
+def test_concurrent_writers_of_one_key_never_collide(tmp_path):
+    import multiprocessing as mp
+    ctx = mp.get_context('spawn')
+    go, ready = ctx.Event(), [ctx.Event() for _ in range(2)]
+    procs = [ctx.Process(target=_put_many, args=(tmp_path, 'ns', 500, r, go)) for r in ready]
+    for p in procs:
+        p.start()
+    for r in ready:
+        assert r.wait(120)
+    go.set()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]  # with one shared .tmp name, a rename finds it gone
+    from diffbackbones.cache import LatentCache
+    latent = LatentCache(tmp_path, 'ns').get('same-key')
+    assert latent is not None and latent.shape == (4, 8, 8)
+    assert not list(tmp_path.rglob('*.tmp'))

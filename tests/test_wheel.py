@@ -1,0 +1,58 @@
+"""The package as users get it: a wheel (and an sdist) carrying its run-time data, used outside the tree."""
+import os
+import subprocess
+import sys
+import tarfile
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE_DATA = sorted(str(p.relative_to(REPO)) for p in (REPO / 'diffbackbones').rglob('*')
+                      if p.is_file() and p.suffix not in ('.py', '.pyc'))
+
+# Runs in a fresh interpreter, outside the source tree, on the installed copy only.
+USE_THE_WHEEL = r'''
+import sys, torch, diffbackbones
+target = sys.argv[1]
+assert diffbackbones.__file__.startswith(target), f'imported from {diffbackbones.__file__}, not the wheel'
+from diffusers import UNet2DConditionModel
+from diffbackbones.zoo import MODELS, load_config
+backbone = diffbackbones.DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False)
+with torch.no_grad():
+    feats = backbone(torch.rand(1, 3, 64, 64) * 2 - 1)
+print('levels', [tuple(f.shape) for f in feats])
+with torch.device('meta'):
+    unet = UNet2DConditionModel.from_config(load_config(MODELS['sdxl'], 'unet'))
+print('sdxl activations', len(diffbackbones.list_activations(unet, (128, 128))))
+'''
+
+
+def _run(cmd, **kwargs):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kwargs)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_wheel_and_sdist_carry_the_data_and_the_installed_package_runs(tmp_path):
+    assert any(p.endswith('.json') for p in PACKAGE_DATA)
+    # --no-build-isolation: build with this environment's setuptools, as `make` installed it (offline-safe)
+    _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(tmp_path / 'dist'),
+          str(REPO)], cwd=tmp_path)
+    (wheel,) = (tmp_path / 'dist').glob('diffbackbones-*.whl')
+    assert set(PACKAGE_DATA) <= set(zipfile.ZipFile(wheel).namelist())
+    _run([sys.executable, 'setup.py', '-q', 'sdist', '-d', str(tmp_path / 'sdist')], cwd=REPO)
+    (sdist,) = (tmp_path / 'sdist').glob('diffbackbones-*.tar.gz')
+    in_sdist = {name.split('/', 1)[1] for name in tarfile.open(sdist).getnames() if '/' in name}
+    assert set(PACKAGE_DATA) <= in_sdist
+
+    site = tmp_path / 'site'
+    _run([sys.executable, '-m', 'pip', 'install', '--no-deps', '-q', '--target', str(site), str(wheel)])
+    outside = tmp_path / 'elsewhere'
+    outside.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE='1')
+    out = _run([sys.executable, '-c', USE_THE_WHEEL, str(site)], cwd=outside, env=env)
+    assert 'levels [(1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]' in out
+    assert 'sdxl activations' in out and int(out.rsplit(' ', 1)[1]) > 500
