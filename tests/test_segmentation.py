@@ -57,7 +57,7 @@ def shapes_root(tmp_path_factory):
 
 def run_tool(script, *args, env_extra=None, launcher=None, timeout=600):
     env = dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1', **(env_extra or {}))
-    cmd = [sys.executable, str(REPO / 'tools' / script), *map(str, args)]
+    cmd = [sys.executable, str(REPO / 'tools' / script), *map(str, args)]  # an absolute script path wins
     if launcher:
         cmd = [sys.executable, '-m', 'torch.distributed.run', *launcher, *cmd[1:]]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -95,31 +95,59 @@ def test_bad_configs_fail_at_build_time_naming_the_problem():
         MODELS.build(cfg.model)
 
 
+MMSEG_TOOLS = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools')
+
+
 @pytest.mark.slow
-def test_checkpoint_without_frozen_weights_resumes_and_tests(shapes_root, tmp_path):
-    from diffbackbones.segmentation import allow_mmengine_checkpoints
-    run_tool('train.py', TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=2))
-    allow_mmengine_checkpoints()
-    ckpt = torch.load(tmp_path / 'iter_2.pth', map_location='cpu')  # torch's safe loader
+def test_stock_mmseg_tools_and_apis_train_resume_test_and_predict(shapes_root, tmp_path):
+    """mmseg's own tools/train.py, --resume, tools/test.py, init_model, inference_model, MMSegInferencer."""
+    from mmengine.runner import load_checkpoint
+    from mmseg.apis import MMSegInferencer, inference_model, init_model
+
+    run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=2))
+    ckpt = torch.load(tmp_path / 'iter_2.pth', map_location='cpu')  # torch's safe loader, after import diffbackbones
     keys = list(ckpt['state_dict'])
     assert any(k.startswith('backbone.fusion.') for k in keys) and any(k.startswith('decode_head.') for k in keys)
-    assert not any(k.startswith(('backbone.denoiser.', 'backbone.vae.')) for k in keys)
+    assert not any(k.startswith(('backbone.denoiser.', 'backbone.vae.')) for k in keys)  # LeanCheckpointHook
     frozen = diffbackbones.DiffusionBackbone('test_sd_tiny', pretrained=False)
     frozen_bytes = sum(p.numel() * p.element_size() for p in frozen.parameters())
     assert (tmp_path / 'iter_2.pth').stat().st_size < frozen_bytes  # the file is smaller than what it leaves out
 
     # --resume continues from iteration 2 with the trained weights and optimizer state
-    log = run_tool('train.py', TOY, '--work-dir', tmp_path, '--resume', *short_run(shapes_root, iters=3))
+    log = run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', tmp_path, '--resume',
+                   *short_run(shapes_root, iters=3))
     assert re.search(r'resumed .*iter_2.pth|Load checkpoint from .*iter_2.pth', log, re.I), log[-3000:]
     assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
-    resumed = torch.load(tmp_path / 'iter_3.pth', map_location='cpu')
-    assert resumed['meta']['iter'] == 3
+    assert torch.load(tmp_path / 'iter_3.pth', map_location='cpu')['meta']['iter'] == 3
 
-    # test.py restores exactly what was trained: the prediction uses the checkpoint's head and fusion
-    log = run_tool('test.py', TOY, tmp_path / 'iter_3.pth', '--work-dir', tmp_path / 'test',
-                   '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5])
+    # mmseg's test.py restores exactly what was trained and evaluates it
+    log = run_tool(os.path.join(MMSEG_TOOLS, 'test.py'), TOY, tmp_path / 'iter_3.pth', '--work-dir',
+                   tmp_path / 'test', '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5],
+                   'default_hooks.visualization.interval=1')  # mmseg draws every 50th image by default
     assert re.search(r'mIoU: [\d.]+', log)
     assert list((tmp_path / 'pictures').rglob('*.png'))
+
+    # the inference APIs: the lean checkpoint loads strictly, and both APIs predict the same map
+    image = str(next((shapes_root / 'img_dir' / 'val').glob('*.png')))
+    model = init_model(str(TOY), str(tmp_path / 'iter_3.pth'), device='cpu')
+    trained = torch.load(tmp_path / 'iter_3.pth', map_location='cpu')['state_dict']
+    assert torch.equal(model.state_dict()['decode_head.conv_seg.weight'], trained['decode_head.conv_seg.weight'])
+    load_checkpoint(model, str(tmp_path / 'iter_3.pth'), map_location='cpu', strict=True)
+    assert model.dataset_meta['classes'] == ('background', 'circle', 'square', 'triangle')
+    predicted = inference_model(model, image).pred_sem_seg.data[0]
+    assert predicted.shape == (128, 128) and set(predicted.unique().tolist()) <= {0, 1, 2, 3}
+    inferencer = MMSegInferencer(model=str(TOY), weights=str(tmp_path / 'iter_3.pth'), device='cpu')
+    result = inferencer(image, return_datasamples=True)
+    assert torch.equal(result.pred_sem_seg.data[0], predicted)
+
+
+@pytest.mark.slow
+def test_project_test_tool_evaluates_and_draws(shapes_root, tmp_path):
+    run_tool('train.py', TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=1))
+    log = run_tool('test.py', TOY, tmp_path / 'iter_1.pth', '--work-dir', tmp_path / 'test',
+                   '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5])
+    assert re.search(r'mIoU: [\d.]+', log)
+    assert len(list((tmp_path / 'pictures').rglob('*.png'))) == 2  # every image drawn (--show-interval 1)
 
 
 @pytest.mark.slow
