@@ -78,6 +78,9 @@ def test_toy_configs_train_a_step_and_predict(path, shapes_root, tmp_path):
     log = run_tool('train.py', path, '--work-dir', tmp_path, *short_run(shapes_root, iters=1))
     assert 'Iter(train) [1/1]' in log
     assert re.search(r'Iter\(val\) \[2/2\].*mIoU: [\d.]+', log)
+    keys = torch.load(tmp_path / 'iter_1.pth', map_location='cpu')['state_dict']
+    assert any('decode_head.' in k for k in keys)
+    assert not any('.denoiser.' in k or '.vae.' in k for k in keys)  # frozen parts left out, timm route too
 
 
 def test_bad_configs_fail_at_build_time_naming_the_problem():

@@ -7,5 +7,6 @@ model = dict(
         model_name='test_sd_tiny_practical',
         features_only=True,
         pretrained=False,
+        frozen=True,  # the paper's setting; a timm entry trains its VAE and denoiser by default
         out_indices=(0, 1, 2),
         image_size=256))
