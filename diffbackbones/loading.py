@@ -88,6 +88,8 @@ def _clip_tokenizer(source: str, subfolder: str):
 
 def _resolve_source(spec: ModelSpec, pretrained: bool | str) -> str:
     if pretrained is True:
+        if spec.weights_dir is not None:  # shipped inside the package: no hub, no network
+            return str(spec.weights_dir)
         if spec.hub_id is None:
             raise ValueError(f'{spec.name!r} is a random-weight test model with no pretrained weights; '
                              'use pretrained=False.')

@@ -139,7 +139,8 @@ def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module
 
 
 # variant name -> (zoo model, preset). One timm entry per (model, preset) pair.
-_ENTRIES = {f'{name}_{preset}': (name, preset) for name, spec in MODELS.items() for preset in spec.presets}
+_ENTRIES = {f'{name}_{preset}': (name, preset) for name, spec in MODELS.items() if spec.available
+            for preset in spec.presets}
 default_cfgs = generate_default_cfgs({variant: _cfg(MODELS[name], preset) for variant, (name, preset) in _ENTRIES.items()})
 
 

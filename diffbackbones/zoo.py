@@ -2,7 +2,8 @@
 
 Per-model facts live here and nowhere else; the backbone, loader and conditioning code read them.
 Architecture configs sit in ``model_configs/<config_dir>/{unet,vae,text_encoder*}.json`` so that
-``pretrained=False`` builds the exact architecture offline.
+``pretrained=False`` builds the exact architecture offline. Models whose weights ship inside the
+package (``weights/<packaged>/``, a diffusers folder) take their configs from that folder instead.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Literal
 __all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
+WEIGHTS_ROOT = Path(__file__).parent / 'weights'
 
 # A feature pyramid: levels fine to coarse, each a tuple of layer ids concatenated along channels.
 Levels = tuple[tuple[str, ...], ...]
@@ -54,10 +56,26 @@ class ModelSpec:
     beta_start: float = 0.00085   # 'scaled_linear' DDPM schedule shared by SD1.x/2.x/SDXL/PGv2
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
+    packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
+
+    @property
+    def weights_dir(self) -> Path | None:
+        """The diffusers folder shipped in the package, for models that have one."""
+        return None if self.packaged is None else WEIGHTS_ROOT / self.packaged
+
+    def config_path(self, component: str) -> Path:
+        if self.weights_dir is not None:
+            return self.weights_dir / component / 'config.json'
+        return CONFIG_ROOT / self.config_dir / f'{component}.json'
+
+    @property
+    def available(self) -> bool:
+        """Its configs are here (shipped weights can be absent only while tools/train_diffusion.py remakes them)."""
+        return self.config_path('unet').is_file()
 
     def __post_init__(self):
-        if not (CONFIG_ROOT / self.config_dir / 'unet.json').is_file():
-            raise ValueError(f'model {self.name!r}: no embedded config in {CONFIG_ROOT / self.config_dir}')
+        if self.packaged is None and not self.available:
+            raise ValueError(f'model {self.name!r}: no embedded config at {self.config_path("unet")}')
         for preset, levels in self.presets.items():
             if not levels or any(not level for level in levels):
                 raise ValueError(f'model {self.name!r}: preset {preset!r} has an empty level')
@@ -98,6 +116,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               _TWO_CLIPS, 1024, 'openrail++', SDXL_PRESETS, time_ids=True),
     ModelSpec('pgv2', 'Playground v2 1024px aesthetic (SDXL architecture)', 'playgroundai/playground-v2-1024px-aesthetic',
               'sdxl', 'sdxl', _TWO_CLIPS, 1024, 'playground-v2-community', PGV2_PRESETS, time_ids=True),
+    # Trained here (tools/train_diffusion.py) and shipped in the package: the offline model that has
+    # learned something. pretrained=True loads weights/shapes_sd_tiny/; False: same architecture, random.
+    ModelSpec('shapes_sd_tiny', 'tiny SD1.5-topology latent diffusion model trained on the shapes set', None,
+              'shapes_sd_tiny', 'sd', _ONE_CLIP, 128, 'apache-2.0', SD_PRESETS, packaged='shapes_sd_tiny'),
     # Tiny random-weight variants with the fixture topologies, for tests (as timm's test_* models).
     # Their VAE scaling factors (3.0, 4.0) give the random-init encoders unit-variance latents, the
     # role 0.18215 plays for SD's trained VAE; otherwise the noise at t=50 would drown the signal.
@@ -119,13 +141,17 @@ def get_model_spec(name: str) -> ModelSpec:
 
 
 @lru_cache(maxsize=None)
-def _read_config(config_dir: str, component: str) -> str:
-    return (CONFIG_ROOT / config_dir / f'{component}.json').read_text()
+def _read_config(path: Path) -> str:
+    return path.read_text()
 
 
 def load_config(spec: ModelSpec, component: str) -> dict:
     """A fresh copy of one embedded component config (``'unet'``, ``'vae'``, ``'text_encoder'``, ...)."""
-    return json.loads(_read_config(spec.config_dir, component))
+    if not spec.available:
+        raise FileNotFoundError(f'model {spec.name!r}: its shipped weights are missing from {spec.weights_dir}; '
+                                f'reinstall diffbackbones, or remake them with tools/train_diffusion.py '
+                                f'(see {spec.weights_dir}/README.md in the source repository).')
+    return json.loads(_read_config(spec.config_path(component)))
 
 
 def layer_stride(spec: ModelSpec, name: str) -> int:

@@ -1,13 +1,19 @@
 """"shapes": a small, deterministic synthetic segmentation set, embedded so demos and tests need no download.
 
-Each 128 px image shows one to three shapes (circle, square, triangle) on a textured background. Every
-class has its own texture (stripes, checkerboard, dots) and hue range, with random colour jitter, so
-both texture and shape carry the label. Written in mmseg's layout:
+Each 128 px image shows one to three shapes (circle, square, triangle) on a textured background. Two
+variants:
+
+- ``texture`` (the default): every class has its own texture (stripes, checkerboard, dots) and hue
+  range, with random colour jitter, so both texture and shape carry the label;
+- ``geometry``: the same shapes, but each region's texture family and hue are drawn independently of
+  its class, so no per-pixel colour or texture rule segments it: only the outline names the class.
+
+Written in mmseg's layout:
 
     root/img_dir/{train,val}/00000.png      RGB
     root/ann_dir/{train,val}/00000.png      uint8 labels 0..3
 
-    python tools/make_shapes.py data/shapes
+    python tools/make_shapes.py data/shapes [--variant geometry]
 """
 from __future__ import annotations
 
@@ -16,12 +22,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'make_shapes_dataset', 'render_sample']
+__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'VARIANTS', 'make_shapes_dataset', 'render_sample']
 
 SHAPES_CLASSES = ('background', 'circle', 'square', 'triangle')
 SHAPES_PALETTE = [[0, 0, 0], [220, 60, 60], [60, 200, 60], [60, 90, 230]]
 # Base hue (RGB) of each class; instances jitter around it.
 _CLASS_RGB = np.array([[120, 110, 90], [200, 70, 60], [70, 170, 80], [70, 90, 200]], dtype=np.float32)
+VARIANTS = ('texture', 'geometry')
 
 
 def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -55,23 +62,36 @@ def _mask(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return (yy >= top) & (yy <= base) & (np.abs(xx - cx) <= half_width)
 
 
-def render_sample(rng: np.random.Generator, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def _appearance(kind: int, geometry: bool, rng: np.random.Generator) -> int:
+    """The texture family and hue a region of class ``kind`` is drawn with."""
+    return int(rng.integers(0, 4)) if geometry else kind
+
+
+def render_sample(rng: np.random.Generator, size: int = 128, variant: str = 'texture') -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 image and its (H, W) uint8 label map."""
+    if variant not in VARIANTS:
+        raise ValueError(f'variant must be one of {VARIANTS}; got {variant!r}')
+    geometry = variant == 'geometry'
     label = np.zeros((size, size), np.uint8)
-    colour = _CLASS_RGB[0] + rng.uniform(-25, 25, 3)
-    image = _texture(0, size, rng)[..., None] * colour * 1.2
+    look = _appearance(0, geometry, rng)
+    colour = _CLASS_RGB[look] + rng.uniform(-25, 25, 3)
+    if geometry:  # the background wears any family's texture, as the shapes do
+        image = (0.45 + 0.55 * _texture(look, size, rng)[..., None]) * colour
+    else:
+        image = _texture(0, size, rng)[..., None] * colour * 1.2
     for _ in range(rng.integers(1, 4)):
         kind = int(rng.integers(1, 4))
         mask = _mask(kind, size, rng)
-        colour = _CLASS_RGB[kind] + rng.uniform(-30, 30, 3)
-        pattern = 0.45 + 0.55 * _texture(kind, size, rng)[..., None]
+        look = _appearance(kind, geometry, rng)
+        colour = _CLASS_RGB[look] + rng.uniform(-30, 30, 3)
+        pattern = 0.45 + 0.55 * _texture(look, size, rng)[..., None]
         image = np.where(mask[..., None], pattern * colour, image)
         label[mask] = kind
     return np.clip(image, 0, 255).astype(np.uint8), label
 
 
 def make_shapes_dataset(root: str | Path, n_train: int = 200, n_val: int = 50, size: int = 128,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, variant: str = 'texture') -> Path:
     """Write the set under ``root`` (idempotent: an existing complete set is left as is)."""
     root = Path(root)
     for split, count, split_seed in (('train', n_train, seed), ('val', n_val, seed + 1)):
@@ -83,7 +103,7 @@ def make_shapes_dataset(root: str | Path, n_train: int = 200, n_val: int = 50, s
         ann_dir.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(split_seed)
         for i in range(count):
-            image, label = render_sample(rng, size)
+            image, label = render_sample(rng, size, variant)
             Image.fromarray(image).save(img_dir / f'{i:05d}.png')
             Image.fromarray(label).save(ann_dir / f'{i:05d}.png')
     return root
