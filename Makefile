@@ -6,7 +6,7 @@ WHEELS  := ../shared/wheels
 export HF_HUB_OFFLINE ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 
-.PHONY: install test demo clean
+.PHONY: install test demo compare clean
 
 install: $(STAMP)
 
@@ -24,14 +24,19 @@ $(STAMP): setup.py Makefile tools/install_mmcv.sh
 test: install
 	$(PY) -m pytest tests -q -rs
 
-# The main job: a tiny diffusion backbone + UPerHead trained on the embedded shapes set (CPU, minutes),
-# evaluated (mIoU printed as mmseg does) and its predictions drawn under work_dirs/demo/pictures.
-TOY := configs/toy/upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py
+# The main job: frozen features of shapes_sd_tiny (a tiny latent diffusion model trained here and shipped
+# in the package) + fusion + UPerHead, trained on the geometry variant of the embedded shapes set (CPU,
+# minutes), evaluated (mIoU printed as mmseg does) and its predictions drawn under work_dirs/demo/pictures.
+DEMO := configs/toy/upernet_shapes-sd-tiny-practical_1xb8-300_shapes-geometry-128x128.py
 demo: install
-	$(PY) tools/make_shapes.py data/shapes
-	$(PY) tools/train.py $(TOY) --work-dir work_dirs/demo
-	$(PY) tools/test.py $(TOY) work_dirs/demo/iter_300.pth --work-dir work_dirs/demo/test --show-dir work_dirs/demo/pictures
+	$(PY) tools/make_shapes.py data/shapes-geometry --variant geometry
+	$(PY) tools/train.py $(DEMO) --work-dir work_dirs/demo
+	$(PY) tools/test.py $(DEMO) work_dirs/demo/iter_300.pth --work-dir work_dirs/demo/test --show-dir work_dirs/demo/pictures
 	@echo "predictions drawn in work_dirs/demo/pictures"
+
+# The same recipe with the shipped (trained) and with random weights, on both shapes variants.
+compare: install
+	$(PY) tools/compare.py --work-dir work_dirs/compare
 
 clean:
 	rm -rf .venv work_dirs build *.egg-info

@@ -1,0 +1,107 @@
+"""shapes_sd_tiny, the diffusion model trained here and shipped in the package: it loads offline like real
+weights, it denoises, and its features carry shape where random weights do not."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffbackbones import DiffusionBackbone
+from diffbackbones.segmentation.shapes import render_sample
+from diffbackbones.zoo import MODELS
+
+SPEC = MODELS['shapes_sd_tiny']
+# Measured on the shipped weights (README, "A diffusion model that has learned something"); the bounds
+# leave room for noise but fail for an untrained or mis-wired model.
+NOISE_RATIO = 0.5
+PROBE_MARGIN = 5.0
+
+
+def geometry_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, 3, 128, 128) images in [-1, 1] and (n, 128, 128) labels of the geometry variant."""
+    rng = np.random.default_rng(seed)
+    images, labels = zip(*(render_sample(rng, 128, 'geometry') for _ in range(n)))
+    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,
+            torch.from_numpy(np.stack(labels)).long())
+
+
+@pytest.fixture(scope='module')
+def trained():
+    return DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=True)
+
+
+def test_the_shipped_folder_is_a_complete_diffusers_pipeline_under_10_mb():
+    folder = SPEC.weights_dir
+    index = json.loads((folder / 'model_index.json').read_text())
+    assert index['_class_name'] == 'StableDiffusionPipeline'
+    for part in ('unet', 'vae', 'text_encoder', 'tokenizer', 'scheduler'):
+        assert (folder / part).is_dir() and part in index, part
+    weights = list(folder.rglob('*.safetensors'))
+    assert len(weights) == 3 and not list(folder.rglob('*.bin'))
+    assert sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()) < 10e6
+    assert 'python tools/train_diffusion.py' in (folder / 'README.md').read_text()
+
+
+def test_pretrained_loads_the_shipped_weights_and_false_is_the_same_architecture_random(trained):
+    from diffusers import UNet2DConditionModel
+    shipped = UNet2DConditionModel.from_pretrained(SPEC.weights_dir, subfolder='unet')
+    mine = trained.denoiser.state_dict()
+    assert torch.equal(mine['conv_in.weight'], shipped.state_dict()['conv_in.weight'].float())
+    random = DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=False)
+    assert [i['num_chs'] for i in random.feature_info] == [i['num_chs'] for i in trained.feature_info]
+    assert not torch.equal(random.denoiser.state_dict()['conv_in.weight'], mine['conv_in.weight'])
+
+
+@torch.no_grad()
+def test_the_shipped_unet_predicts_noise_far_better_than_zeros(trained):
+    from diffusers import UNet2DConditionModel
+    unet = UNet2DConditionModel.from_pretrained(SPEC.weights_dir, subfolder='unet').float().eval()  # unpruned
+    images, _ = geometry_set(8, seed=1000)  # not among the training renders (seed 0)
+    latents = trained.encode(images)
+    kwargs = trained.conditioning.denoiser_kwargs(len(images), (128, 128), torch.float32)
+    g = torch.Generator().manual_seed(0)
+    for t in (50, 250, 500):
+        noise = torch.randn(latents.shape, generator=g)
+        abar = trained.alphas_cumprod[t]
+        pred = unet(abar.sqrt() * latents + (1 - abar).sqrt() * noise, torch.full((len(images),), t), **kwargs).sample
+        mse, zero = F.mse_loss(pred, noise).item(), noise.square().mean().item()
+        assert mse < NOISE_RATIO * zero, (t, mse, zero)
+
+
+def probe_miou(backbone: DiffusionBackbone, train, test, n_classes: int = 4) -> float:
+    """mIoU of a least-squares linear pixel probe on all levels at stride 8 (ridge, closed form)."""
+    def features(images):
+        with torch.no_grad():
+            levels = backbone(images)
+        size = levels[0].shape[-2:]
+        feats = torch.cat([F.interpolate(f.float(), size=size, mode='bilinear', align_corners=False) for f in levels], 1)
+        feats = (feats - feats.mean((0, 2, 3), keepdim=True)) / (feats.std((0, 2, 3), keepdim=True) + 1e-6)
+        return feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), size
+
+    def labels(maps, size):  # the label at each feature cell's centre
+        s = maps.shape[-1] // size[-1]
+        return maps[:, s // 2::s, s // 2::s].reshape(-1)
+
+    x_train, size = features(train[0])
+    x_test, _ = features(test[0])
+    y_train, y_test = labels(train[1], size), labels(test[1], size)
+    x_train = torch.cat([x_train, torch.ones(len(x_train), 1)], 1)
+    x_test = torch.cat([x_test, torch.ones(len(x_test), 1)], 1)
+    targets = F.one_hot(y_train, n_classes).float()
+    w = torch.linalg.solve(x_train.T @ x_train + 1.0 * torch.eye(x_train.shape[1]), x_train.T @ targets)
+    pred = (x_test @ w).argmax(1)
+    ious = [((pred == c) & (y_test == c)).sum() / ((pred == c) | (y_test == c)).sum().clamp(min=1)
+            for c in range(n_classes)]
+    return 100 * torch.stack(ious).mean().item()
+
+
+def test_learned_features_separate_shapes_that_random_ones_cannot(trained):
+    """Geometry variant: colour and texture say nothing about the class, only the outline does."""
+    train, test = geometry_set(48, seed=2000), geometry_set(24, seed=3000)
+    random = DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=False)
+    learned, baseline = probe_miou(trained, train, test), probe_miou(random, train, test)
+    print(f'linear probe mIoU on geometry: trained {learned:.1f}, random {baseline:.1f}')
+    assert learned > baseline + PROBE_MARGIN, (learned, baseline)
+
+
