@@ -130,6 +130,10 @@ class DiffusionBackbone(nn.Module):
             GPUs). ``False``: the default format everywhere.
         compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward
             stops by an exception at the last activation, which compiled graphs must not contain).
+        latent_scale: Replaces the VAE's ``scaling_factor``. The factor belongs to trained weights (SD's
+            0.18215 makes its latents unit-variance); a random-weight VAE (``pretrained=False``) of
+            the same architecture gives latents of another scale, which the noise at ``t`` may drown.
+            ``tools/compare.py`` uses it for a fair random baseline.
         strict_input: Raise on image values outside [-1, 1]. By default such input runs and warns
             once per model (the range is the VAE's, but any normalised tensor is a valid input, as
             for every timm model). NaN or inf values always raise.
@@ -146,7 +150,7 @@ class DiffusionBackbone(nn.Module):
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
                  trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool = False,
                  prune: bool = True, latent_cache: str | None = None, channels_last: bool | None = None,
-                 compile: bool = False, strict_input: bool = False):
+                 compile: bool = False, latent_scale: float | None = None, strict_input: bool = False):
         super().__init__()
         self.spec = spec = get_model_spec(model)
         timesteps = (t,) if isinstance(t, int) else tuple(t) if isinstance(t, (list, tuple)) else ()
@@ -173,6 +177,10 @@ class DiffusionBackbone(nn.Module):
         parts = load_components(spec, pretrained, self.dtype,
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
+        if latent_scale is not None:
+            if not (isinstance(latent_scale, (int, float)) and latent_scale > 0):
+                raise ValueError(f'latent_scale must be a positive number; got {latent_scale!r}')
+            self.vae.scaling_factor = float(latent_scale)
         self.conditioning = PromptConditioning(spec, parts.text_encoders, parts.tokenizers, prompt)
         del parts  # text encoders and tokenizers are released here
 
@@ -194,7 +202,7 @@ class DiffusionBackbone(nn.Module):
         self.channels_last = channels_last
         self.compiled = self._compile() if compile else []
         self.latent_cache = None if latent_cache is None else LatentCache(
-            latent_cache, f'{spec.name}|{pretrained}|{next(self.vae.parameters()).dtype}')
+            latent_cache, f'{spec.name}|{pretrained}|{next(self.vae.parameters()).dtype}|{self.vae.scaling_factor}')
 
         for p in self.vae.parameters():
             p.requires_grad_(trainable_vae)

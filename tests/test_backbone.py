@@ -284,6 +284,17 @@ def test_bad_options_are_refused():
         DiffusionBackbone('test_sd_tiny', dtype='int8', pretrained=False)
     with pytest.raises(ValueError, match='channels_last must be None'):
         DiffusionBackbone('test_sd_tiny', channels_last='yes', pretrained=False)
+    with pytest.raises(ValueError, match='latent_scale must be a positive number'):
+        DiffusionBackbone('test_sd_tiny', latent_scale=0, pretrained=False)
+    with pytest.raises(ValueError, match='trainable_vae=True changes the encoder'):
+        DiffusionBackbone('test_sd_tiny', latent_cache='memory', trainable_vae=True, pretrained=False)
+
+
+def test_latent_scale_replaces_the_vae_scaling_factor(sd_tiny):
+    doubled = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, latent_scale=2 * sd_tiny.vae.scaling_factor)
+    x = random_images(1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(doubled.encode(x), 2 * sd_tiny.encode(x), rtol=1e-5, atol=1e-6)
 
 
 def test_state_dict_is_complete_and_a_lean_one_loads_strictly():

@@ -179,6 +179,28 @@ def test_shapes_generator_is_deterministic_and_labels_every_class(tmp_path):
     assert len(dataset) == 6 and dataset.metainfo['classes'] == ('background', 'circle', 'square', 'triangle')
 
 
+def test_geometry_variant_appearance_says_nothing_about_the_class():
+    import numpy as np
+    from diffbackbones.segmentation.shapes import render_sample
+
+    def mean_colour_per_class(variant):
+        rng = np.random.default_rng(0)
+        sums, counts = np.zeros((4, 3)), np.zeros(4)
+        for _ in range(300):
+            image, label = render_sample(rng, 64, variant)
+            for c in range(4):
+                sums[c] += image[label == c].sum(0)
+                counts[c] += (label == c).sum()
+        return sums / counts[:, None]
+
+    texture, geometry = mean_colour_per_class('texture'), mean_colour_per_class('geometry')
+    spread = lambda colours: np.abs(colours[:, None] - colours[None]).max()  # noqa: E731
+    assert spread(texture) > 60  # a colour rule segments the texture variant ...
+    assert spread(geometry) < 12  # ... but not the geometry one: every class wears every look
+    with pytest.raises(ValueError, match='variant must be one of'):
+        render_sample(np.random.default_rng(0), 64, 'colour')
+
+
 class _Smuggler:
     """A checkpoint object reaching past HistoryBuffer's statistics through an allow-listed class."""
 

@@ -3,9 +3,12 @@
     python tools/compare.py                               # the demo config, both shapes variants
     python tools/compare.py --variants geometry --iters 100
 
-For each shapes variant the config is trained with ``tools/train.py`` twice, once with the backbone's
-pretrained weights (the shipped ``shapes_sd_tiny``) and once with ``pretrained=False`` (the same
-architecture, seeded random weights), everything else equal; the final validation mIoU of each run is
+For each shapes variant the config is trained with ``tools/train.py`` three times, everything else
+equal: with the backbone's pretrained weights (the shipped ``shapes_sd_tiny``), with ``pretrained=False``
+(the same architecture, seeded random weights, as is), and with random weights whose latents are
+rescaled to unit variance (``latent_scale``): the trained VAE's scaling factor leaves a random VAE's
+latents far smaller than the noise at t, so "random, as is" is handicapped by that as well as by
+knowing nothing; "random, rescaled" is the fair baseline. The final validation mIoU of each run is
 printed side by side. Logs and checkpoints go to ``<work-dir>/<variant>-<weights>/``.
 """
 from __future__ import annotations
@@ -23,11 +26,31 @@ DEMO = REPO / 'configs' / 'toy' / 'upernet_shapes-sd-tiny-practical_1xb8-300_sha
 DATA_ROOTS = {'texture': 'data/shapes', 'geometry': 'data/shapes-geometry'}
 
 
-def train_once(config: Path, data_root: str, pretrained: bool, iters: int | None, work_dir: Path) -> float:
+def unit_variance_scale(config: Path, data_root: Path, n_images: int = 32) -> float:
+    """The ``latent_scale`` that gives the random-weight VAE unit-variance latents on training images."""
+    import numpy as np
+    import torch
+    from mmengine.config import Config
+    from PIL import Image
+
+    from diffbackbones import DiffusionBackbone
+    settings = Config.fromfile(config).model.backbone
+    backbone = DiffusionBackbone(settings.model, settings.activations, pretrained=False)
+    paths = sorted((data_root / 'img_dir' / 'train').glob('*.png'))[:n_images]
+    images = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths]))
+    with torch.no_grad():
+        latents = backbone.encode(images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    return backbone.vae.scaling_factor / latents.float().std().item()
+
+
+def train_once(config: Path, data_root: str, pretrained: bool, iters: int | None, work_dir: Path,
+               latent_scale: float | None = None) -> float:
     """Train with tools/train.py; returns the last validation mIoU it logged."""
     options = [f'{loader}.dataset.data_root={data_root}' for loader in
                ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     options.append(f'model.backbone.pretrained={pretrained}')
+    if latent_scale is not None:
+        options.append(f'model.backbone.latent_scale={latent_scale:.6g}')
     if iters is not None:
         options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
                     f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.0.end={iters}']
@@ -55,19 +78,23 @@ def main() -> None:
 
     rows = []
     for variant in args.variants:
-        make_shapes_dataset(REPO / DATA_ROOTS[variant], variant=variant)
+        data_root = make_shapes_dataset(REPO / DATA_ROOTS[variant], variant=variant)
+        scale = unit_variance_scale(args.config, data_root)
+        runs = (('trained', True, None), ('random', False, None), ('random-rescaled', False, scale))
         scores = {}
-        for weights, pretrained in (('trained', True), ('random', False)):
+        for weights, pretrained, latent_scale in runs:
             print(f'[compare] {variant} variant, {weights} weights: training ...', flush=True)
             scores[weights] = train_once(args.config, DATA_ROOTS[variant], pretrained, args.iters,
-                                         args.work_dir / f'{variant}-{weights}')
+                                         args.work_dir / f'{variant}-{weights}', latent_scale)
             print(f'[compare] {variant} variant, {weights} weights: val mIoU {scores[weights]:.2f}', flush=True)
-        rows.append((variant, scores['trained'], scores['random']))
+        rows.append((variant, scale, scores))
 
     print(f'\n{args.config.name}: val mIoU, trained vs random diffusion weights (everything else equal)')
-    print(f'{"variant":<10} {"trained":>8} {"random":>8} {"gain":>7}')
-    for variant, trained, random in rows:
-        print(f'{variant:<10} {trained:8.2f} {random:8.2f} {trained - random:+7.2f}')
+    print('(rescaled: random weights with unit-variance latents, x scale; gain: trained - rescaled)')
+    print(f'{"variant":<10} {"trained":>8} {"random":>8} {"rescaled":>9} {"scale":>6} {"gain":>7}')
+    for variant, scale, s in rows:
+        print(f'{variant:<10} {s["trained"]:8.2f} {s["random"]:8.2f} {s["random-rescaled"]:9.2f} '
+              f'{"x%.2f" % scale:>6} {s["trained"] - s["random-rescaled"]:+7.2f}')
 
 
 if __name__ == '__main__':

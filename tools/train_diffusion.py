@@ -177,6 +177,8 @@ def main() -> None:
     parser.add_argument('--unet-steps', type=int, default=1500)
     parser.add_argument('--unet-batch', type=int, default=16)
     parser.add_argument('--unet-lr', type=float, default=1e-3)
+    parser.add_argument('--samples', type=int, default=16, help='images in the DDIM sample grid')
+    parser.add_argument('--sample-steps', type=int, default=50, help='DDIM steps for the sample grid')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
     args = parser.parse_args()
@@ -227,7 +229,8 @@ def main() -> None:
     with torch.no_grad():
         recon = vae.decode(vae.encode(held_out).latent_dist.mean).sample
     save_grid(torch.cat([held_out, recon]), report / 'reconstructions.png', cols=8)
-    save_grid(ddim_samples(unet, vae, scaling, cond, 16, args.seed), report / 'samples.png', cols=8)
+    save_grid(ddim_samples(unet, vae, scaling, cond, args.samples, args.seed, args.sample_steps), report / 'samples.png',
+              cols=8)
     plot_losses(log, report / 'losses.png')
     tail = lambda key: float(np.mean(log[key][-50:])) if log[key] else float('nan')  # noqa: E731
     summary = dict(args=vars(args), prompt=PROMPT, scaling_factor=scaling, train_minutes=round(minutes, 2),
