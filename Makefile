@@ -22,7 +22,7 @@ $(STAMP): setup.py Makefile tools/install_mmcv.sh
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest tests -q -rs
+	$(PY) -m pytest tests -q -rs --durations=15
 
 # The main job: frozen features of shapes_sd_tiny (a tiny latent diffusion model trained here and shipped
 # in the package) + fusion + UPerHead, trained on the geometry variant of the embedded shapes set (CPU,
