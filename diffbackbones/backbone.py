@@ -25,7 +25,7 @@ from .loading import load_components
 from .pruning import prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
-__all__ = ['DiffusionBackbone', 'resolve_levels']
+__all__ = ['DiffusionBackbone', 'pixels_to_input', 'resolve_levels']
 
 ActivationsArg = Union[str, Sequence[str], Sequence[Sequence[str]]]
 _DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
@@ -38,6 +38,14 @@ def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype, str) and dtype in _DTYPES:
         return _DTYPES[dtype]
     raise ValueError(f'dtype must be one of {sorted(_DTYPES)} or the matching torch dtype; got {dtype!r}')
+
+
+def pixels_to_input(pixels) -> torch.Tensor:
+    """0..255 RGB pixels, (H, W, 3) or (N, H, W, 3) (numpy or tensor), as the backbone's input:
+    float (N, 3, H, W) in [-1, 1], what diffusion VAEs take."""
+    pixels = torch.as_tensor(pixels)
+    batch = pixels if pixels.ndim == 4 else pixels[None]
+    return batch.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def _preset_levels(spec: ModelSpec, preset: str) -> Levels:

@@ -81,13 +81,13 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]
     entered: set[str] = set()
     outputs: dict[str, list[torch.Tensor]] = {}
 
-    def record_output(module, args, out, name):
+    def record_output(name, out):
         if torch.is_tensor(out) and out.requires_grad:
             outputs.setdefault(name, []).append(out)
 
     handles = [m.register_forward_pre_hook(lambda mod, args, name=name: entered.add(name))
                for name, m in model.named_modules()]
-    handles += [m.register_forward_hook(lambda mod, a, out, name=name: record_output(mod, a, out, name))
+    handles += [m.register_forward_hook(lambda mod, a, out, name=name: record_output(name, out))
                 for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     try:
         captured = [c for c in run() if c.requires_grad]

@@ -35,7 +35,7 @@ class DiffusionNet(nn.Module):
         activations: As ``DiffusionBackbone``.
         weights: ``DiffusionBackbone``'s ``pretrained`` (True, False or a local folder).
         num_classes: Classifier classes; 0 returns pooled features.
-        global_pool: Pooling of the coarsest level (timm pool types; ``''`` keeps it unpooled).
+        global_pool: Pooling of ``forward_features`` (timm pool types; ``''`` keeps it unpooled).
         drop_rate: Dropout before the classifier.
         frozen: Freeze the VAE encoder and the denoiser (the paper's setting); by default both train,
             as every timm model does until its user freezes it.

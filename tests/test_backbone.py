@@ -318,3 +318,12 @@ def test_state_dict_is_complete_and_a_lean_one_loads_strictly():
     assert c.frozen_prefixes == ('vae.',)
     with pytest.raises(RuntimeError, match=r'Missing key\(s\).*denoiser\.'):
         c.load_state_dict(lean, strict=True)
+
+
+def test_pixels_to_input_maps_0_255_onto_the_vae_range():
+    from diffbackbones.backbone import pixels_to_input
+    pixels = torch.tensor([[[0, 255, 127]]], dtype=torch.uint8).expand(2, 4, 3)  # (H, W, 3)
+    x = pixels_to_input(pixels.numpy())
+    assert x.shape == (1, 3, 2, 4) and x.dtype == torch.float32
+    assert x[0, 0].eq(-1).all() and x[0, 1].eq(1).all() and torch.allclose(x[0, 2], torch.tensor(127 / 127.5 - 1))
+    assert pixels_to_input(pixels[None].expand(3, 2, 4, 3)).shape == (3, 3, 2, 4)

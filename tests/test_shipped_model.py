@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from diffbackbones import DiffusionBackbone
+from diffbackbones.backbone import pixels_to_input
 from diffbackbones.segmentation.shapes import render_sample
 from diffbackbones.zoo import MODELS
 
@@ -27,7 +28,7 @@ def geometry_set(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, 3, 128, 128) images in [-1, 1] and (n, 128, 128) labels of the geometry variant."""
     rng = np.random.default_rng(seed)
     images, labels = zip(*(render_sample(rng, 128, 'geometry') for _ in range(n)))
-    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1,
+    return (pixels_to_input(np.stack(images)),
             torch.from_numpy(np.stack(labels)).long())
 
 

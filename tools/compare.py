@@ -34,12 +34,13 @@ def unit_variance_scale(config: Path, data_root: Path, n_images: int = 32) -> fl
     from PIL import Image
 
     from diffbackbones import DiffusionBackbone
+    from diffbackbones.backbone import pixels_to_input
     settings = Config.fromfile(config).model.backbone
     backbone = DiffusionBackbone(settings.model, settings.activations, pretrained=False)
     paths = sorted((data_root / 'img_dir' / 'train').glob('*.png'))[:n_images]
-    images = torch.from_numpy(np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths]))
+    pixels = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
     with torch.no_grad():
-        latents = backbone.encode(images.permute(0, 3, 1, 2).float() / 127.5 - 1)
+        latents = backbone.encode(pixels_to_input(pixels))
     return backbone.vae.scaling_factor / latents.float().std().item()
 
 

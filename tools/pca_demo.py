@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from diffbackbones import DiffusionBackbone
+from diffbackbones.backbone import pixels_to_input
 
 
 def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
@@ -63,7 +64,7 @@ def main() -> None:
         picture = np.asarray(Image.open(args.image).convert('RGB').resize((args.size, args.size), Image.BICUBIC))
     else:
         picture = synthetic_image(args.size)
-    images = torch.from_numpy(picture).permute(2, 0, 1)[None].float() / 127.5 - 1
+    images = pixels_to_input(picture)
     with torch.no_grad():
         levels = backbone(images)
     tiles = [picture]

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from diffbackbones.backbone import pixels_to_input
 from diffbackbones.segmentation.shapes import VARIANTS, render_sample
 from diffbackbones.zoo import MODELS, load_config
 
@@ -48,7 +49,7 @@ def render_images(n: int, variant: str, seed: int) -> torch.Tensor:
     rng = np.random.default_rng(seed)
     variants = VARIANTS if variant == 'both' else (variant,)
     images = [render_sample(rng, 128, variants[i % len(variants)])[0] for i in tqdm(range(n), desc='render')]
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return pixels_to_input(np.stack(images))
 
 
 def char_tokenizer():
