@@ -55,7 +55,7 @@ def main() -> None:
     print(f'{"part":<34} {"default ms":>11} {"channels-last ms":>17} {"default/channels-last":>22}')
     for part in dict.fromkeys(part for part, _ in variants):
         default, cl = (statistics.median(times[part, fmt]) for fmt in ('default', 'channels-last'))
-        print(f'{part:<34} {default * 1e3:>11.1f} {cl * 1e3:>17.1f} {default / cl:>21.2f}x')
+        print(f'{part:<34} {default * 1e3:>11.2f} {cl * 1e3:>17.2f} {default / cl:>21.2f}x')
 
 
 if __name__ == '__main__':
