@@ -5,6 +5,7 @@
 """
 from .backbone import DiffusionBackbone
 from .capture import ActivationCapture
+from .combined import CombinedDiffusionBackbone
 from .catalog import ActivationInfo, list_activations
 from .loading import WeightsNotFoundError
 from .zoo import MODELS, get_model_spec
@@ -18,5 +19,5 @@ else:
     from . import segmentation  # noqa: F401
 
 __version__ = '0.1.0'
-__all__ = ['DiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError',
+__all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError',
            'MODELS', 'get_model_spec']

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -20,7 +20,7 @@ from .cache import LatentCache
 from .capture import ActivationCapture
 from .catalog import ActivationPoint, activation_points, latent_multiple, resolve_names
 from .conditioning import PromptConditioning
-from .fusion import LevelFusion
+from .fusion import FUSION_STYLES, LevelFusion
 from .loading import load_components
 from .pruning import prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
@@ -115,6 +115,11 @@ class DiffusionBackbone(nn.Module):
         prompt: Text prompt, encoded once at construction; the text encoders are then released.
         image_size: Optional working size (int or (h, w)) the input is resized to; features are
             resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
+        resize_features: False keeps the levels on the working size's grids, ceil(h / s_i) for the
+            working size h (the paper's code: a 512 px crop at SDXL's 1024 px gives twice the grid).
+            ``feature_info`` reductions are then relative to the working size.
+        antialias: Antialias the input resize to ``image_size`` (matters when shrinking). The paper's
+            code resizes without it.
         noise_seed: Seed of the noise (same image, same features); None draws fresh noise each call.
         ensemble_size: Noise samples per timestep, run in the same batched forward and averaged.
         sample_posterior: Sample the VAE posterior instead of taking its mean.
@@ -126,7 +131,10 @@ class DiffusionBackbone(nn.Module):
             timm entries train both by default, like every timm model; ``frozen=True`` there is this
             class's default.
         fusion: Add learnable, zero-initialised residual blocks per activation and per level (identity
-            at the start of training).
+            at the start of training): ``True`` or ``'residual'`` (the package's block), ``'paper'`` (the
+            paper code's block, exactly; see ``fusion.py`` for what its all-zero init implies).
+        fusion_repeats: (per activation, per level) weight-shared repeats of ``'paper'`` blocks; the
+            paper's combined run (Ours-XL-t) uses (4, 2).
         prune: Drop the denoiser modules that run after the last requested activation (measured
             with one probe forward at construction); they are never computed anyway.
         latent_cache: ``'memory'`` or a folder: cache VAE latents by image content so repeated
@@ -156,7 +164,8 @@ class DiffusionBackbone(nn.Module):
                  pretrained: bool | str = True, t: int = 50, prompt: str = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
-                 trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool = False,
+                 trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool | str = False,
+                 fusion_repeats: tuple[int, int] = (1, 1), resize_features: bool = True, antialias: bool = True,
                  prune: bool = True, latent_cache: str | None = None, channels_last: bool | None = None,
                  compile: bool = False, latent_scale: float | None = None, strict_input: bool = False):
         super().__init__()
@@ -167,6 +176,11 @@ class DiffusionBackbone(nn.Module):
                              f'them; got {t!r}')
         if not (isinstance(ensemble_size, int) and ensemble_size >= 1):
             raise ValueError(f'ensemble_size must be a positive integer; got {ensemble_size!r}')
+        if fusion not in (False, None, True) and fusion not in FUSION_STYLES:
+            raise ValueError(f'fusion must be False, True (the residual style) or one of {FUSION_STYLES}; got {fusion!r}')
+        if not (len(fusion_repeats) == 2 and all(isinstance(r, int) and r >= 1 for r in fusion_repeats)):
+            raise ValueError(f'fusion_repeats must be two positive integers (per activation, per level); '
+                             f'got {fusion_repeats!r}')
         if channels_last not in (None, True, False):
             raise ValueError(f'channels_last must be None (channels-last VAE on the CPU), True or False; '
                              f'got {channels_last!r}')
@@ -181,6 +195,7 @@ class DiffusionBackbone(nn.Module):
             raise ValueError('latent_cache keeps the latents of a fixed encoder, but trainable_vae=True changes '
                              'the encoder as it trains: use one or the other.')
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.resize_features, self.antialias = resize_features, antialias
 
         parts = load_components(spec, pretrained, self.dtype,
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
@@ -202,8 +217,9 @@ class DiffusionBackbone(nn.Module):
         self.stride_of = {p.name: self.vae.downsample_factor * p.stride(reference_latent) for p in self.points}
         self.levels = resolve_levels(spec, activations, self.points, self.stride_of)
         self._set_levels(self.levels)
-        self.fusion = nn.ModuleList(LevelFusion([self._channels[n] for n in level]) for level in self.levels) \
-            if fusion else None
+        style = 'residual' if fusion is True else fusion
+        self.fusion = nn.ModuleList(LevelFusion([self._channels[n] for n in level], style, fusion_repeats)
+                                    for level in self.levels) if fusion else None
         self.pruned = self.prune_tail() if prune else []
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
@@ -418,25 +434,34 @@ class DiffusionBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.check_images(images)
+        return self.features(images)
+
+    def features(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, ...]:
+        """The forward after ``check_images``, with the VAE encode step replaceable: ``encode`` maps the
+        resized and padded images to latents (``CombinedDiffusionBackbone`` passes one that encodes once
+        for members sharing a VAE)."""
         in_hw = tuple(images.shape[-2:])
         if images.shape[0] == 0:  # an empty batch: empty levels of the shapes a full one would have
-            return tuple(images.new_zeros(0, info['num_chs'], math.ceil(in_hw[0] / info['reduction']),
-                                          math.ceil(in_hw[1] / info['reduction']), dtype=self.dtype)
+            grid_hw = in_hw if self.resize_features or self.image_size is None else tuple(self.image_size)
+            return tuple(images.new_zeros(0, info['num_chs'], math.ceil(grid_hw[0] / info['reduction']),
+                                          math.ceil(grid_hw[1] / info['reduction']), dtype=self.dtype)
                          for info in self.feature_info)
         if self.image_size is not None and tuple(self.image_size) != in_hw:
-            images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False, antialias=True)
+            images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False,
+                                   antialias=self.antialias)
         work_hw = tuple(images.shape[-2:])
         m = self.pixel_multiple
         pad_h, pad_w = (-work_hw[0]) % m, (-work_hw[1]) % m
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode='replicate')
-        acts = self.extract(self.encode(images), work_hw)
+        acts = self.extract((encode or self.encode)(images), work_hw)
         outputs = []
         for i, (level, info) in enumerate(zip(self.levels, self.feature_info)):
             s = info['reduction']
             parts = [acts[n][..., :math.ceil(work_hw[0] / s), :math.ceil(work_hw[1] / s)] for n in level]
             feat = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
-            if work_hw != in_hw:
+            if work_hw != in_hw and self.resize_features:
                 feat = F.interpolate(feat, size=(math.ceil(in_hw[0] / s), math.ceil(in_hw[1] / s)), mode='bilinear',
                                      align_corners=False)
             outputs.append(feat)

@@ -22,7 +22,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from .backbone import DiffusionBackbone
-from .zoo import MODELS, layer_stride
+from .combined import CombinedDiffusionBackbone
+from .zoo import COMBINATIONS, MODELS, layer_stride
 
 __all__ = ['DiffusionNet']
 
@@ -31,8 +32,9 @@ class DiffusionNet(nn.Module):
     """A ``DiffusionBackbone`` with timm's model interface.
 
     Args:
-        model: Zoo name.
+        model: Zoo name (or ``members``, for a ``CombinedDiffusionBackbone``).
         activations: As ``DiffusionBackbone``.
+        members: Member dicts of a ``CombinedDiffusionBackbone`` (instead of ``model``/``activations``).
         weights: ``DiffusionBackbone``'s ``pretrained`` (True, False or a local folder).
         num_classes: Classifier classes; 0 returns pooled features.
         global_pool: Pooling of ``forward_features`` (timm pool types; ``''`` keeps it unpooled).
@@ -42,15 +44,20 @@ class DiffusionNet(nn.Module):
         **kwargs: Further ``DiffusionBackbone`` options (``t``, ``prompt``, ``dtype``, ``strict_input``, ...).
     """
 
-    def __init__(self, model: str, activations='practical', weights: bool | str = True, num_classes: int = 0,
-                 in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.0, frozen: bool = False,
-                 **kwargs):
+    def __init__(self, model: str | None = None, activations='practical', weights: bool | str = True,
+                 num_classes: int = 0, in_chans: int = 3, global_pool: str = 'avg', drop_rate: float = 0.0,
+                 frozen: bool = False, members=None, **kwargs):
         super().__init__()
         if in_chans != 3:
             raise ValueError(f'diffusion backbones take RGB images: in_chans must be 3, got {in_chans}')
+        if (model is None) == (members is None):
+            raise ValueError('give either model (a zoo name) or members (a combined backbone), not both or neither')
         kwargs.setdefault('trainable_denoiser', not frozen)
         kwargs.setdefault('trainable_vae', not frozen)
-        self.backbone = DiffusionBackbone(model, activations, pretrained=weights, **kwargs)
+        if members is not None:
+            self.backbone = CombinedDiffusionBackbone(members, pretrained=weights, **kwargs)
+        else:
+            self.backbone = DiffusionBackbone(model, activations, pretrained=weights, **kwargs)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self._set_feature_info()
@@ -112,23 +119,33 @@ class DiffusionNet(nn.Module):
         return list(range(len(self.feature_info)))
 
 
-def _cfg(spec, preset: str) -> dict:
-    size = spec.image_size
-    coarsest = layer_stride(spec, spec.presets[preset][-1][0])
+def _cfg(members: list[dict]) -> dict:
+    specs = [MODELS[m['model']] for m in members]
+    size = max(spec.image_size for spec in specs)
+    coarsest = max(layer_stride(spec, _levels(spec, m['activations'])[-1][0]) for spec, m in zip(specs, members))
     pool = -(-size // coarsest)  # ceil: the backbone pads to its multiple and crops back
-    return dict(hf_hub_id=spec.hub_id, num_classes=0, input_size=(3, size, size), pool_size=(pool, pool),
-                fixed_input_size=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic',
-                crop_pct=1.0, license=spec.license, first_conv='backbone.vae.encoder.conv_in', classifier='head.fc')
+    first_conv = 'backbone.vae.encoder.conv_in' if len(members) == 1 else 'backbone.members.0.vae.encoder.conv_in'
+    return dict(hf_hub_id=specs[0].hub_id if len(specs) == 1 else None, num_classes=0, input_size=(3, size, size),
+                pool_size=(pool, pool), fixed_input_size=False, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                interpolation='bicubic', crop_pct=1.0, license=' + '.join(dict.fromkeys(s.license for s in specs)),
+                first_conv=first_conv, classifier='head.fc')
+
+
+def _levels(spec, activations):
+    return spec.presets[activations] if isinstance(activations, str) else activations
 
 
 def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module:
-    model_name, preset = _ENTRIES[variant]
+    members = _ENTRIES[variant]
     features_only = kwargs.pop('features_only', False)
     out_indices = kwargs.pop('out_indices', None)
     kwargs.pop('feature_cls', None)  # the getter is the only extractor that fits a UNet
-    kwargs.setdefault('activations', preset)
-    model = build_model_with_cfg(DiffusionNet, variant, pretrained=False, model=model_name, weights=pretrained,
-                                 **kwargs)
+    if variant in COMBINATIONS:
+        kwargs.setdefault('members', [dict(m) for m in members])
+    else:
+        kwargs.setdefault('model', members[0]['model'])
+        kwargs.setdefault('activations', members[0]['activations'])
+    model = build_model_with_cfg(DiffusionNet, variant, pretrained=False, weights=pretrained, **kwargs)
     if features_only:
         pretrained_cfg = model.pretrained_cfg
         if out_indices is None:
@@ -138,10 +155,11 @@ def _create(variant: str, pretrained: bool | str = False, **kwargs) -> nn.Module
     return model
 
 
-# variant name -> (zoo model, preset). One timm entry per (model, preset) pair.
-_ENTRIES = {f'{name}_{preset}': (name, preset) for name, spec in MODELS.items() if spec.available
-            for preset in spec.presets}
-default_cfgs = generate_default_cfgs({variant: _cfg(MODELS[name], preset) for variant, (name, preset) in _ENTRIES.items()})
+# variant name -> its members (one for a single model). One entry per (model, preset) pair, one per combination.
+_ENTRIES = {f'{name}_{preset}': (dict(model=name, activations=preset),) for name, spec in MODELS.items()
+            if spec.available for preset in spec.presets}
+_ENTRIES.update({name: combination['members'] for name, combination in COMBINATIONS.items()})
+default_cfgs = generate_default_cfgs({variant: _cfg(members) for variant, members in _ENTRIES.items()})
 
 
 def _make_entrypoint(variant: str):
@@ -149,8 +167,11 @@ def _make_entrypoint(variant: str):
         return _create(variant, pretrained=pretrained, **kwargs)
     entrypoint.__name__ = entrypoint.__qualname__ = variant
     entrypoint.__module__ = __name__
-    name, preset = _ENTRIES[variant]
-    entrypoint.__doc__ = f'{MODELS[name].description}, {preset!r} feature preset.'
+    if variant in COMBINATIONS:
+        entrypoint.__doc__ = COMBINATIONS[variant]['description'] + '.'
+    else:
+        member = _ENTRIES[variant][0]
+        entrypoint.__doc__ = f'{MODELS[member["model"]].description}, {member["activations"]!r} feature preset.'
     return entrypoint
 
 

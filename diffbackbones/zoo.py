@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels']
+__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
 WEIGHTS_ROOT = Path(__file__).parent / 'weights'
@@ -128,6 +128,22 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('test_sdxl_tiny', 'tiny SDXL-topology model for tests', None, 'test_sdxl_tiny', 'sdxl',
               _TWO_CLIPS, 64, 'apache-2.0', SDXL_PRESETS, time_ids=True),
 ]}
+
+
+# Combined backbones (``CombinedDiffusionBackbone``) as data: name -> description and member arguments.
+# Each is also a timm entry of that name.
+COMBINATIONS: dict[str, dict] = {
+    # The paper's Ours-XL-t (its ade_full.py / city_full.py): SDXL with the practical set plus
+    # up-level1-upsampler-out, and Playground v2 with three activations; levels joined by stride.
+    'sdxl_pgv2_xlt': dict(
+        description="SDXL + Playground v2 combined, the paper's Ours-XL-t activations",
+        members=(dict(model='sdxl', activations=(('up-level1-upsampler-out',),) + SDXL_PRESETS['practical']),
+                 dict(model='pgv2', activations='practical'))),
+    'test_sd_sdxl_tiny': dict(
+        description='tiny SD1.5 + tiny SDXL topologies combined, for tests',
+        members=(dict(model='test_sd_tiny', activations='practical'),
+                 dict(model='test_sdxl_tiny', activations='practical'))),
+}
 
 
 def get_model_spec(name: str) -> ModelSpec:

@@ -2,7 +2,8 @@
 
 Loaded by ``import diffbackbones`` when mmseg is installed, so a config only needs
 ``custom_imports=dict(imports=['diffbackbones'], allow_failed_imports=False)`` and
-``backbone=dict(type='DiffusionBackbone', model='sd15', activations='practical', ...)``.
+``backbone=dict(type='DiffusionBackbone', model='sd15', activations='practical', ...)`` (or
+``type='CombinedDiffusionBackbone', members=[dict(model='sdxl', ...), dict(model='pgv2', ...)]``).
 The backbone is registered as it is: no mmseg class is subclassed or patched.
 
 The import has one process-wide effect: torch's safe loader (``torch.load(weights_only=True)``, the
@@ -14,11 +15,13 @@ default since torch 2.6) learns the few globals mmengine writes into every check
 from mmseg.registry import MODELS
 
 from ..backbone import DiffusionBackbone
+from ..combined import CombinedDiffusionBackbone
 from .datasets import ShapesDataset
 from .hooks import LeanCheckpointHook
 from .runtime import allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed, load_tool_config
 
 MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
+MODELS.register_module('CombinedDiffusionBackbone', module=CombinedDiffusionBackbone)
 allow_mmengine_checkpoints()
 
 __all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor', 'init_cpu_distributed',
