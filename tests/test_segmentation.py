@@ -21,7 +21,7 @@ from conftest import REPO  # noqa: E402
 register_all_modules()  # what Runner does for default_scope='mmseg'
 
 TOY = REPO / 'configs' / 'toy' / 'upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py'
-PAPER_CONFIGS = sorted((REPO / 'configs' / 'diffusion').glob('*.py'))
+RECOMMENDED_CONFIGS = sorted((REPO / 'configs' / 'diffusion').glob('*.py'))  # configs/paper/: test_combined.py
 TOY_CONFIGS = sorted((REPO / 'configs' / 'toy').glob('*.py'))
 
 
@@ -32,8 +32,8 @@ def _no_sync_bn(cfg):
             cfg.model[head].norm_cfg = dict(type='BN', requires_grad=True)
 
 
-@pytest.mark.parametrize('path', PAPER_CONFIGS, ids=lambda p: p.name)
-def test_paper_configs_build_at_real_size_on_the_meta_device(path):
+@pytest.mark.parametrize('path', RECOMMENDED_CONFIGS, ids=lambda p: p.name)
+def test_recommended_configs_build_at_real_size_on_the_meta_device(path):
     cfg = Config.fromfile(path)
     assert cfg.model.backbone.t == 50 and cfg.optim_wrapper.optimizer.lr == 1.6e-4
     assert cfg.train_dataloader.batch_size == 2 and cfg.train_cfg.max_iters == 80000

@@ -59,7 +59,8 @@ def test_frozen_classifier_trains_only_its_head():
     assert 'backbone.denoiser.conv_in.weight' in model.state_dict()  # frozen is not left out
 
 
-TINY_ENTRIES = ['test_sd_tiny_practical', 'test_sd_tiny_legacy', 'test_sdxl_tiny_practical', 'test_sdxl_tiny_legacy']
+TINY_ENTRIES = ['test_sd_tiny_practical', 'test_sd_tiny_legacy', 'test_sdxl_tiny_practical', 'test_sdxl_tiny_legacy',
+                'test_sd_sdxl_tiny']  # the last: a CombinedDiffusionBackbone
 
 
 @pytest.mark.parametrize('name', TINY_ENTRIES)
@@ -79,12 +80,13 @@ def test_timm_model_contract(name):
     out.mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     assert not no_grad, no_grad[:5]
-    assert any(n.startswith('backbone.vae.') for n, _ in model.named_parameters())
+    assert any(n.startswith(('backbone.vae.', 'backbone.members.0.vae.')) for n, _ in model.named_parameters())
     state_dict = model.state_dict()
     for key in (cfg['first_conv'], cfg['classifier']):
         assert key + '.weight' in state_dict, key
     assert set(dict(model.named_parameters())) <= set(state_dict)  # complete: frozen or not
-    assert model.backbone.vae.encoder.conv_in is model.get_submodule(cfg['first_conv'])
+    first_member = model.backbone.members[0] if hasattr(model.backbone, 'members') else model.backbone
+    assert first_member.vae.encoder.conv_in is model.get_submodule(cfg['first_conv'])
 
     # default cfg: forward_features unpooled at pool_size, heads of head_hidden_size
     model = timm.create_model(name).eval()
