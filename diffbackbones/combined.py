@@ -92,11 +92,6 @@ class CombinedDiffusionBackbone(nn.Module):
                                   reduction=s, module=f'levels.{k}')
                              for k, (s, source) in enumerate(zip(strides, self.sources))]
 
-    @property
-    def frozen_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of the members' frozen parts (``LeanCheckpointHook`` finds the members itself)."""
-        return tuple(f'members.{i}.{p}' for i, m in enumerate(self.members) for p in m.frozen_prefixes)
-
     def select_levels(self, indices: Sequence[int]) -> None:
         """Keep only the combined levels at ``indices``; members with no level left are dropped."""
         indices = sorted(set(int(i) for i in indices))

@@ -1,33 +1,28 @@
-# Toy run of a combined backbone with the paper's segmentor wiring (configs/paper/, Ours-XL-t): the tiny
-# SD1.5- and SDXL-topology models (random weights, seeded) joined by stride, the paper's all-zero
-# fusion blocks (4x / 2x weight-shared per member, one per combined level), UPerHead fed coarse to fine
-# with pool scales (1, 2, 3), FCN auxiliary head of 512 channels, fresh noise and posterior samples on
-# every forward, features on the 256 px working grid, poly(0.9) decay to 1e-4. fp32 on the CPU.
-_base_ = [
-    '../_base_/models/upernet_diffusion_paper.py', '../_base_/datasets/shapes.py',
-    '../_base_/default_runtime.py', '../_base_/schedules/schedule_80k_paper.py'
-]
-norm_cfg = dict(type='BN', requires_grad=True)  # SyncBN needs GPUs
-crop_size = (128, 128)
-data_preprocessor = dict(size=crop_size, seg_pad_val=255)  # shapes images are never padded; no label quirk
+# Toy run of a combined backbone with the paper's Ours-XL-t wiring (configs/paper/): the tiny SD1.5- and
+# SDXL-topology models (random weights, seeded) joined by stride; per member the paper's all-zero
+# ResBlocks applied 4x (per activation) and 2x (per level) with shared weights, one more per combined
+# level; the rest of the paper's recipe as in the config this one builds on (UPerHead fed coarse to
+# fine, fresh noise and posterior samples, features on the 256 px working grid). fp32 on the CPU.
+_base_ = ['./upernet_shapes-sd-tiny-practical-paper_1xb8-300_shapes-geometry-128x128.py']
+data_root = 'data/shapes'
 model = dict(
-    data_preprocessor=data_preprocessor,
     backbone=dict(
+        _delete_=True,
         type='CombinedDiffusionBackbone',
         members=[dict(model='test_sd_tiny', activations='practical', fusion='paper', fusion_repeats=(4, 2)),
                  dict(model='test_sdxl_tiny', activations='practical', fusion='paper', fusion_repeats=(4, 2))],
+        fusion='paper',
         pretrained=False,
-        dtype='fp32',
         t=50,
-        image_size=256),
+        image_size=256,
+        noise_seed=None,
+        sample_posterior=True,
+        resize_features=False,
+        antialias=False,
+        dtype='fp32'),
     # levels [32 (stride 8), 64 + 64 (16), 128 + 128 (32)] fed coarse to fine
-    decode_head=dict(in_channels=[256, 128, 32], in_index=[2, 1, 0], channels=64, num_classes=4, norm_cfg=norm_cfg),
-    auxiliary_head=dict(in_channels=128, in_index=1, channels=64, num_classes=4, norm_cfg=norm_cfg),
-    test_cfg=dict(mode='whole'))
-optim_wrapper = dict(optimizer=dict(lr=2e-3))
-param_scheduler = [dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=0, end=300, by_epoch=False)]
-train_cfg = dict(max_iters=300, val_interval=300)
-default_hooks = dict(
-    logger=dict(interval=50),
-    checkpoint=dict(interval=300, max_keep_ckpts=1))
-randomness = dict(seed=0)
+    decode_head=dict(in_channels=[256, 128, 32]),
+    auxiliary_head=dict(in_channels=128))
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
