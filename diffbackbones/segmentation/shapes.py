@@ -13,7 +13,12 @@ Written in mmseg's layout:
     root/img_dir/{train,val}/00000.png      RGB
     root/ann_dir/{train,val}/00000.png      uint8 labels 0..3
 
-    python tools/make_shapes.py data/shapes [--variant geometry]
+or in DDPM-seg's (the label-scarce protocol of ``diffbackbones.probe``; 30 train / 20 test):
+
+    root/real/{train,test}/00000.png        RGB
+    root/real/{train,test}/00000.npy        uint8 labels 0..3
+
+    python tools/make_shapes.py data/shapes [--variant geometry] [--layout ddpm-seg]
 """
 from __future__ import annotations
 
@@ -22,13 +27,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'VARIANTS', 'make_shapes_dataset', 'render_sample']
+__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'VARIANTS', 'LAYOUTS', 'make_shapes_dataset', 'render_sample']
 
 SHAPES_CLASSES = ('background', 'circle', 'square', 'triangle')
 SHAPES_PALETTE = [[0, 0, 0], [220, 60, 60], [60, 200, 60], [60, 90, 230]]
 # Base hue (RGB) of each class; instances jitter around it.
 _CLASS_RGB = np.array([[120, 110, 90], [200, 70, 60], [70, 170, 80], [70, 90, 200]], dtype=np.float32)
 VARIANTS = ('texture', 'geometry')
+LAYOUTS = ('mmseg', 'ddpm-seg')
 
 
 def _texture(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -91,13 +97,22 @@ def render_sample(rng: np.random.Generator, size: int = 128, variant: str = 'tex
 
 
 def make_shapes_dataset(root: str | Path, n_train: int = 200, n_val: int = 50, size: int = 128,
-                        seed: int = 0, variant: str = 'texture') -> Path:
-    """Write the set under ``root`` (idempotent: an existing complete set is left as is)."""
+                        seed: int = 0, variant: str = 'texture', layout: str = 'mmseg') -> Path:
+    """Write the set under ``root`` (idempotent: an existing complete set is left as is).
+
+    ``layout='ddpm-seg'`` writes ``real/{train,test}`` with ``.npy`` labels; ``n_val`` is then the test split.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f'layout must be one of {LAYOUTS}; got {layout!r}')
     root = Path(root)
     for split, count, split_seed in (('train', n_train, seed), ('val', n_val, seed + 1)):
-        img_dir, ann_dir = root / 'img_dir' / split, root / 'ann_dir' / split
+        if layout == 'mmseg':
+            img_dir, ann_dir, label_suffix = root / 'img_dir' / split, root / 'ann_dir' / split, '.png'
+        else:
+            img_dir = ann_dir = root / 'real' / ('test' if split == 'val' else split)
+            label_suffix = '.npy'
         if img_dir.is_dir() and len(list(img_dir.glob('*.png'))) == count and \
-                len(list(ann_dir.glob('*.png'))) == count:
+                len(list(ann_dir.glob(f'*{label_suffix}'))) == count:
             continue
         img_dir.mkdir(parents=True, exist_ok=True)
         ann_dir.mkdir(parents=True, exist_ok=True)
@@ -105,5 +120,8 @@ def make_shapes_dataset(root: str | Path, n_train: int = 200, n_val: int = 50, s
         for i in range(count):
             image, label = render_sample(rng, size, variant)
             Image.fromarray(image).save(img_dir / f'{i:05d}.png')
-            Image.fromarray(label).save(ann_dir / f'{i:05d}.png')
+            if layout == 'mmseg':
+                Image.fromarray(label).save(ann_dir / f'{i:05d}.png')
+            else:
+                np.save(ann_dir / f'{i:05d}.npy', label)
     return root
