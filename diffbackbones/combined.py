@@ -52,7 +52,8 @@ class CombinedDiffusionBackbone(nn.Module):
             raise ValueError("members must be a non-empty list of dicts, each with at least 'model' (and the "
                              f"other DiffusionBackbone arguments); got {members!r}")
         if fusion not in (False, None, True) and fusion not in FUSION_STYLES:
-            raise ValueError(f'fusion must be False, True (the residual style) or one of {FUSION_STYLES}; got {fusion!r}')
+            raise ValueError(f'fusion must be False, True (the residual style) or one of {FUSION_STYLES}; '
+                             f'got {fusion!r}')
         self.devices: list[torch.device | None] = []
         self.members = nn.ModuleList()
         for member_args in members:

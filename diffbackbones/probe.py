@@ -266,7 +266,7 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
     generators = [torch.Generator().manual_seed(seed) for seed in seeds]
     members = [PixelClassifier(features.channels, n_classes, g) for g in generators]
     stacked = StackedClassifiers(members).train()
-    optimizer = torch.optim.Adam(stacked.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(stacked.parameters(), lr=lr, fused=True)  # same Adam, one kernel per tensor
     stops = [EarlyStop() for _ in seeds]
     logs = [dict(epochs=0, iterations=0, early_stopped=False) for _ in seeds]
     active = list(range(len(seeds)))
@@ -286,15 +286,17 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
             losses.sum().backward()  # members share no weights: each gets exactly its own gradient
             optimizer.step()
             iterations += 1
+            member_losses = losses.tolist()
             for m in list(active):
                 logs[m].update(epochs=epoch + 1, iterations=iterations)
-                if stops[m].step(epoch, losses[m].item()):
+                if stops[m].step(epoch, member_losses[m]):
                     logs[m]['early_stopped'] = True
                     stacked.write_back(members, [m])  # its final weights, as of this step
                     active.remove(m)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f'{losses.mean().item():.3f}', training=len(active))
+                if iterations % 50 == 0:
+                    bar.set_postfix(loss=f'{sum(member_losses) / len(member_losses):.3f}', training=len(active))
             if not active or (max_iters is not None and iterations >= max_iters):
                 break
         if not active or (max_iters is not None and iterations >= max_iters):

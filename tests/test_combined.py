@@ -186,7 +186,8 @@ def test_paper_config_is_the_papers_run_and_builds_at_real_size_on_meta(path):
     assert list(head.in_channels) == c_per_level and list(head.in_index) == list(range(len(c_per_level)))[::-1]
     assert tuple(head.pool_scales) == pool_scales and head.channels == 512 and aux.channels == 512
     assert aux.in_channels == c_per_level[1] and aux.in_index == head.in_index[1] and aux.num_convs == 1
-    assert [loss.type for loss in head.loss_decode] == ['CrossEntropyLoss', 'LovaszLoss'] and aux.loss_decode.loss_weight == 0.4
+    assert [loss.type for loss in head.loss_decode] == ['CrossEntropyLoss', 'LovaszLoss']
+    assert aux.loss_decode.loss_weight == 0.4
     # schedule: AdamW 1.6e-4 / 1e-3, poly(0.9) to 1e-4, 80k iterations, batch 2, val every 2000
     assert cfg.optim_wrapper.optimizer == dict(type='AdamW', lr=1.6e-4, weight_decay=1e-3)
     assert [(s.type, s.power, s.eta_min, s.end) for s in cfg.param_scheduler] == [('PolyLR', 0.9, 1e-4, 80000)]

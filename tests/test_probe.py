@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from diffbackbones.probe import (EarlyStop, PixelClassifier, PixelFeatures, StackedClassifiers, clean_labels, compute_iou, find_split,
-                                 load_pair, majority_vote, predict, redraw_split, train_ensemble)
+from diffbackbones.probe import (EarlyStop, PixelClassifier, PixelFeatures, StackedClassifiers, clean_labels,
+                                 compute_iou, find_split, load_pair, majority_vote, predict, redraw_split,
+                                 train_ensemble)
 from diffbackbones.segmentation.shapes import make_shapes_dataset
 
 from conftest import REPO
@@ -82,7 +83,8 @@ def test_classifier_architecture_and_init_are_ddpm_segs():
     assert [m.out_features for m in large if isinstance(m, torch.nn.Linear)] == [256, 128, 34]
     assert [type(m).__name__ for m in small] == ['Linear', 'ReLU', 'BatchNorm1d'] * 2 + ['Linear']
     big = PixelClassifier(3000, 21)
-    assert big[0].weight.detach().std().item() == pytest.approx(0.02, rel=0.02) and float(big[0].bias.detach().abs().sum()) == 0
+    assert big[0].weight.detach().std().item() == pytest.approx(0.02, rel=0.02)
+    assert float(big[0].bias.detach().abs().sum()) == 0
 
 
 def test_small_classes_become_ignore_in_training_labels():
@@ -127,7 +129,8 @@ def test_stacked_classifiers_compute_what_each_member_computes():
     x = torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(5))
     targets = torch.randint(0, 3, (2, 16), generator=torch.Generator().manual_seed(6))
     out = stacked(x)
-    torch.nn.functional.cross_entropy(out.flatten(0, 1), targets.flatten(), reduction='none').view(2, 16).mean(1).sum().backward()
+    losses = torch.nn.functional.cross_entropy(out.flatten(0, 1), targets.flatten(), reduction='none')
+    losses.view(2, 16).mean(1).sum().backward()
     for m, member in enumerate(members):
         member.train()
         alone = member(x[m])

@@ -107,7 +107,8 @@ def main(argv=None) -> dict:
     loaded = [load_pair(image, label, args.resolution) for image, label in tqdm(pairs, desc='load', leave=False)]
     images = [image for image, _ in loaded]
     labels = [label for _, label in loaded]
-    n_classes = args.num_classes or 1 + max(int(lbl[lbl != args.ignore].max()) for lbl in labels if (lbl != args.ignore).any())
+    labelled = [lbl[lbl != args.ignore] for lbl in labels]
+    n_classes = args.num_classes or 1 + max(int(lbl.max()) for lbl in labelled if lbl.numel())
 
     backbone = build_backbone(args)
     settings = dict(vars(args), levels=[list(level) for level in backbone.levels],
