@@ -271,9 +271,11 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
     logs = [dict(epochs=0, iterations=0, early_stopped=False) for _ in seeds]
     active = list(range(len(seeds)))
     per_epoch = len(pixels) // batch_size
-    bar = progress(total=max_epochs * per_epoch) if progress else None
+    bar = progress(total=per_epoch) if progress else None  # one epoch at a time: how long stopping takes is unknown
     iterations = 0
     for epoch in range(max_epochs):
+        if bar is not None:
+            bar.reset()
         orders = torch.stack([torch.randperm(len(pixels), generator=g) for g in generators])
         for start in range(0, per_epoch * batch_size, batch_size):
             batch = orders[:, start:start + batch_size]  # (M, B) pixel rows
@@ -296,7 +298,8 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
             if bar is not None:
                 bar.update(1)
                 if iterations % 50 == 0:
-                    bar.set_postfix(loss=f'{sum(member_losses) / len(member_losses):.3f}', training=len(active))
+                    mean_loss = sum(member_losses) / len(member_losses)
+                    bar.set_postfix(epoch=f'{epoch + 1}/{max_epochs}', loss=f'{mean_loss:.3f}', training=len(active))
             if not active or (max_iters is not None and iterations >= max_iters):
                 break
         if not active or (max_iters is not None and iterations >= max_iters):

@@ -49,7 +49,7 @@ def main() -> None:
     pixels = torch.cat([torch.stack([torch.full((ys.numel(),), i), ys.flatten(), xs.flatten()], 1)
                         for i in range(args.train)])
     models, _ = train_ensemble(features, pixels, labels.flatten(), args.classes, seeds=range(args.models),
-                               max_iters=args.steps, progress=lambda total: tqdm(total=args.steps, leave=False))
+                               max_iters=args.steps, progress=lambda total: tqdm(total=total, leave=False))
     for i in tqdm(range(args.train, n), desc='predict', leave=False):
         predict(models, features, i)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
