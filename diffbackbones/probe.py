@@ -272,7 +272,7 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
     active = list(range(len(seeds)))
     per_epoch = len(pixels) // batch_size
     bar = progress(total=per_epoch) if progress else None  # one epoch at a time: how long stopping takes is unknown
-    iterations = 0
+    iterations, done = 0, False
     for epoch in range(max_epochs):
         if bar is not None:
             bar.reset()
@@ -300,9 +300,10 @@ def train_ensemble(features: PixelFeatures, pixels: torch.Tensor, labels: torch.
                 if iterations % 50 == 0:
                     mean_loss = sum(member_losses) / len(member_losses)
                     bar.set_postfix(epoch=f'{epoch + 1}/{max_epochs}', loss=f'{mean_loss:.3f}', training=len(active))
-            if not active or (max_iters is not None and iterations >= max_iters):
+            done = not active or (max_iters is not None and iterations >= max_iters)
+            if done:
                 break
-        if not active or (max_iters is not None and iterations >= max_iters):
+        if done:
             break
     stacked.write_back(members, active)
     if bar is not None:
