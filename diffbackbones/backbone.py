@@ -112,7 +112,9 @@ class DiffusionBackbone(nn.Module):
             diffusers folder, or False (exact architecture, seeded random weights, no network).
         t: Integer training timestep used for the noise level and the denoiser's timestep input; a
             list of timesteps runs them all in one batched forward and averages the activations.
-        prompt: Text prompt, encoded once at construction; the text encoders are then released.
+        prompt: Text prompt, encoded once at construction; the text encoders are then released. A list
+            of prompts encodes them all; the first is active until ``backbone.conditioning.using(p)``
+            selects another (per-category prompts, as DIFT's correspondence protocol).
         image_size: Optional working size (int or (h, w)) the input is resized to; features are
             resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
         resize_features: False keeps the levels on the working size's grids, ceil(h / s_i) for the
@@ -161,7 +163,7 @@ class DiffusionBackbone(nn.Module):
     """
 
     def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
-                 pretrained: bool | str = True, t: int = 50, prompt: str = '',
+                 pretrained: bool | str = True, t: int = 50, prompt: str | Sequence[str] = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
                  trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool | str = False,

@@ -7,7 +7,8 @@ Which applies is data in the zoo entry (``TextEncoderSpec``, ``ModelSpec.time_id
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -32,34 +33,69 @@ def encode_prompt(spec: ModelSpec, text_encoders: Sequence[nn.Module], tokenizer
 
 
 class PromptConditioning(nn.Module):
-    """Cached conditioning for one prompt, expanded to any batch at call time.
+    """Cached conditioning for one prompt (or a few named up front), expanded to any batch at call time.
+
+    ``prompt`` is a string, or a sequence of strings all encoded here (the text encoders are gone
+    afterwards); the first is active until ``using(p)`` selects another, e.g. one prompt per category
+    ("a photo of a {category}", DIFT's correspondence protocol).
 
     The embeddings are non-persistent buffers: they follow ``.to()`` but are not written into
     checkpoints (they are recomputed from the prompt when the backbone is built).
     """
 
-    def __init__(self, spec: ModelSpec, text_encoders: Sequence[nn.Module], tokenizers: Sequence, prompt: str):
+    def __init__(self, spec: ModelSpec, text_encoders: Sequence[nn.Module], tokenizers: Sequence,
+                 prompt: str | Sequence[str]):
         super().__init__()
-        self.prompt = prompt
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
+        self.prompts, self.active = prompts, 0
         self.time_ids = spec.time_ids
-        embeds, pooled = encode_prompt(spec, text_encoders, tokenizers, prompt)
-        self.register_buffer('prompt_embeds', embeds, persistent=False)
-        self.register_buffer('pooled_embeds', pooled, persistent=False)
+        encoded = [encode_prompt(spec, text_encoders, tokenizers, p) for p in prompts]
+        self.register_buffer('embeds_table', torch.cat([e for e, _ in encoded]), persistent=False)
+        pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded])
+        self.register_buffer('pooled_table', pooled, persistent=False)
+
+    @property
+    def prompt(self) -> str:
+        return self.prompts[self.active]
+
+    @property
+    def prompt_embeds(self) -> torch.Tensor:
+        """(1, L, D) embeddings of the active prompt."""
+        return self.embeds_table[self.active:self.active + 1]
+
+    @property
+    def pooled_embeds(self) -> torch.Tensor | None:
+        return None if self.pooled_table is None else self.pooled_table[self.active:self.active + 1]
+
+    @contextlib.contextmanager
+    def using(self, prompt: str) -> Iterator[None]:
+        """Condition on ``prompt`` (one of those given at construction) inside the block."""
+        if prompt not in self.prompts:
+            raise ValueError(f'prompt {prompt!r} was not encoded when the backbone was built (the text encoders are '
+                             f'released then); encoded: {list(self.prompts)}. Pass every prompt you need as '
+                             'prompt=[...] at construction.')
+        previous, self.active = self.active, self.prompts.index(prompt)
+        try:
+            yield
+        finally:
+            self.active = previous
 
     @property
     def n_tokens(self) -> int:
-        return self.prompt_embeds.shape[1]
+        return self.embeds_table.shape[1]
 
     def denoiser_kwargs(self, batch: int, image_hw: tuple[int, int], dtype: torch.dtype) -> dict:
         """Keyword arguments for the denoiser forward, for ``batch`` images of working size ``image_hw``."""
         kwargs = {'encoder_hidden_states': self.prompt_embeds.to(dtype).expand(batch, -1, -1)}
-        if self.pooled_embeds is not None or self.time_ids:
+        if self.pooled_table is not None or self.time_ids:
             added = {}
-            if self.pooled_embeds is not None:
+            if self.pooled_table is not None:
                 added['text_embeds'] = self.pooled_embeds.to(dtype).expand(batch, -1)
             if self.time_ids:
                 h, w = image_hw  # original size, crop (0, 0), target size: the working size itself
-                ids = torch.tensor([h, w, 0, 0, h, w], device=self.prompt_embeds.device, dtype=dtype)
+                ids = torch.tensor([h, w, 0, 0, h, w], device=self.embeds_table.device, dtype=dtype)
                 added['time_ids'] = ids.expand(batch, -1)
             kwargs['added_cond_kwargs'] = added
         return kwargs

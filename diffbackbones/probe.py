@@ -23,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from .resample import bilinear_index, gather_bilinear
+
 __all__ = ['find_split', 'load_pair', 'clean_labels', 'PixelClassifier', 'PixelFeatures', 'EarlyStop',
            'StackedClassifiers', 'train_ensemble', 'predict', 'compute_iou', 'redraw_split', 'IMAGE_SUFFIXES']
 
@@ -96,17 +98,6 @@ def redraw_split(n_train: int, n_test: int, seed: int) -> tuple[list[int], list[
 
 # --- features -----------------------------------------------------------------------------------
 
-def _source_index(in_size: int, out_size: int) -> tuple[torch.Tensor, ...]:
-    # F.interpolate(mode='bilinear', align_corners=False): src = (dst + 0.5) * in / out - 0.5, clamped at 0;
-    # neighbours floor(src) and the next one (clamped to the edge), weights by distance. Float32 like torch.
-    scale = torch.tensor(in_size, dtype=torch.float32) / out_size
-    src = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
-    i0 = src.long()
-    i1 = torch.where(i0 < in_size - 1, i0 + 1, i0)
-    w1 = src - i0
-    return i0, i1, 1 - w1, w1
-
-
 class PixelFeatures:
     """The backbone levels of N images at their native grids, read as if upsampled to ``out_hw``.
 
@@ -119,7 +110,7 @@ class PixelFeatures:
         self.levels = [level.float().contiguous() for level in levels]
         self.out_hw = tuple(out_hw)
         self.channels = sum(level.shape[1] for level in self.levels)
-        self._tables = [(_source_index(level.shape[2], out_hw[0]), _source_index(level.shape[3], out_hw[1]))
+        self._tables = [(bilinear_index(level.shape[2], out_hw[0]), bilinear_index(level.shape[3], out_hw[1]))
                         for level in self.levels]
 
     def __len__(self) -> int:
@@ -131,14 +122,8 @@ class PixelFeatures:
 
     def gather(self, n: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """(B, C) features of pixels (y, x) of images n, as full bilinear upsampling would give them."""
-        parts = []
-        for level, ((y0, y1, a0, a1), (x0, x1, b0, b1)) in zip(self.levels, self._tables):
-            ty0, ty1, ta0, ta1 = y0[y], y1[y], a0[y, None], a1[y, None]
-            tx0, tx1, tb0, tb1 = x0[x], x1[x], b0[x, None], b1[x, None]
-            top = tb0 * level[n, :, ty0, tx0] + tb1 * level[n, :, ty0, tx1]
-            bottom = tb0 * level[n, :, ty1, tx0] + tb1 * level[n, :, ty1, tx1]
-            parts.append(ta0 * top + ta1 * bottom)
-        return torch.cat(parts, dim=1)
+        return torch.cat([gather_bilinear(level, tables, n, y, x) for level, tables in zip(self.levels, self._tables)],
+                         dim=1)
 
     def upsampled(self, n: int) -> torch.Tensor:
         """(C, H, W): image n's features upsampled in full (the reference ``gather`` must equal; tests only)."""

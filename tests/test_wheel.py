@@ -31,6 +31,11 @@ shipped = diffbackbones.DiffusionBackbone('shapes_sd_tiny', 'practical', pretrai
 assert str(shipped.spec.weights_dir).startswith(target)
 with torch.no_grad():
     print('shipped levels', [tuple(f.shape) for f in shipped(torch.rand(1, 3, 128, 128) * 2 - 1)])
+import tempfile
+import diffbackbones.correspondence as corr  # the subpackage ships too
+assert corr.__file__.startswith(target)
+pairs = corr.find_pairs(corr.make_correspondence_dataset(tempfile.mkdtemp() + '/pairs', 3, 1, 1), 'trn')
+print('correspondence pairs', len(pairs), sorted({p.category for p in pairs}))
 '''
 
 
@@ -62,3 +67,4 @@ def test_wheel_and_sdist_carry_the_data_and_the_installed_package_runs(tmp_path)
     assert 'levels [(1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]' in out
     assert 'shipped levels [(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4)]' in out
     assert int(re.search(r'sdxl activations (\d+)', out).group(1)) > 500
+    assert "correspondence pairs 3 ['pentagon', 'trapezoid', 'triangle']" in out
