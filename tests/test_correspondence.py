@@ -226,10 +226,12 @@ def test_correspondence_tool_end_to_end(pairs_root, tmp_path, capsys):
     out = tmp_path / 'run'
     report = corr_tool.main(['--model', 'test_sd_tiny', '--data', str(pairs_root), '--out', str(out),
                              '--steps-per-epoch', '8', '--epochs', '2', '--val-every', '10', '--feature-size', '32',
-                             '--load-size', '64', '--pictures', '2'])
+                             '--load-size', '64', '--pictures', '2', '--levels', '0,2'])
     printed = capsys.readouterr().out
     assert 'PCK@0.1 bbox' in printed and 'all' in printed
     assert report['split'] == 'test' and report['pck']['all']['pairs'] == 6
+    assert report['levels'] == [['up-level3-repeat0-vit-block0-self-k'],   # levels 0 and 2 of the preset
+                                ['up-level1-repeat1-vit-block0-cross-q', 'up-level1-repeat2-res-out']]
     assert [v['step'] for v in report['training']['validations']] == [11, 16]   # step 10 (paper's rule) and the last
     saved = json.loads((out / 'correspondence.json').read_text())
     assert saved['pck']['all']['keypoints'] == sum(len(p['predicted']) for p in saved['pairs'])

@@ -23,16 +23,18 @@ prompt "a photo of a {category}".
 PCK@0.1 by bbox (0.1 x the larger side of the target box) and by image (of the target image), per keypoint
 and per image (the mean over pairs), per category and overall.
 
-The paper's targets (Meng et al. 2024, Table 1; SPair-71k PCK@0.1 img / bbox), given SPair-71k in
-data/SPair-71k with the paper's three JSONs in its JPEGImages/ and the weights:
+The paper's targets (Meng et al. 2024, Table 1; SPair-71k PCK@0.1 img / bbox, per keypoint), given SPair-71k
+in data/SPair-71k with the paper's three JSONs in its JPEGImages/ and the weights (``--t 51`` on SD1.5: the
+paper's t=50 as its PNDM scheduler hands it to the UNet, see configs/paper/; the paper ran fp16, ``--dtype fp16``
+on a GPU):
 
-    Ours-v1.5    77.78 / 69.83   python tools/correspondence.py --model sd15 --activations practical --data data/SPair-71k --val spair_71k_val-360.json --report paper-best-val
-    Ours-XL      81.72 / 75.18   python tools/correspondence.py --model sdxl --activations practical --data data/SPair-71k --val spair_71k_val-360.json --report paper-best-val
-    Legacy-v1.5  75.14 / 66.73   python tools/correspondence.py --model sd15 --activations legacy --data data/SPair-71k --val spair_71k_val-360.json --report paper-best-val
+    Ours-v1.5    77.78 / 69.83   python tools/correspondence.py --model sd15 --activations practical --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
+    Ours-XL      81.72 / 75.18   python tools/correspondence.py --model sdxl --activations practical --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
+    Legacy-v1.5  75.14 / 66.73   python tools/correspondence.py --model sd15 --activations legacy --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
     DHF          72.56 / 64.61   (Diffusion Hyperfeatures; not a model of this package)
 
-(with ``--train spair_71k_train.json`` for the paper's exact training list; SPair-71k's ``trn`` split is the
-default.) DIFT's zero-shot number on SPair-71k test (per image PCK@0.1 bbox 52.9, its paper's Table 2):
+DIFT's zero-shot evaluation on SPair-71k's test split (its eval_spair.py: per image and per point
+PCK@0.1 by bbox):
 
     python tools/correspondence.py --preset dift --data data/SPair-71k
 """
@@ -63,6 +65,7 @@ def parse_args(argv=None):
                         help="a published configuration (its options can still be overridden)")
     parser.add_argument('--model', default=None, help='zoo name (sd15, sdxl, sd21, shapes_sd_tiny, test_sd_tiny, ...)')
     parser.add_argument('--activations', default='practical', help='preset name or comma-separated layer ids')
+    parser.add_argument('--levels', default=None, help='comma-separated indices of the levels to use (default: all)')
     parser.add_argument('--data', required=True, help='SPair-71k root, or a list-of-pairs .json')
     parser.add_argument('--protocol', choices=('trained', 'zero-shot'), default='trained')
     parser.add_argument('--weights', default=None,
@@ -113,9 +116,12 @@ def build_backbone(args, prompts: list[str]) -> DiffusionBackbone:
     else:
         pretrained = False if args.weights == 'random' else args.weights
     activations = args.activations if ',' not in args.activations else args.activations.split(',')
-    return DiffusionBackbone(args.model, activations, pretrained=pretrained, t=args.t, prompt=prompts,
-                             ensemble_size=args.ensemble, image_size=args.image_size or spec.image_size,
-                             resize_features=False, dtype=args.dtype)
+    backbone = DiffusionBackbone(args.model, activations, pretrained=pretrained, t=args.t, prompt=prompts,
+                                 ensemble_size=args.ensemble, image_size=args.image_size or spec.image_size,
+                                 resize_features=False, dtype=args.dtype)
+    if args.levels is not None:
+        backbone.select_levels([int(i) for i in args.levels.split(',')])
+    return backbone
 
 
 def draw(path: Path, pair, predicted: np.ndarray, correct: np.ndarray) -> None:
@@ -123,7 +129,7 @@ def draw(path: Path, pair, predicted: np.ndarray, correct: np.ndarray) -> None:
     the true target keypoints as white rings."""
     with Image.open(pair.source) as s, Image.open(pair.target) as t:
         source, target = s.convert('RGB'), t.convert('RGB')
-    zoom = max(1, 256 // max(source.height, target.height))  # small images are drawn larger
+    zoom = max(1, round(384 / max(source.height, target.height)))  # small images are drawn larger
     if zoom > 1:
         source = source.resize((source.width * zoom, source.height * zoom), Image.NEAREST)
         target = target.resize((target.width * zoom, target.height * zoom), Image.NEAREST)

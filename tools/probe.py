@@ -16,9 +16,9 @@ redraws splits of the same sizes (seeds ``--seed`` + k), reporting mean +- std.
 The paper's targets (Horse-21, 30 labelled images; Meng et al. 2024, Table 2), given the data in
 ``data/horse21`` (DDPM-seg's release) and the weights:
 
-    Ours-v1.5    60.2 +- 0.9   python tools/probe.py --model sd15 --activations practical --data data/horse21 --prompt "a photo of a horse" --splits 5
+    Ours-v1.5    60.2 +- 0.9   python tools/probe.py --model sd15 --activations practical --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
     Ours-XL      62.7 +- 0.7   python tools/probe.py --model sdxl --activations practical --data data/horse21 --prompt "a photo of a horse" --splits 5
-    Legacy-v1.5  59.4 +- 1.3   python tools/probe.py --model sd15 --activations legacy --data data/horse21 --prompt "a photo of a horse" --splits 5
+    Legacy-v1.5  59.4 +- 1.3   python tools/probe.py --model sd15 --activations legacy --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
     DDPM         65.0          (the DDPM-seg baseline; not a model of this package)
 """
 import argparse
