@@ -8,6 +8,7 @@ from .capture import ActivationCapture
 from .combined import CombinedDiffusionBackbone
 from .catalog import ActivationInfo, list_activations
 from .loading import WeightsNotFoundError
+from .store import FeatureStore
 from .zoo import MODELS, get_model_spec
 from . import timm_models  # noqa: F401  (registers the timm entry points)
 
@@ -19,5 +20,5 @@ else:
     from . import segmentation  # noqa: F401
 
 __version__ = '0.1.0'
-__all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError',
+__all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec']
