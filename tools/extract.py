@@ -186,12 +186,14 @@ def extract(args, backbone: DiffusionBackbone | None = None) -> dict:
     mine = [i for i in range(rank, len(images), world) if i not in done]
     seq = 1 + max([int(s.stem.rsplit('-', 1)[1]) for s in existing if s.stem.startswith(f'shard-r{rank}-')], default=-1)
     store_dtype = STORE_DTYPES[args.store_dtype]
-    records, tensors, written = [], {}, 0
+    records, tensors, written, in_forward = [], {}, 0, 0.0
     start = time.perf_counter()
     with torch.no_grad(), tqdm(total=len(mine), unit='img', desc=f'extract (rank {rank})' if world > 1 else 'extract',
                                disable=rank != 0) as bar:
         for batch in batches(mine, images, args.batch_size):
+            tick = time.perf_counter()
             levels = backbone(torch.stack([image for _, image in batch]))
+            in_forward += time.perf_counter() - tick
             for (i, _), acts in zip(batch, split_levels(backbone, levels, args.aggregate)):
                 for name, value in acts.items():
                     tensors[f'{i}/{name}'] = value.to('cpu', store_dtype)
@@ -212,7 +214,8 @@ def extract(args, backbone: DiffusionBackbone | None = None) -> dict:
               f'{written / max(seconds, 1e-9):.2f} images/s')
     if world > 1:
         dist.destroy_process_group()
-    return dict(rank=rank, written=written, resumed_from=len(done), seconds=seconds, total=total)
+    return dict(rank=rank, written=written, resumed_from=len(done), seconds=seconds, forward_seconds=in_forward,
+                total=total)
 
 
 if __name__ == '__main__':
