@@ -8,8 +8,10 @@ Returns a tuple of (B, C_i, ceil(H/s_i), ceil(W/s_i)), fine to coarse (the mmseg
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 from typing import Callable, Sequence, Union
 
 import torch
@@ -48,7 +50,26 @@ def pixels_to_input(pixels) -> torch.Tensor:
     return batch.permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def _preset_file_levels(spec: ModelSpec, path: str) -> Levels:
+    # A preset written by tools/screen.py: {"model": ..., "levels": [[layer ids], ...], ...}
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f'preset file {path} does not exist') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'preset file {path} is not valid JSON: {e}') from None
+    if not isinstance(data, dict) or not isinstance(data.get('levels'), list) or not data['levels']:
+        raise ValueError(f'preset file {path} must hold {{"levels": [[layer ids], ...]}} (as tools/screen.py writes)')
+    other = data.get('model')
+    if other and other in MODELS and MODELS[other].family != spec.family:
+        raise ValueError(f'preset file {path} was written for {other!r} ({MODELS[other].family} topology), but this '
+                         f'backbone is {spec.name!r} ({spec.family} topology), whose layer ids differ.')
+    return tuple(tuple(level) for level in data['levels'])
+
+
 def _preset_levels(spec: ModelSpec, preset: str) -> Levels:
+    if preset.endswith('.json'):
+        return _preset_file_levels(spec, preset)
     if preset in spec.presets:
         return spec.presets[preset]
     for other in MODELS.values():
@@ -106,8 +127,9 @@ class DiffusionBackbone(nn.Module):
 
     Args:
         model: Zoo name (``'sd15'``, ``'sd21'``, ``'sdxl'``, ``'pgv2'``, ``'test_sd_tiny'``, ...).
-        activations: Preset name (``'practical'``, ``'legacy'``, or qualified ``'sd15_practical'``),
-            a flat list of layer ids (grouped by stride, fine to coarse), or a list of levels.
+        activations: Preset name (``'practical'``, ``'legacy'``, or qualified ``'sd15_practical'``), a
+            preset file (``'preset.json'``, as ``tools/screen.py --rank`` writes), a flat list of layer ids
+            (grouped by stride, fine to coarse), or a list of levels.
         pretrained: True (the zoo entry's hub id, from the local cache when offline), a local
             diffusers folder, or False (exact architecture, seeded random weights, no network).
         t: Integer training timestep used for the noise level and the denoiser's timestep input; a
@@ -449,7 +471,24 @@ class DiffusionBackbone(nn.Module):
             return tuple(images.new_zeros(0, info['num_chs'], math.ceil(grid_hw[0] / info['reduction']),
                                           math.ceil(grid_hw[1] / info['reduction']), dtype=self.dtype)
                          for info in self.feature_info)
-        if self.image_size is not None and tuple(self.image_size) != in_hw:
+        acts = self.activations(images, encode)
+        work_hw = tuple(self.image_size) if self.image_size is not None else in_hw
+        outputs = []
+        for i, level in enumerate(self.levels):
+            parts = [acts[n] for n in level]
+            feat = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
+            if work_hw != in_hw and self.resize_features:
+                s = self.feature_info[i]['reduction']
+                feat = F.interpolate(feat, size=(math.ceil(in_hw[0] / s), math.ceil(in_hw[1] / s)), mode='bilinear',
+                                     align_corners=False)
+            outputs.append(feat)
+        return tuple(outputs)
+
+    def activations(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Every requested activation by name, on the working size's grid (ceil(h / stride) for the
+        working size h): resize, pad, encode, noise, the denoiser up to the last one, crop."""
+        if self.image_size is not None and tuple(self.image_size) != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False,
                                    antialias=self.antialias)
         work_hw = tuple(images.shape[-2:])
@@ -458,16 +497,8 @@ class DiffusionBackbone(nn.Module):
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode='replicate')
         acts = self.extract((encode or self.encode)(images), work_hw)
-        outputs = []
-        for i, (level, info) in enumerate(zip(self.levels, self.feature_info)):
-            s = info['reduction']
-            parts = [acts[n][..., :math.ceil(work_hw[0] / s), :math.ceil(work_hw[1] / s)] for n in level]
-            feat = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
-            if work_hw != in_hw and self.resize_features:
-                feat = F.interpolate(feat, size=(math.ceil(in_hw[0] / s), math.ceil(in_hw[1] / s)), mode='bilinear',
-                                     align_corners=False)
-            outputs.append(feat)
-        return tuple(outputs)
+        return {n: a[..., :math.ceil(work_hw[0] / self.stride_of[n]), :math.ceil(work_hw[1] / self.stride_of[n])]
+                for n, a in acts.items()}
 
     def extra_repr(self) -> str:
         return (f'model={self.spec.name!r}, t={self.t}, levels={[list(level) for level in self.levels]}, '

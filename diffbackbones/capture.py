@@ -96,18 +96,22 @@ class ActivationCapture:
             the rest of the forward is skipped; the context manager swallows it.
         detach: Store detached tensors (for analysis); keep False to backpropagate through them.
         catalog: The denoiser's catalog, when the caller already has it (``activation_points``).
+        reduce: ``reduce(name, activation)`` is stored instead of the activation, as each is computed:
+            statistics of every activation of a forward without holding them all (screening).
 
-    After the forward, ``activations`` maps each name to a (B, C, h, w) tensor.
+    After the forward, ``activations`` maps each name to a (B, C, h, w) tensor (or its reduction).
     """
 
     def __init__(self, denoiser: nn.Module, names: Sequence[str], *, stop_early: bool = False,
-                 detach: bool = False, catalog: Sequence[ActivationPoint] | None = None):
+                 detach: bool = False, catalog: Sequence[ActivationPoint] | None = None,
+                 reduce: Callable[[str, torch.Tensor], object] | None = None):
         self.denoiser = denoiser
         self.names = list(dict.fromkeys(names))
         catalog = activation_points(denoiser) if catalog is None else catalog
         self.points: list[ActivationPoint] = resolve_names(catalog, self.names)
         self.stop_early = stop_early
         self.detach = detach
+        self.reduce = reduce
         self.activations: dict[str, torch.Tensor] = {}
         self._grids: dict[str, tuple[int, int]] = {}
         self._handles: list = []
@@ -115,7 +119,8 @@ class ActivationCapture:
 
     # -- hooks ------------------------------------------------------------------------------------
     def _store(self, name: str, value: torch.Tensor) -> None:
-        self.activations[name] = value.detach() if self.detach else value
+        value = value.detach() if self.detach else value
+        self.activations[name] = value if self.reduce is None else self.reduce(name, value)
         if self.stop_early and len(self.activations) == len(self.points):
             raise StopForward
 

@@ -105,10 +105,15 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]
         parts = name.split('.') if name else []
         keep.update('.'.join(parts[:i]) for i in range(len(parts) + 1))
     pruned = []
-    for name, module in list(model.named_modules()):
+    for name, module in list(model.named_modules()):  # parents come before their children
         if not name or name in keep:
             continue
         parent_name, _, child = name.rpartition('.')
+        if parent_name in keep and isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+            # A list the forward iterates (zip(self.resnets, self.attentions)) must stay a list even when
+            # none of its members ran: its members are pruned one by one instead.
+            keep.add(name)
+            continue
         holds_tensors = next(itertools.chain(module.parameters(), module.buffers()), None) is not None
         if parent_name in keep and holds_tensors:
             model.get_submodule(parent_name)._modules[child] = PrunedModule(name)

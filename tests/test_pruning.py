@@ -67,3 +67,18 @@ def test_pruning_works_on_the_meta_device():
         backbone = DiffusionBackbone('sdxl', 'practical', pretrained=False)
     assert 'conv_out' in backbone.pruned and 'up_blocks.2' in backbone.pruned
     assert 'up_blocks.1.attentions.1' in backbone.pruned  # practical stops inside up_blocks[1].attentions[0]
+
+
+def test_a_stop_before_any_attention_of_a_block_keeps_its_lists_iterable():
+    """Stopping at a block's first resnet: none of its attentions ran, yet the block's forward starts
+    with zip(self.resnets, self.attentions); the list stays a list, its members are pruned one by one."""
+    names = ['up-level1-repeat2-vit-out', 'up-level2-repeat0-res-out']
+    pruned = DiffusionBackbone('test_sd_tiny', names, pretrained=False)
+    full = DiffusionBackbone('test_sd_tiny', names, pretrained=False, prune=False)
+    block = pruned.denoiser.up_blocks[2]
+    assert isinstance(block.attentions, torch.nn.ModuleList) and len(block.attentions) == 3
+    assert all(isinstance(a, PrunedModule) for a in block.attentions)
+    x = random_images(1, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(pruned(x), full(x)):
+            assert torch.equal(a, b)

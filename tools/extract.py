@@ -4,8 +4,9 @@
     python tools/extract.py ... --resume                        # after a kill: continues where it stopped
     torchrun --nproc_per_node=2 tools/extract.py ...            # images split across ranks (gloo on CPU)
 
-Each image's activations are stored one tensor per activation (``--aggregate``: every level resized to
-the finest one and concatenated into one tensor, as the paper code's ``--aggregate_output``), fp16 by
+Each image's activations are stored one tensor per activation, on the working size's grid (``--aggregate``:
+every activation resized to the finest one's grid and concatenated into one tensor, as the paper code's
+``--aggregate_output``), fp16 by
 default, in shards of ``--shard-size`` images written atomically (temporary file, then rename). The
 store's ``settings.json`` records every backbone setting; a folder holding another run is refused
 (``--resume`` continues a run with identical settings, and names any setting that differs).
@@ -121,18 +122,15 @@ def check_out(out: Path, settings: dict, resume: bool) -> None:
         raise SystemExit(f'{out} is not empty and holds no feature store ({SETTINGS}); choose another --out.')
 
 
-def split_levels(backbone: DiffusionBackbone, levels, aggregate: bool) -> list[dict[str, torch.Tensor]]:
-    """Per image of the batch: {activation: (C, h, w)} (or {'aggregate': ...})."""
+def per_image(backbone: DiffusionBackbone, acts: dict[str, torch.Tensor], aggregate: bool) -> list[dict[str, torch.Tensor]]:
+    """Per image of the batch: {activation: (C, h, w)} in level order (or {'aggregate': ...})."""
+    names = [n for level in backbone.levels for n in level]
     if aggregate:
-        size = levels[0].shape[-2:]
-        joined = torch.cat([F.interpolate(level.float(), size=size, mode='bilinear', align_corners=False)
-                            if level.shape[-2:] != size else level.float() for level in levels], dim=1)
+        size = acts[names[0]].shape[-2:]   # the finest level comes first
+        joined = torch.cat([F.interpolate(acts[n].float(), size=size, mode='bilinear', align_corners=False)
+                            if acts[n].shape[-2:] != size else acts[n].float() for n in names], dim=1)
         return [{'aggregate': image} for image in joined]
-    per_name = {}
-    for level, names in zip(levels, backbone.levels):
-        for name, part in zip(names, torch.split(level, [backbone._channels[n] for n in names], dim=1)):
-            per_name[name] = part
-    return [{name: part[i] for name, part in per_name.items()} for i in range(levels[0].shape[0])]
+    return [{n: acts[n][i] for n in names} for i in range(acts[names[0]].shape[0])]
 
 
 def batches(indices: list[int], images: list[Path], size: int):
@@ -192,9 +190,11 @@ def extract(args, backbone: DiffusionBackbone | None = None) -> dict:
                                disable=rank != 0) as bar:
         for batch in batches(mine, images, args.batch_size):
             tick = time.perf_counter()
-            levels = backbone(torch.stack([image for _, image in batch]))
+            pixels = torch.stack([image for _, image in batch])
+            backbone.check_images(pixels)
+            acts = backbone.activations(pixels)   # by name: attention maps keep their true width
             in_forward += time.perf_counter() - tick
-            for (i, _), acts in zip(batch, split_levels(backbone, levels, args.aggregate)):
+            for (i, _), acts in zip(batch, per_image(backbone, acts, args.aggregate)):
                 for name, value in acts.items():
                     tensors[f'{i}/{name}'] = value.to('cpu', store_dtype)
                 records.append(dict(index=i, path=str(images[i]), dtype=args.store_dtype,

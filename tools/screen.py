@@ -1,0 +1,316 @@
+"""Screen every activation of a diffusion model by the paper's three properties; rank the survivors.
+
+    python tools/screen.py test_sd_tiny --images data/shapes/img_dir/val --labels data/shapes/ann_dir/val --out work_dirs/screen
+    python tools/screen.py shapes_sd_tiny --images ... --labels ... --rank data/shapes-ddpm --out work_dirs/screen
+
+Qualitative stage: for ``--n-images`` images (16) under ``--seeds`` noise seeds (4) at the same t, every
+activation in the catalog (``--kinds``/``--levels`` filter it) gets DNI (diffusion noise), DNI below and
+above a quarter of Nyquist, GI (granularity, cycles per image) and, with label maps, LI (locality); see
+``diffbackbones.screening`` for the exact definitions. All activations of a forward are reduced to these
+numbers as they are computed (never held together). Writes ``screen.csv``, ``screen.png`` (each metric
+along the execution order, coloured by kind, level boundaries marked), ``pca.png`` (the first three
+principal components of every activation as RGB, first image) and ``candidates.json`` (the paper's rules
+made numeric: increments dropped; DNI > ``--dni-max`` dropped unless LI > ``--li-max`` shows locality;
+q/k with LI > ``--li-max`` dropped where a clean activation exists at the same stride).
+
+Quantitative stage (``--rank DATA``, a labelled set in DDPM-seg's or mmseg's layout): each candidate alone
+feeds the probe's pixel classifier in a fast setting (``--rank-models`` 1 classifier, ``--rank-epochs`` 2,
+``--rank-pixels`` 1000 sampled pixels per training image, the first ``--rank-train`` 30 / ``--rank-test`` 20
+images), and
+``preset.json`` takes the best ``--k`` (4), at most ``--per-stride`` (2) per stride, as levels fine to
+coarse: ``DiffusionBackbone(model, 'preset.json')``, ``timm.create_model(..., activations='preset.json')``
+and mmseg's ``backbone=dict(type='DiffusionBackbone', activations='preset.json')`` accept it.
+"""
+import argparse
+import csv
+import json
+import math
+import re
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec
+from diffbackbones.probe import PixelFeatures, clean_labels, compute_iou, find_split, load_pair
+from diffbackbones.probe import predict, train_ensemble
+from diffbackbones.screening import ActivationStats, screen_samples, select_candidates
+
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('model', help='zoo name (sd15, sdxl, shapes_sd_tiny, test_sd_tiny, ...)')
+    parser.add_argument('--weights', default=None,
+                        help="'random', a local diffusers folder or hub id; omit: the zoo's weights (random for test models)")
+    parser.add_argument('--images', required=True, help='image folder')
+    parser.add_argument('--labels', default=None, help='label maps (same names, .png or .npy) for LI')
+    parser.add_argument('--ignore', type=int, default=255)
+    parser.add_argument('--n-images', type=int, default=16)
+    parser.add_argument('--seeds', type=int, default=4, help='noise seeds per image (>= 2)')
+    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--prompt', default='')
+    parser.add_argument('--image-size', type=int, default=None, help="working size (default: the model's)")
+    parser.add_argument('--kinds', default=None, help='comma-separated kinds to screen (default: all)')
+    parser.add_argument('--levels', default=None, help='comma-separated name prefixes, e.g. up-level1,up-level2')
+    parser.add_argument('--dni-max', type=float, default=0.5)
+    parser.add_argument('--li-max', type=float, default=0.05)
+    parser.add_argument('--rank', default=None, help='labelled set (DDPM-seg or mmseg layout): rank the candidates')
+    parser.add_argument('--rank-models', type=int, default=1)
+    parser.add_argument('--rank-epochs', type=int, default=2)
+    parser.add_argument('--rank-resolution', type=int, default=128)
+    parser.add_argument('--rank-train', type=int, default=30, help='training images used (DDPM-seg: 30)')
+    parser.add_argument('--rank-test', type=int, default=20, help='test images used')
+    parser.add_argument('--rank-pixels', type=int, default=1000, help='labelled pixels sampled per training image')
+    parser.add_argument('--k', type=int, default=4, help='activations in preset.json')
+    parser.add_argument('--per-stride', type=int, default=2)
+    parser.add_argument('--out', default='work_dirs/screen')
+    parser.add_argument('--overwrite', action='store_true', help="replace an earlier screen's files in --out")
+    return parser.parse_args(argv)
+
+
+def pretrained_of(args, spec):
+    if args.weights is None:
+        return spec.hub_id is not None or spec.packaged is not None
+    return False if args.weights == 'random' else args.weights
+
+
+def screened_points(args, backbone_points):
+    points = list(backbone_points)
+    if args.kinds:
+        kinds = set(args.kinds.split(','))
+        unknown = kinds - {p.kind for p in points}
+        if unknown:
+            raise SystemExit(f'--kinds {sorted(unknown)} not in this model; kinds: {sorted({p.kind for p in points})}')
+        points = [p for p in points if p.kind in kinds]
+    if args.levels:
+        prefixes = tuple(args.levels.split(','))
+        points = [p for p in points if p.name.startswith(prefixes)]
+    if not points:
+        raise SystemExit('the --kinds/--levels filters leave no activation to screen')
+    return points
+
+
+def read_labels(folder: Path | None, image: Path) -> torch.Tensor | None:
+    if folder is None:
+        return None
+    for suffix in ('.png', '.npy'):
+        path = folder / (image.stem + suffix)
+        if path.is_file():
+            array = np.load(path) if suffix == '.npy' else np.asarray(Image.open(path))
+            return torch.from_numpy(np.asarray(array).astype(np.int64))
+    raise SystemExit(f'no label map for {image} in {folder} (expected {image.stem}.png or .npy)')
+
+
+def screen(args, backbone: DiffusionBackbone, names: list[str], images: list[Path]) -> dict[str, ActivationStats]:
+    """Every named activation of every image under ``args.seeds`` seeds, reduced as it is computed."""
+    stats = {name: ActivationStats() for name in names}
+    for n, path in enumerate(tqdm(images, desc='screen', unit='img')):
+        with Image.open(path) as im:
+            pixels = torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        labels = read_labels(Path(args.labels) if args.labels else None, path)
+        if labels is not None and tuple(labels.shape) != tuple(pixels.shape[1:]):
+            raise SystemExit(f'label map of {path} is {tuple(labels.shape)}, the image {tuple(pixels.shape[1:])}')
+        image = pixels[None]
+        work = tuple(backbone.image_size) if backbone.image_size else tuple(image.shape[-2:])
+        if work != tuple(image.shape[-2:]):
+            image = F.interpolate(image, size=work, mode='bilinear', align_corners=False, antialias=True)
+        m = backbone.pixel_multiple
+        image = F.pad(image, (0, (-work[1]) % m, 0, (-work[0]) % m), mode='replicate')
+        with torch.no_grad():
+            latents = backbone.encode(image)
+            noisy, timesteps, kwargs = backbone.denoiser_inputs(latents, work)   # one row per seed
+
+            def reduce(name, value):
+                s = backbone.stride_of[name]
+                grid = (math.ceil(work[0] / s), math.ceil(work[1] / s))
+                x = value[..., :grid[0], :grid[1]]
+                lab = None
+                if labels is not None:
+                    lab = F.interpolate(labels[None, None].float(), size=grid, mode='nearest')[0, 0].long()
+                return screen_samples(x.float(), lab, args.ignore, with_pca=n == 0)
+            with ActivationCapture(backbone.denoiser, names, stop_early=True, detach=True, catalog=backbone.points,
+                                   reduce=reduce) as cap:
+                backbone.denoiser(noisy, timesteps, **kwargs)
+        for name, numbers in cap.activations.items():
+            stats[name].add(numbers)
+    return stats
+
+
+def rows_of(backbone, points, stats) -> list[dict]:
+    rows = []
+    for p in points:
+        s = stats[p.name]
+        level = re.match(r'(down|up)-level\d+|mid', p.name)
+        rows.append(dict(name=p.name, kind=p.kind, level=level.group(0) if level else '', stride=backbone.stride_of[p.name],
+                         channels=p.channels, order=p.order,
+                         dni=s.mean('dni'), dni_low=s.mean('dni_low'), dni_high=s.mean('dni_high'), gi=s.mean('gi'),
+                         li=s.mean('li')))
+    return rows
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    kinds = sorted({r['kind'] for r in rows})
+    colours = {k: plt.get_cmap('tab20')(i % 20) for i, k in enumerate(kinds)}
+    metrics = [('dni', 'DNI (noise)'), ('gi', 'GI (cycles / image)'), ('li', 'LI (locality)')]
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(10, len(rows) / 12), 9), sharex=True)
+    order = [r['order'] for r in rows]
+    boundaries = [(a['order'] + b['order']) / 2 for a, b in zip(rows, rows[1:]) if a['stride'] != b['stride']]
+    for ax, (metric, label) in zip(axes, metrics):
+        for kind in kinds:
+            sel = [r for r in rows if r['kind'] == kind]
+            ax.scatter([r['order'] for r in sel], [r[metric] for r in sel], s=14, color=colours[kind], label=kind)
+        for x in boundaries:
+            ax.axvline(x, color='grey', linestyle='--', linewidth=0.6)
+        ax.set_ylabel(label)
+    axes[0].set_title(title)
+    axes[-1].set_xlabel('execution order (dashed: stride changes)')
+    axes[-1].set_xlim(min(order) - 1, max(order) + 1)
+    axes[0].legend(ncol=min(6, len(kinds)), fontsize=7, loc='upper left', bbox_to_anchor=(0, 1.35))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def contact_sheet(rows: list[dict], stats, path: Path, tile: int = 96) -> None:
+    cols = max(1, min(12, math.ceil(math.sqrt(len(rows)))))
+    n_rows = math.ceil(len(rows) / cols)
+    sheet = Image.new('RGB', (cols * tile, n_rows * (tile + 12)), (255, 255, 255))
+    pen = ImageDraw.Draw(sheet)
+    for i, row in enumerate(rows):
+        rgb = stats[row['name']].pca
+        x, y = (i % cols) * tile, (i // cols) * (tile + 12)
+        if rgb is not None:
+            sheet.paste(Image.fromarray(rgb).resize((tile - 4, tile - 4), Image.NEAREST), (x + 2, y + 2))
+        short = row['name'].replace('-repeat', '-r').replace('-vit-block', '-b').replace('level', 'l')
+        pen.text((x + 2, y + tile - 2), short[-20:], fill=(0, 0, 0))
+    sheet.save(path)
+
+
+def rank(args, spec, candidates: list[dict]) -> list[dict]:
+    """Probe mIoU of each candidate alone (the probe's classifier, fast setting)."""
+    names = [c['name'] for c in candidates]
+    published = {split: find_split(args.rank, split)[:limit]
+                 for split, limit in (('train', args.rank_train), ('test', args.rank_test))}
+    pairs = published['train'] + published['test']
+    loaded = [load_pair(image, label, args.rank_resolution) for image, label in pairs]
+    images, labels = [i for i, _ in loaded], [lbl for _, lbl in loaded]
+    n_classes = 1 + max(int(lbl[lbl != args.ignore].max()) for lbl in labels if (lbl != args.ignore).any())
+    backbone = DiffusionBackbone(args.model, names,
+                                 pretrained=pretrained_of(args, spec), t=args.t, prompt=args.prompt,
+                                 image_size=args.image_size or spec.image_size, resize_features=False)
+    per_name: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    with torch.no_grad():
+        for image in tqdm(images, desc='rank: features', leave=False):
+            for name, value in backbone.activations(image[None]).items():
+                per_name[name].append(value.float())
+    per_name = {n: torch.cat(v) for n, v in per_name.items()}
+    del backbone
+    n_train = len(published['train'])
+    rows, targets = [], []
+    generator = torch.Generator().manual_seed(0)
+    for n in range(n_train):
+        label = clean_labels(labels[n], args.ignore)
+        ys, xs = torch.nonzero(label != args.ignore, as_tuple=True)
+        keep = torch.randperm(len(ys), generator=generator)[:args.rank_pixels]
+        ys, xs = ys[keep], xs[keep]
+        rows.append(torch.stack([torch.full_like(ys, n), ys, xs], 1))
+        targets.append(label[ys, xs])
+    pixels, targets = torch.cat(rows), torch.cat(targets)
+    ranked = []
+    for c in tqdm(candidates, desc='rank', unit='activation'):
+        features = PixelFeatures([per_name[c['name']]], (args.rank_resolution, args.rank_resolution))
+        models, _ = train_ensemble(features, pixels, targets, n_classes, seeds=list(range(args.rank_models)),
+                                   max_epochs=args.rank_epochs)
+        preds = [predict(models, features, n) for n in range(n_train, len(pairs))]
+        iou = compute_iou(preds, labels[n_train:], n_classes, args.ignore)
+        ranked.append(dict(c, miou=100 * iou['miou']))
+    return sorted(ranked, key=lambda r: -r['miou'])
+
+
+def build_preset(ranked: list[dict], k: int, per_stride: int) -> list[list[str]]:
+    chosen, count = [], {}
+    for r in ranked:
+        if len(chosen) == k:
+            break
+        if count.get(r['stride'], 0) < per_stride:
+            chosen.append(r)
+            count[r['stride']] = count.get(r['stride'], 0) + 1
+    by_stride = {}
+    for r in sorted(chosen, key=lambda r: r['order']):
+        by_stride.setdefault(r['stride'], []).append(r['name'])
+    return [by_stride[s] for s in sorted(by_stride)]
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    start = time.time()
+    out = Path(args.out)
+    if (out / 'screen.csv').exists() and not args.overwrite:
+        raise SystemExit(f'{out / "screen.csv"} holds an earlier screen; choose another --out or pass --overwrite.')
+    spec = get_model_spec(args.model)
+    folder = Path(args.images)
+    if not folder.is_dir():
+        raise SystemExit(f'--images {folder} is not a folder')
+    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:args.n_images]
+    if not images:
+        raise SystemExit(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
+    if args.seeds < 2:
+        raise SystemExit('--seeds must be at least 2: noise is measured across seeds')
+    probe = DiffusionBackbone(args.model, 'practical' if 'practical' in spec.presets else next(iter(spec.presets)),
+                              pretrained=pretrained_of(args, spec), t=args.t, prompt=args.prompt,
+                              image_size=args.image_size or spec.image_size, ensemble_size=args.seeds, prune=False)
+    points = screened_points(args, probe.points)
+    names = [p.name for p in points]
+    print(f'{args.model}: screening {len(names)} activations on {len(images)} images x {args.seeds} seeds at t={args.t}')
+    stats = screen(args, probe, names, images)
+    backbone_gb = sum(p.numel() * p.element_size() for p in probe.parameters()) / 2 ** 30
+    rows = select_candidates(rows_of(probe, points, stats), args.dni_max, args.li_max)
+    del probe
+    out.mkdir(parents=True, exist_ok=True)
+    fields = ['name', 'kind', 'level', 'stride', 'channels', 'order', 'dni', 'dni_low', 'dni_high', 'gi', 'li', 'keep', 'reason']
+    with open(out / 'screen.csv', 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f'{r[k]:.4f}' if isinstance(r[k], float) else r[k]) for k in fields})
+    plot(rows, out / 'screen.png', f'{args.model}: {len(images)} images x {args.seeds} seeds, t={args.t}')
+    contact_sheet(rows, stats, out / 'pca.png')
+    candidates = [r for r in rows if r['keep']]
+    (out / 'candidates.json').write_text(json.dumps(dict(
+        model=args.model, t=args.t, thresholds=dict(dni_max=args.dni_max, li_max=args.li_max),
+        candidates=[r['name'] for r in candidates], screened=rows), indent=1))
+    print(f'{len(candidates)} of {len(rows)} activations survive the rules; '
+          f'{out / "screen.csv"}, screen.png, pca.png, candidates.json')
+    report = dict(rows=rows, candidates=candidates)
+    if args.rank:
+        if not candidates:
+            raise SystemExit('no candidate survives the rules: relax --dni-max / --li-max to rank some')
+        ranked = rank(args, spec, candidates)
+        levels = build_preset(ranked, args.k, args.per_stride)
+        preset = dict(model=args.model, levels=levels, t=args.t,
+                      ranking=[dict(name=r['name'], stride=r['stride'], miou=r['miou'], dni=r['dni'], gi=r['gi'], li=r['li'])
+                               for r in ranked])
+        (out / 'preset.json').write_text(json.dumps(preset, indent=1))
+        print(f'{"activation":>48} {"stride":>6} {"mIoU":>7}')
+        for r in ranked:
+            print(f'{r["name"]:>48} {r["stride"]:6d} {r["miou"]:7.2f}')
+        print(f'preset.json: {levels}')
+        report.update(ranked=ranked, preset=preset)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    print(f'{time.time() - start:.0f} s; peak memory {peak_gb:.2f} GB (RSS); the backbone\'s own weights {backbone_gb:.2f} GB')
+    return report
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])
