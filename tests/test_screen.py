@@ -88,7 +88,7 @@ def screened(tmp_path_factory):
     report = screen_tool.main(['test_sd_tiny', '--images', str(root / 'img_dir' / 'val'),
                                '--labels', str(root / 'ann_dir' / 'val'), '--n-images', '3', '--seeds', '2',
                                '--levels', 'up-level1,up-level2', '--rank', str(root), '--rank-pixels', '200',
-                               '--rank-epochs', '1', '--k', '3', '--per-stride', '1', '--out', str(out)])
+                               '--rank-epochs', '1', '--k', '3', '--per-stride', '1', '--validate', '--out', str(out)])
     return out, report
 
 
@@ -108,6 +108,10 @@ def test_screen_writes_every_output_and_a_preset_the_backbone_loads(screened):
     assert strides == sorted(set(strides)) and sum(len(level) for level in preset['levels']) == 3  # one per stride
     ranked = [r['miou'] for r in preset['ranking']]
     assert ranked == sorted(ranked, reverse=True) and len(ranked) == len(candidates['candidates'])
+    check = json.loads((out / 'validation.json').read_text())
+    assert set(check['spearman']) == {'dni', 'gi', 'li'}
+    assert set(check['miou']) == {'preset.json', 'best single', 'legacy (upsampler outputs)'}
+    assert check['choices']['best single'] == [preset['ranking'][0]['name']]
     backbone = DiffusionBackbone('test_sd_tiny', str(out / 'preset.json'), pretrained=False)
     assert [list(level) for level in backbone.levels] == preset['levels']
     with torch.no_grad():
@@ -145,6 +149,9 @@ def test_screen_refuses_an_earlier_run_and_bad_filters(screened, tmp_path):
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(SystemExit, match='holds no images'):
+        screen_tool.main(['test_sd_tiny', '--images', str(empty), '--out', str(tmp_path / 'o')])
+    (empty / 'broken.png').write_bytes(b'not a png')
+    with pytest.raises(SystemExit, match=f'cannot read image {empty / "broken.png"}'):
         screen_tool.main(['test_sd_tiny', '--images', str(empty), '--out', str(tmp_path / 'o')])
     with pytest.raises(SystemExit, match=r"--kinds \['nope'\] not in this model"):
         screen_tool.screened_points(screen_tool.parse_args(['test_sd_tiny', '--images', 'x', '--kinds', 'nope']),

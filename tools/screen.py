@@ -40,7 +40,7 @@ from tqdm import tqdm
 from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec
 from diffbackbones.probe import PixelFeatures, clean_labels, compute_iou, find_split, load_pair
 from diffbackbones.probe import predict, train_ensemble
-from diffbackbones.screening import ActivationStats, screen_samples, select_candidates
+from diffbackbones.screening import ActivationStats, screen_samples, select_candidates, spearman
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
@@ -69,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument('--rank-train', type=int, default=30, help='training images used (DDPM-seg: 30)')
     parser.add_argument('--rank-test', type=int, default=20, help='test images used')
     parser.add_argument('--rank-pixels', type=int, default=1000, help='labelled pixels sampled per training image')
+    parser.add_argument('--validate', action='store_true',
+                        help="with --rank: Spearman of DNI/GI/LI against the probe, and the preset's probe mIoU "
+                             "against the best single activation and the model's legacy preset (validation.json)")
     parser.add_argument('--k', type=int, default=4, help='activations in preset.json')
     parser.add_argument('--per-stride', type=int, default=2)
     parser.add_argument('--out', default='work_dirs/screen')
@@ -113,8 +116,11 @@ def screen(args, backbone: DiffusionBackbone, names: list[str], images: list[Pat
     """Every named activation of every image under ``args.seeds`` seeds, reduced as it is computed."""
     stats = {name: ActivationStats() for name in names}
     for n, path in enumerate(tqdm(images, desc='screen', unit='img')):
-        with Image.open(path) as im:
-            pixels = torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        try:
+            with Image.open(path) as im:
+                pixels = torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1).float() / 127.5 - 1
+        except OSError as e:
+            raise SystemExit(f'cannot read image {path}: {e}') from None
         labels = read_labels(Path(args.labels) if args.labels else None, path)
         if labels is not None and tuple(labels.shape) != tuple(pixels.shape[1:]):
             raise SystemExit(f'label map of {path} is {tuple(labels.shape)}, the image {tuple(pixels.shape[1:])}')
@@ -197,45 +203,60 @@ def contact_sheet(rows: list[dict], stats, path: Path, tile: int = 96) -> None:
     sheet.save(path)
 
 
-def rank(args, spec, candidates: list[dict]) -> list[dict]:
-    """Probe mIoU of each candidate alone (the probe's classifier, fast setting)."""
-    names = [c['name'] for c in candidates]
-    published = {split: find_split(args.rank, split)[:limit]
-                 for split, limit in (('train', args.rank_train), ('test', args.rank_test))}
-    pairs = published['train'] + published['test']
-    loaded = [load_pair(image, label, args.rank_resolution) for image, label in pairs]
-    images, labels = [i for i, _ in loaded], [lbl for _, lbl in loaded]
-    n_classes = 1 + max(int(lbl[lbl != args.ignore].max()) for lbl in labels if (lbl != args.ignore).any())
-    backbone = DiffusionBackbone(args.model, names,
-                                 pretrained=pretrained_of(args, spec), t=args.t, prompt=args.prompt,
-                                 image_size=args.image_size or spec.image_size, resize_features=False)
-    per_name: dict[str, list[torch.Tensor]] = {n: [] for n in names}
-    with torch.no_grad():
-        for image in tqdm(images, desc='rank: features', leave=False):
-            for name, value in backbone.activations(image[None]).items():
-                per_name[name].append(value.float())
-    per_name = {n: torch.cat(v) for n, v in per_name.items()}
-    del backbone
-    n_train = len(published['train'])
-    rows, targets = [], []
-    generator = torch.Generator().manual_seed(0)
-    for n in range(n_train):
-        label = clean_labels(labels[n], args.ignore)
-        ys, xs = torch.nonzero(label != args.ignore, as_tuple=True)
-        keep = torch.randperm(len(ys), generator=generator)[:args.rank_pixels]
-        ys, xs = ys[keep], xs[keep]
-        rows.append(torch.stack([torch.full_like(ys, n), ys, xs], 1))
-        targets.append(label[ys, xs])
-    pixels, targets = torch.cat(rows), torch.cat(targets)
-    ranked = []
-    for c in tqdm(candidates, desc='rank', unit='activation'):
-        features = PixelFeatures([per_name[c['name']]], (args.rank_resolution, args.rank_resolution))
-        models, _ = train_ensemble(features, pixels, targets, n_classes, seeds=list(range(args.rank_models)),
-                                   max_epochs=args.rank_epochs)
-        preds = [predict(models, features, n) for n in range(n_train, len(pairs))]
-        iou = compute_iou(preds, labels[n_train:], n_classes, args.ignore)
-        ranked.append(dict(c, miou=100 * iou['miou']))
+class RankProbe:
+    """The probe's pixel classifier in a fast setting, on the activations of a labelled set."""
+
+    def __init__(self, args, spec, names: list[str]):
+        self.args = args
+        published = {split: find_split(args.rank, split)[:limit]
+                     for split, limit in (('train', args.rank_train), ('test', args.rank_test))}
+        loaded = [load_pair(image, label, args.rank_resolution) for image, label in published['train'] + published['test']]
+        images, self.labels = [i for i, _ in loaded], [lbl for _, lbl in loaded]
+        self.n_train = len(published['train'])
+        self.n_classes = 1 + max(int(lbl[lbl != args.ignore].max()) for lbl in self.labels if (lbl != args.ignore).any())
+        backbone = DiffusionBackbone(args.model, names, pretrained=pretrained_of(args, spec), t=args.t,
+                                     prompt=args.prompt, image_size=args.image_size or spec.image_size,
+                                     resize_features=False)
+        per_name: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        with torch.no_grad():
+            for image in tqdm(images, desc='rank: features', leave=False):
+                for name, value in backbone.activations(image[None]).items():
+                    per_name[name].append(value.float())
+        self.activations = {n: torch.cat(v) for n, v in per_name.items()}
+        rows, targets = [], []
+        generator = torch.Generator().manual_seed(0)
+        for n in range(self.n_train):
+            label = clean_labels(self.labels[n], args.ignore)
+            ys, xs = torch.nonzero(label != args.ignore, as_tuple=True)
+            keep = torch.randperm(len(ys), generator=generator)[:args.rank_pixels]
+            rows.append(torch.stack([torch.full_like(ys[keep], n), ys[keep], xs[keep]], 1))
+            targets.append(label[ys[keep], xs[keep]])
+        self.pixels, self.targets = torch.cat(rows), torch.cat(targets)
+
+    def miou(self, names: list[str]) -> float:
+        """Test mIoU (percent) of one classifier on these activations, upsampled and concatenated."""
+        size = (self.args.rank_resolution, self.args.rank_resolution)
+        features = PixelFeatures([self.activations[n] for n in names], size)
+        models, _ = train_ensemble(features, self.pixels, self.targets, self.n_classes,
+                                   seeds=list(range(self.args.rank_models)), max_epochs=self.args.rank_epochs)
+        preds = [predict(models, features, n) for n in range(self.n_train, len(self.labels))]
+        return 100 * compute_iou(preds, self.labels[self.n_train:], self.n_classes, self.args.ignore)['miou']
+
+
+def rank(probe: RankProbe, candidates: list[dict]) -> list[dict]:
+    """Probe mIoU of each candidate alone, best first."""
+    ranked = [dict(c, miou=probe.miou([c['name']])) for c in tqdm(candidates, desc='rank', unit='activation')]
     return sorted(ranked, key=lambda r: -r['miou'])
+
+
+def validate(probe: RankProbe, spec, ranked: list[dict], levels: list[list[str]]) -> dict:
+    """Do the screening numbers predict the probe? And the preset against simpler choices."""
+    correlations = {m: spearman([r[m] for r in ranked], [r['miou'] for r in ranked]) for m in ('dni', 'gi', 'li')}
+    choices = {'preset.json': [n for level in levels for n in level], 'best single': [ranked[0]['name']]}
+    if 'legacy' in spec.presets:
+        choices['legacy (upsampler outputs)'] = [n for level in spec.presets['legacy'] for n in level]
+    scores = {label: probe.miou(names) for label, names in choices.items()}
+    return dict(spearman=correlations, miou=scores, choices=choices)
 
 
 def build_preset(ranked: list[dict], k: int, per_stride: int) -> list[list[str]]:
@@ -296,7 +317,11 @@ def main(argv=None) -> dict:
     if args.rank:
         if not candidates:
             raise SystemExit('no candidate survives the rules: relax --dni-max / --li-max to rank some')
-        ranked = rank(args, spec, candidates)
+        names = [c['name'] for c in candidates]
+        if args.validate and 'legacy' in spec.presets:
+            names += [n for level in spec.presets['legacy'] for n in level if n not in names]
+        probe_set = RankProbe(args, spec, names)
+        ranked = rank(probe_set, candidates)
         levels = build_preset(ranked, args.k, args.per_stride)
         preset = dict(model=args.model, levels=levels, t=args.t,
                       ranking=[dict(name=r['name'], stride=r['stride'], miou=r['miou'], dni=r['dni'], gi=r['gi'], li=r['li'])
@@ -307,6 +332,14 @@ def main(argv=None) -> dict:
             print(f'{r["name"]:>48} {r["stride"]:6d} {r["miou"]:7.2f}')
         print(f'preset.json: {levels}')
         report.update(ranked=ranked, preset=preset)
+        if args.validate:
+            check = validate(probe_set, spec, ranked, levels)
+            (out / 'validation.json').write_text(json.dumps(check, indent=1))
+            print('Spearman correlation with the probe mIoU over the candidates: ' +
+                  ', '.join(f'{m.upper()} {v:+.2f}' for m, v in check['spearman'].items()))
+            for label, value in check['miou'].items():
+                print(f'{label:>28}: probe mIoU {value:.2f}  {check["choices"][label]}')
+            report.update(validation=check)
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     print(f'{time.time() - start:.0f} s; peak memory {peak_gb:.2f} GB (RSS); the backbone\'s own weights {backbone_gb:.2f} GB')
     return report
