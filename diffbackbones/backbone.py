@@ -488,6 +488,17 @@ class DiffusionBackbone(nn.Module):
                     ) -> dict[str, torch.Tensor]:
         """Every requested activation by name, on the working size's grid (ceil(h / stride) for the
         working size h): resize, pad, encode, noise, the denoiser up to the last one, crop."""
+        images, work_hw = self.working_input(images)
+        acts = self.extract((encode or self.encode)(images), work_hw)
+        cropped = {}
+        for name, value in acts.items():  # the padding's rows and columns go
+            h, w = self.grid_of(name, work_hw)
+            cropped[name] = value[..., :h, :w]
+        return cropped
+
+    def working_input(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images resized to the working size and padded (replicate) to ``pixel_multiple``; and the
+        working size itself, which the activations are cropped back to."""
         if self.image_size is not None and tuple(self.image_size) != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=self.image_size, mode='bilinear', align_corners=False,
                                    antialias=self.antialias)
@@ -496,9 +507,12 @@ class DiffusionBackbone(nn.Module):
         pad_h, pad_w = (-work_hw[0]) % m, (-work_hw[1]) % m
         if pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h), mode='replicate')
-        acts = self.extract((encode or self.encode)(images), work_hw)
-        return {n: a[..., :math.ceil(work_hw[0] / self.stride_of[n]), :math.ceil(work_hw[1] / self.stride_of[n])]
-                for n, a in acts.items()}
+        return images, work_hw
+
+    def grid_of(self, name: str, work_hw: tuple[int, int]) -> tuple[int, int]:
+        """The grid of activation ``name`` for working size ``work_hw``: ceil(h / stride) x ceil(w / stride)."""
+        s = self.stride_of[name]
+        return math.ceil(work_hw[0] / s), math.ceil(work_hw[1] / s)
 
     def extra_repr(self) -> str:
         return (f'model={self.spec.name!r}, t={self.t}, levels={[list(level) for level in self.levels]}, '

@@ -52,6 +52,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from diffbackbones import DiffusionBackbone, get_model_spec
+from diffbackbones.cli import activations_option, pretrained_option
 from diffbackbones.correspondence import (DIFT_PROMPT, PAPER_PROMPT, CorrespondenceHead, FeatureSource,
                                           evaluate_pairs, find_pairs, pck_correct, train_steps, training_schedule)
 
@@ -111,12 +112,8 @@ def parse_args(argv=None):
 
 def build_backbone(args, prompts: list[str]) -> DiffusionBackbone:
     spec = get_model_spec(args.model)
-    if args.weights is None:
-        pretrained = spec.hub_id is not None or spec.packaged is not None
-    else:
-        pretrained = False if args.weights == 'random' else args.weights
-    activations = args.activations if ',' not in args.activations else args.activations.split(',')
-    backbone = DiffusionBackbone(args.model, activations, pretrained=pretrained, t=args.t, prompt=prompts,
+    backbone = DiffusionBackbone(args.model, activations_option(args.activations),
+                                 pretrained=pretrained_option(spec, args.weights), t=args.t, prompt=prompts,
                                  ensemble_size=args.ensemble, image_size=args.image_size or spec.image_size,
                                  resize_features=False, dtype=args.dtype)
     if args.levels is not None:

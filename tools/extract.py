@@ -21,18 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 import diffbackbones
 from diffbackbones import DiffusionBackbone, get_model_spec
+from diffbackbones.cli import IMAGE_SUFFIXES, activations_option, pretrained_option, read_image
 from diffbackbones.store import INDEX, SETTINGS, complete_shards, shard_records, write_shard
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 STORE_DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
 
 
@@ -76,23 +74,10 @@ def list_images(source: str) -> list[Path]:
     raise SystemExit(f'--images {source}: neither an image folder nor a list file')
 
 
-def read_image(path: Path) -> torch.Tensor:
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert('RGB')).copy()
-    except Exception as e:  # PIL's errors name no file when they come from deep inside
-        raise SystemExit(f'cannot read image {path}: {e}') from None
-    return (torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1).contiguous()
-
-
 def build_backbone(args) -> DiffusionBackbone:
     spec = get_model_spec(args.model)
-    if args.weights is None:
-        pretrained = spec.hub_id is not None or spec.packaged is not None
-    else:
-        pretrained = False if args.weights == 'random' else args.weights
-    activations = args.activations if ',' not in args.activations else args.activations.split(',')
-    return DiffusionBackbone(args.model, activations, pretrained=pretrained, t=args.t, prompt=args.prompt,
+    return DiffusionBackbone(args.model, activations_option(args.activations),
+                             pretrained=pretrained_option(spec, args.weights), t=args.t, prompt=args.prompt,
                              ensemble_size=args.ensemble, image_size=args.image_size, dtype=args.dtype)
 
 

@@ -35,6 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from diffbackbones import DiffusionBackbone, get_model_spec
+from diffbackbones.cli import activations_option, pretrained_option
 from diffbackbones.probe import (PixelFeatures, clean_labels, compute_iou, extract_levels, find_split, load_pair,
                                  predict, redraw_split, train_ensemble)
 
@@ -66,12 +67,8 @@ def parse_args(argv=None):
 
 def build_backbone(args) -> DiffusionBackbone:
     spec = get_model_spec(args.model)
-    if args.weights is None:
-        pretrained = spec.hub_id is not None or spec.packaged is not None
-    else:
-        pretrained = False if args.weights == 'random' else args.weights
-    activations = args.activations if ',' not in args.activations else args.activations.split(',')
-    return DiffusionBackbone(args.model, activations, pretrained=pretrained, t=args.t, prompt=args.prompt,
+    return DiffusionBackbone(args.model, activations_option(args.activations),
+                             pretrained=pretrained_option(spec, args.weights), t=args.t, prompt=args.prompt,
                              image_size=args.image_size or spec.image_size, resize_features=False,
                              dtype=args.dtype)
 

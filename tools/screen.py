@@ -38,12 +38,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec
+from diffbackbones.cli import IMAGE_SUFFIXES, pretrained_option, read_image
 from diffbackbones.probe import PixelFeatures, clean_labels, compute_iou, find_split, load_pair
 from diffbackbones.probe import predict, train_ensemble
 from diffbackbones.screening import ActivationStats, screen_samples, select_candidates, spearman
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,12 +77,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def pretrained_of(args, spec):
-    if args.weights is None:
-        return spec.hub_id is not None or spec.packaged is not None
-    return False if args.weights == 'random' else args.weights
-
-
 def screened_points(args, backbone_points):
     points = list(backbone_points)
     if args.kinds:
@@ -116,32 +108,22 @@ def screen(args, backbone: DiffusionBackbone, names: list[str], images: list[Pat
     """Every named activation of every image under ``args.seeds`` seeds, reduced as it is computed."""
     stats = {name: ActivationStats() for name in names}
     for n, path in enumerate(tqdm(images, desc='screen', unit='img')):
-        try:
-            with Image.open(path) as im:
-                pixels = torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1).float() / 127.5 - 1
-        except OSError as e:
-            raise SystemExit(f'cannot read image {path}: {e}') from None
+        pixels = read_image(path)
         labels = read_labels(Path(args.labels) if args.labels else None, path)
         if labels is not None and tuple(labels.shape) != tuple(pixels.shape[1:]):
             raise SystemExit(f'label map of {path} is {tuple(labels.shape)}, the image {tuple(pixels.shape[1:])}')
-        image = pixels[None]
-        work = tuple(backbone.image_size) if backbone.image_size else tuple(image.shape[-2:])
-        if work != tuple(image.shape[-2:]):
-            image = F.interpolate(image, size=work, mode='bilinear', align_corners=False, antialias=True)
-        m = backbone.pixel_multiple
-        image = F.pad(image, (0, (-work[1]) % m, 0, (-work[0]) % m), mode='replicate')
+        image, work = backbone.working_input(pixels[None])
+        labels_on = {}  # grid -> the label map resized to it (nearest), once per grid
+
+        def reduce(name, value):
+            grid = backbone.grid_of(name, work)
+            if labels is not None and grid not in labels_on:
+                labels_on[grid] = F.interpolate(labels[None, None].float(), size=grid, mode='nearest')[0, 0].long()
+            return screen_samples(value[..., :grid[0], :grid[1]].float(), labels_on.get(grid), args.ignore,
+                                  with_pca=n == 0)
         with torch.no_grad():
             latents = backbone.encode(image)
             noisy, timesteps, kwargs = backbone.denoiser_inputs(latents, work)   # one row per seed
-
-            def reduce(name, value):
-                s = backbone.stride_of[name]
-                grid = (math.ceil(work[0] / s), math.ceil(work[1] / s))
-                x = value[..., :grid[0], :grid[1]]
-                lab = None
-                if labels is not None:
-                    lab = F.interpolate(labels[None, None].float(), size=grid, mode='nearest')[0, 0].long()
-                return screen_samples(x.float(), lab, args.ignore, with_pca=n == 0)
             with ActivationCapture(backbone.denoiser, names, stop_early=True, detach=True, catalog=backbone.points,
                                    reduce=reduce) as cap:
                 backbone.denoiser(noisy, timesteps, **kwargs)
@@ -214,7 +196,7 @@ class RankProbe:
         images, self.labels = [i for i, _ in loaded], [lbl for _, lbl in loaded]
         self.n_train = len(published['train'])
         self.n_classes = 1 + max(int(lbl[lbl != args.ignore].max()) for lbl in self.labels if (lbl != args.ignore).any())
-        backbone = DiffusionBackbone(args.model, names, pretrained=pretrained_of(args, spec), t=args.t,
+        backbone = DiffusionBackbone(args.model, names, pretrained=pretrained_option(spec, args.weights), t=args.t,
                                      prompt=args.prompt, image_size=args.image_size or spec.image_size,
                                      resize_features=False)
         per_name: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -289,7 +271,7 @@ def main(argv=None) -> dict:
     if args.seeds < 2:
         raise SystemExit('--seeds must be at least 2: noise is measured across seeds')
     probe = DiffusionBackbone(args.model, 'practical' if 'practical' in spec.presets else next(iter(spec.presets)),
-                              pretrained=pretrained_of(args, spec), t=args.t, prompt=args.prompt,
+                              pretrained=pretrained_option(spec, args.weights), t=args.t, prompt=args.prompt,
                               image_size=args.image_size or spec.image_size, ensemble_size=args.seeds, prune=False)
     points = screened_points(args, probe.points)
     names = [p.name for p in points]
