@@ -20,10 +20,13 @@ import torch.nn.functional as F
 
 from .cache import LatentCache
 from .capture import ActivationCapture
-from .catalog import ActivationPoint, activation_points, latent_multiple, resolve_names
+from .catalog import ActivationPoint, activation_points, catalog_index, latent_multiple, resolve_names
 from .conditioning import PromptConditioning
+from .families import family_of
 from .fusion import FUSION_STYLES, LevelFusion
-from .loading import load_components
+from .loading import from_pretrained, load_components
+from .noise import NoiseSchedule
+from .text import encode_prompts
 from .pruning import prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
@@ -134,9 +137,15 @@ class DiffusionBackbone(nn.Module):
             diffusers folder, or False (exact architecture, seeded random weights, no network).
         t: Integer training timestep used for the noise level and the denoiser's timestep input; a
             list of timesteps runs them all in one batched forward and averages the activations.
-        prompt: Text prompt, encoded once at construction; the text encoders are then released. A list
-            of prompts encodes them all; the first is active until ``backbone.conditioning.using(p)``
-            selects another (per-category prompts, as DIFT's correspondence protocol).
+            Default: the zoo entry's ``default_t``: 50 (the paper's) for DDPM models; for flow-matching
+            models (SD3, Flux) 184, the same noise-to-signal ratio (``noise.py``).
+        prompt: Text prompt, encoded once at construction; the text encoders are loaded one at a time
+            and released. A list of prompts encodes them all; the first is active until
+            ``backbone.conditioning.using(p)`` selects another (per-category prompts, as DIFT's protocol).
+        prompt_cache: Cache the prompt embeddings on disk (True: ``$DIFFBACKBONES_CACHE/prompts``, or a
+            folder), keyed by model, weights source, dtype and prompt: a second build with the same
+            ones loads no text encoder. False: always encode.
+        class_label: Class-conditioned models (DiT): the ImageNet class, 1000 (the null class) by default.
         image_size: Optional working size (int or (h, w)) the input is resized to; features are
             resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
         resize_features: False keeps the levels on the working size's grids, ceil(h / s_i) for the
@@ -185,15 +194,17 @@ class DiffusionBackbone(nn.Module):
     """
 
     def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
-                 pretrained: bool | str = True, t: int = 50, prompt: str | Sequence[str] = '',
+                 pretrained: bool | str = True, t: int | Sequence[int] | None = None, prompt: str | Sequence[str] = '',
                  image_size: int | tuple[int, int] | None = None, noise_seed: int | None = 0,
                  ensemble_size: int = 1, sample_posterior: bool = False, dtype: str | torch.dtype = torch.float32,
                  trainable_denoiser: bool = False, trainable_vae: bool = False, fusion: bool | str = False,
                  fusion_repeats: tuple[int, int] = (1, 1), resize_features: bool = True, antialias: bool = True,
                  prune: bool = True, latent_cache: str | None = None, channels_last: bool | None = None,
-                 compile: bool = False, latent_scale: float | None = None, strict_input: bool = False):
+                 compile: bool = False, latent_scale: float | None = None, strict_input: bool = False,
+                 prompt_cache: bool | str = True, class_label: int | None = None):
         super().__init__()
         self.spec = spec = get_model_spec(model)
+        t = spec.default_t if t is None else t
         timesteps = (t,) if isinstance(t, int) else tuple(t) if isinstance(t, (list, tuple)) else ()
         if not timesteps or not all(isinstance(s, int) and 0 <= s < spec.num_train_timesteps for s in timesteps):
             raise ValueError(f't must be an integer training timestep in [0, {spec.num_train_timesteps}) or a list of '
@@ -224,21 +235,23 @@ class DiffusionBackbone(nn.Module):
         parts = load_components(spec, pretrained, self.dtype,
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
+        self.family = family_of(self.denoiser)
         if latent_scale is not None:
             if not (isinstance(latent_scale, (int, float)) and latent_scale > 0):
                 raise ValueError(f'latent_scale must be a positive number; got {latent_scale!r}')
             self.vae.scaling_factor = float(latent_scale)
-        self.conditioning = PromptConditioning(spec, parts.text_encoders, parts.tokenizers, prompt)
-        del parts  # text encoders and tokenizers are released here
-
-        betas = torch.linspace(spec.beta_start ** 0.5, spec.beta_end ** 0.5, spec.num_train_timesteps,
-                               dtype=torch.float64) ** 2
-        self.register_buffer('alphas_cumprod', torch.cumprod(1 - betas, 0).float(), persistent=False)
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
+        embeddings = encode_prompts(spec, parts.source, prompts, self.dtype, from_pretrained, prompt_cache)
+        self.conditioning = PromptConditioning(spec, prompts, embeddings, class_label)
+        self.schedule = NoiseSchedule(spec)
 
         self.latent_multiple = latent_multiple(self.denoiser)
         reference_latent = (self.latent_multiple * 4,) * 2  # any multiple works: strides are ratios
         self.points = activation_points(self.denoiser, reference_latent, self.conditioning.n_tokens)
-        self.stride_of = {p.name: self.vae.downsample_factor * p.stride(reference_latent) for p in self.points}
+        self.stride_of = {name: self.vae.downsample_factor * p.stride(reference_latent)
+                          for name, p in catalog_index(self.points).items()}
         self.levels = resolve_levels(spec, activations, self.points, self.stride_of)
         self._set_levels(self.levels)
         style = 'residual' if fusion is True else fusion
@@ -266,7 +279,7 @@ class DiffusionBackbone(nn.Module):
                                                          ('denoiser', self.trainable_denoiser)) if not trainable)
 
     def _set_levels(self, levels: Levels) -> None:
-        self._channels = {p.name: p.channels for p in self.points}
+        self._channels = {name: p.channels for name, p in catalog_index(self.points).items()}
         self.levels = levels
         self.feature_info = [dict(num_chs=sum(self._channels[n] for n in level), reduction=self.stride_of[level[0]],
                                   module=f'levels.{i}') for i, level in enumerate(levels)]
@@ -283,13 +296,13 @@ class DiffusionBackbone(nn.Module):
         """
         device = next(self.denoiser.parameters()).device
         m = self.latent_multiple
-        probe = torch.zeros(1, self.denoiser.config.in_channels, m, m, device=device, dtype=self.dtype,
-                            requires_grad=True)
-        kwargs = self.conditioning.denoiser_kwargs(1, (m * 8, m * 8), self.dtype)
+        probe = torch.zeros(1, self.vae.latent_channels, m, m, device=device, dtype=self.dtype, requires_grad=True)
+        f = self.vae.downsample_factor
 
         def run():
             with torch.enable_grad(), self.capture:
-                self.denoiser(probe, torch.full((1,), self.timesteps[0], device=device), **kwargs)
+                timesteps = torch.full((1,), self.timesteps[0], device=device)
+                self.denoiser(**self.family.inputs(self.denoiser, probe, timesteps, self.conditioning, (m * f, m * f)))
             captured, self.capture.activations = list(self.capture.activations.values()), {}
             return captured
         return prune_unexecuted(self.denoiser, run)
@@ -428,28 +441,28 @@ class DiffusionBackbone(nn.Module):
                 latents[i] = latent
         return torch.stack([latent.to(images.device) for latent in latents])
 
-    def denoiser_inputs(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Noisy latents, timesteps and conditioning for one batched denoiser call.
+    def denoiser_inputs(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict:
+        """Keyword arguments of one batched denoiser call: noisy latents, timesteps and conditioning.
 
         Every (timestep, noise sample) member gets a copy of the batch, member-major, so the call has
-        ``n_members * B`` rows.
+        ``n_members * B`` rows; ``self.denoiser(**kwargs)`` runs it (the family decides the names).
         """
         e, b = self.n_members, latents.shape[0]
         timesteps = torch.tensor(self.timesteps, device=latents.device).repeat_interleave(self.ensemble_size * b)
-        abar = self.alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
-        noisy = abar.sqrt() * latents.float().repeat(e, 1, 1, 1) + (1 - abar).sqrt() * self._noise(latents.shape, latents.device)
+        noisy = self.schedule.add_noise(latents.float().repeat(e, 1, 1, 1), self._noise(latents.shape, latents.device),
+                                        timesteps)
         # Explicit both ways: a channels-last latent from the VAE must not switch the denoiser's format.
         noisy = noisy.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
-        return noisy, timesteps, self.conditioning.denoiser_kwargs(e * b, image_hw, self.dtype)
+        return self.family.inputs(self.denoiser, noisy, timesteps, self.conditioning, image_hw)
 
     def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Run the denoiser on all members up to the last requested activation; member-averaged activations."""
         e, b = self.n_members, latents.shape[0]
-        noisy, timesteps, kwargs = self.denoiser_inputs(latents, image_hw)
+        kwargs = self.denoiser_inputs(latents, image_hw)
         # A graph is kept when anything upstream trains (a trainable VAE needs it through a frozen denoiser).
         trains = self.trainable_denoiser or self.trainable_vae
         with torch.set_grad_enabled(trains and torch.is_grad_enabled()), self.capture:
-            self.denoiser(noisy, timesteps, **kwargs)
+            self.denoiser(**kwargs)
         captured, self.capture.activations = self.capture.activations, {}
         if len(captured) != len(self.capture.points):
             missing = sorted({p.name for p in self.capture.points} - set(captured))

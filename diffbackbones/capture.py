@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import math
+
 import torch
 import torch.nn as nn
 from diffusers.models.attention_processor import Attention
@@ -26,13 +28,43 @@ class StopForward(Exception):
     """Raised from a hook once every requested activation is captured; `ActivationCapture` swallows it."""
 
 
-def _first_tensor(output) -> torch.Tensor:
-    # Transformer2DModel returns a dataclass / tuple whose first field is the sample.
+def _first_tensor(output, pick: int | None = None) -> torch.Tensor:
+    # Transformer2DModel returns a dataclass / tuple whose first field is the sample; SD3 and Flux
+    # blocks return (text, image) tuples, whose image part ``pick`` names.
     if isinstance(output, torch.Tensor):
         return output
+    if pick is not None:
+        return output[pick]
     if hasattr(output, 'sample'):
         return output.sample
     return output[0]
+
+
+def _image_part(tokens: torch.Tensor, n_image: int, where: str, dim: int = 1) -> torch.Tensor:
+    """The image tokens of a (text + image) sequence along ``dim``."""
+    if where == 'all':
+        return tokens
+    start = tokens.shape[dim] - n_image if where == 'last' else 0
+    return tokens.narrow(dim, start, n_image)
+
+
+def _text_part(tokens: torch.Tensor, n_image: int, where: str, dim: int) -> torch.Tensor:
+    """The complement of ``_image_part``: the text tokens (keys of a joint attention)."""
+    n_text = tokens.shape[dim] - n_image
+    return tokens.narrow(dim, 0 if where == 'last' else n_image, n_text)
+
+
+def token_grid(args, kwargs, patch: int) -> tuple[int, int]:
+    """The image-token grid of a module call: (H / patch, W / patch) of a (B, C, H, W) input, or the
+    rows and columns of Flux's ``img_ids`` (N, 3) = [0, row, col] for packed (B, N, C) input."""
+    x = args[0] if args else kwargs.get('hidden_states', kwargs.get('sample'))
+    if x.ndim == 4:
+        return math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+    ids = kwargs.get('img_ids')
+    if ids is None:
+        raise RuntimeError('packed (B, N, C) tokens need img_ids to give their grid; never guessed from sqrt(N)')
+    ids = ids[0] if ids.ndim == 3 else ids
+    return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
 
 
 def tokens_to_grid(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -86,6 +118,44 @@ class _MapAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+_PROCESSOR_ARGS = ('hidden_states', 'encoder_hidden_states', 'attention_mask', 'image_rotary_emb')
+
+
+class _JointMapProcessor:
+    """Head-mean attention probabilities of a joint (text + image) attention, then the original processor.
+
+    The probabilities are recomputed from the module's own projections with the model's math: per-head
+    qk-norm (``norm_q``/``norm_k``, ``norm_added_q``/``norm_added_k``), text and image tokens joined in
+    the model's order, RoPE when the call carries ``image_rotary_emb``, softmax(q k^T * scale). The
+    original processor then computes the output unchanged, so installing this never alters a feature.
+    Costly (the full N x N matrix), and only installed on the modules whose maps were asked for.
+    """
+
+    def __init__(self, original, on_probs: Callable[[torch.Tensor], None], text_first: bool):
+        self.original, self.on_probs, self.text_first = original, on_probs, text_first
+
+    def __call__(self, attn, *args, **kwargs):
+        bound = dict(zip(_PROCESSOR_ARGS, args), **kwargs)
+        hidden, context = bound['hidden_states'], bound.get('encoder_hidden_states')
+        rope = bound.get('image_rotary_emb')
+        heads = lambda x: x.unflatten(-1, (attn.heads, -1))  # (B, N, heads, d)
+        q, k = heads(attn.to_q(hidden)), heads(attn.to_k(hidden))
+        q, k = (attn.norm_q(q) if attn.norm_q is not None else q), (attn.norm_k(k) if attn.norm_k is not None else k)
+        if context is not None and getattr(attn, 'add_q_proj', None) is not None:
+            cq, ck = heads(attn.add_q_proj(context)), heads(attn.add_k_proj(context))
+            if getattr(attn, 'norm_added_q', None) is not None:
+                cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
+            q, k = ((torch.cat([cq, q], 1), torch.cat([ck, k], 1)) if self.text_first
+                    else (torch.cat([q, cq], 1), torch.cat([k, ck], 1)))
+        if rope is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+            q, k = apply_rotary_emb(q, rope, sequence_dim=1), apply_rotary_emb(k, rope, sequence_dim=1)
+        scale = getattr(attn, 'scale', None) or q.shape[-1] ** -0.5
+        scores = torch.einsum('bqhd,bkhd->bhqk', q.float(), k.float()) * scale
+        self.on_probs(scores.softmax(-1).mean(1).to(hidden.dtype))
+        return self.original(attn, *args, **kwargs)
+
+
 class ActivationCapture:
     """Context manager that records the named activations of one denoiser forward.
 
@@ -115,7 +185,7 @@ class ActivationCapture:
         self.activations: dict[str, torch.Tensor] = {}
         self._grids: dict[str, tuple[int, int]] = {}
         self._handles: list = []
-        self._saved_processors: dict[Attention, object] = {}
+        self._saved_processors: dict[nn.Module, object] = {}
 
     # -- hooks ------------------------------------------------------------------------------------
     def _store(self, name: str, value: torch.Tensor) -> None:
@@ -124,41 +194,68 @@ class ActivationCapture:
         if self.stop_early and len(self.activations) == len(self.points):
             raise StopForward
 
-    def _grid_pre_hook(self, path: str):
+    def _grid_pre_hook(self, path: str, patch: int):
         def hook(module, args, kwargs):
-            x = args[0] if args else kwargs['hidden_states']
-            self._grids[path] = tuple(x.shape[-2:])
+            self._grids[path] = token_grid(args, kwargs, patch)
         return hook
 
+    def _on_grid(self, point: ActivationPoint, tokens: torch.Tensor) -> torch.Tensor:
+        grid = self._grids[point.grid_module]
+        return tokens_to_grid(_image_part(tokens, grid[0] * grid[1], point.image_tokens), grid)
+
+    def _map_on_grid(self, point: ActivationPoint, probs: torch.Tensor) -> torch.Tensor:
+        # probs (B, Nq, Nk): each image query's distribution over the keys becomes its channel vector;
+        # in a joint attention, self-maps keep the image keys and cross-maps the text keys.
+        grid = self._grids[point.grid_module]
+        n, where = grid[0] * grid[1], point.image_tokens
+        rows = _image_part(probs, n, where, dim=1)
+        if where != 'all':
+            rows = _image_part(rows, n, where, 2) if point.kind == 'self-map' else _text_part(rows, n, where, 2)
+        return tokens_to_grid(rows, grid)
+
     def _hook_for(self, point: ActivationPoint):
-        name, grid = point.name, point.grid_module
+        name = point.name
         if point.layout == 'input':
             return lambda m, args: self._store(name, args[0])
         if point.layout == 'output':
             return lambda m, args, out: self._store(name, _first_tensor(out))
         if point.layout == 'tokens':
-            return lambda m, args, out: self._store(name, tokens_to_grid(_first_tensor(out), self._grids[grid]))
+            return lambda m, args, out: self._store(name, self._on_grid(point, _first_tensor(out, point.pick)))
+        if point.layout == 'tokens-input':
+            return lambda m, args, kwargs: self._store(
+                name, self._on_grid(point, args[0] if args else kwargs['hidden_states']))
         if point.layout == 'attn-map':
-            # probs (B, Nq, Nk): each query pixel's distribution over keys becomes its channel vector.
-            return lambda probs: self._store(name, tokens_to_grid(probs, self._grids[grid]))
+            return lambda probs: self._store(name, self._map_on_grid(point, probs))
         raise AssertionError(point.layout)
 
     def __enter__(self) -> 'ActivationCapture':
         self.activations = {}
         try:
-            for path in sorted({p.grid_module for p in self.points if p.grid_module}):
+            grids = {p.grid_module: p.grid_patch for p in self.points if p.grid_module is not None}
+            for path, patch in sorted(grids.items()):
                 self._handles.append(self.denoiser.get_submodule(path).register_forward_pre_hook(
-                    self._grid_pre_hook(path), with_kwargs=True))
+                    self._grid_pre_hook(path, patch), with_kwargs=True))
+            maps: dict[nn.Module, list] = {}
             for point in self.points:
                 module = self.denoiser.get_submodule(point.module)
                 hook = self._hook_for(point)
                 if point.layout == 'input':
                     self._handles.append(module.register_forward_pre_hook(hook))
+                elif point.layout == 'tokens-input':
+                    self._handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
                 elif point.layout == 'attn-map':
-                    self._saved_processors[module] = module.processor
-                    module.set_processor(_MapAttnProcessor(hook))
+                    maps.setdefault(module, []).append((point, hook))
                 else:
                     self._handles.append(module.register_forward_hook(hook))
+            for module, wanted in maps.items():  # a joint attention gives its self- and cross-map at once
+                hooks = [hook for _, hook in wanted]
+                on_probs = lambda probs, hooks=hooks: [hook(probs) for hook in hooks]
+                self._saved_processors[module] = module.processor
+                if wanted[0][0].attention == 'joint':
+                    processor = _JointMapProcessor(module.processor, on_probs, wanted[0][0].image_tokens == 'last')
+                else:
+                    processor = _MapAttnProcessor(on_probs)
+                module.set_processor(processor)
         except BaseException:
             self.remove()
             raise

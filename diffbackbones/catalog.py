@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import torch.nn as nn
 from diffusers.models.activations import GEGLU, SwiGLU
 from diffusers.models.attention_processor import Attention
 
-__all__ = ['ActivationPoint', 'list_activations', 'activation_points', 'resolve_names', 'latent_multiple']
+__all__ = ['ActivationPoint', 'list_activations', 'activation_points', 'resolve_names', 'latent_multiple',
+           'catalog_index']
 
 # How a hook reads the activation off its module.
-#   output     the module's output, already (B, C, h, w)
-#   input      the module's first input, already (B, C, h, w)
-#   tokens     the module's output, (B, h*w, C) on the grid of `grid_module`'s input
-#   attn-map   attention probabilities of an `Attention` module (needs the explicit, unfused path)
-Layout = Literal['output', 'input', 'tokens', 'attn-map']
+#   output        the module's output, already (B, C, h, w)
+#   input         the module's first input, already (B, C, h, w)
+#   tokens        the module's output, (B, N, C) tokens, on the grid of `grid_module`'s input
+#   tokens-input  the module's first input, (B, N, C) tokens (a modulated norm feeding a feed-forward)
+#   attn-map      attention probabilities of an attention module (an explicit path computes them)
+Layout = Literal['output', 'input', 'tokens', 'tokens-input', 'attn-map']
+# Where the image tokens sit in a token sequence: all of it, or after / before the text tokens
+# (joint attention: Flux puts text first, SD3 puts it last).
+ImageTokens = Literal['all', 'last', 'first']
 
 
 @dataclass(frozen=True)
@@ -40,8 +45,15 @@ class ActivationPoint:
         size: (h, w) at the latent size the catalog was built for.
         module: Dotted path of the module the hook sits on.
         layout: How the hook reads it (see ``Layout``).
-        grid_module: Dotted path of the module whose input (B, C, h, w) gives the token grid.
+        grid_module: Dotted path of the module whose input gives the token grid ('' is the denoiser):
+            (h, w) of a (B, C, h, w) input divided by ``grid_patch``, or Flux's ``img_ids`` rows.
         order: Position in execution order (0 is first).
+        pick: Index of the image tokens in a tuple output (SD3 / Flux blocks return (text, image)).
+        image_tokens: Where the image tokens sit in the sequence (the rest are text tokens).
+        grid_patch: Patch size between ``grid_module``'s (B, C, H, W) input and the token grid.
+        attention: For ``attn-map``: ``'standard'`` (diffusers' reference processor math) or ``'joint'``
+            (text and image tokens in one softmax, with qk-norm and RoPE where the model has them).
+        aliases: Other ids accepted for this activation (the original implementation's own).
     """
 
     name: str
@@ -52,6 +64,11 @@ class ActivationPoint:
     layout: Layout
     grid_module: str | None = None
     order: int = 0
+    pick: int | None = None
+    image_tokens: ImageTokens = 'all'
+    grid_patch: int = 1
+    attention: Literal['standard', 'joint'] = 'standard'
+    aliases: tuple[str, ...] = ()
 
     def stride(self, latent_hw: tuple[int, int]) -> int:
         """Latent stride of this activation for the latent size the catalog was built with."""
@@ -74,9 +91,9 @@ class _Points:
         self.points: list[ActivationPoint] = []
         self.n_text_tokens = n_text_tokens
 
-    def add(self, name, kind, channels, size, module, layout, grid_module=None):
+    def add(self, name, kind, channels, size, module, layout, grid_module=None, **extra):
         self.points.append(ActivationPoint(name, kind, int(channels), tuple(size), module, layout, grid_module,
-                                           order=len(self.points)))
+                                           order=len(self.points), **extra))
 
     def resnet(self, prefix: str, path: str, block: nn.Module, hw):
         self.add(f'{prefix}-res-increment', 'res-increment', block.conv2.out_channels, hw, f'{path}.conv2', 'output')
@@ -89,9 +106,14 @@ class _Points:
         out_channels = model.proj_out.out_features if isinstance(model.proj_out, nn.Linear) else model.proj_out.out_channels
         self.add(f'{prefix}-out', 'vit-out', out_channels, hw, path, 'output')
 
-    def transformer_block(self, prefix: str, path: str, block: nn.Module, hw, grid: str):
-        """A BasicTransformerBlock-like block: self-attention, cross-attention, feed-forward."""
+    def transformer_block(self, prefix: str, path: str, block: nn.Module, hw, grid: str, grid_patch: int = 1,
+                          attn_out: bool = False):
+        """A BasicTransformerBlock-like block: self-attention, cross-attention, feed-forward.
+
+        UNet transformer blocks and PixArt / DiT / Hunyuan blocks share this layout; ``attn_out`` adds the
+        self-attention output (offered for the transformer denoisers)."""
         n_pixels = hw[0] * hw[1]
+        on_grid = dict(grid_module=grid, grid_patch=grid_patch)
         attn1, attn2 = getattr(block, 'attn1', None), getattr(block, 'attn2', None)
         if isinstance(attn1, Attention):
             is_cross = attn1.is_cross_attention  # only_cross_attention blocks: attn1 looks at text
@@ -100,25 +122,29 @@ class _Points:
             for proj in names:
                 lin = getattr(attn1, f'to_{proj}')
                 self.add(f'{prefix}-{tag}-{proj}', f'{tag}-{proj}', lin.out_features, hw, f'{path}.attn1.to_{proj}',
-                         'tokens', grid)
+                         'tokens', **on_grid)
+            if attn_out:
+                self.add(f'{prefix}-attn-out', 'attn-out', attn1.to_out[0].out_features, hw, f'{path}.attn1', 'tokens',
+                         **on_grid)
             self.add(f'{prefix}-{tag}-map', f'{tag}-map', self.n_text_tokens if is_cross else n_pixels, hw,
-                     f'{path}.attn1', 'attn-map', grid)
+                     f'{path}.attn1', 'attn-map', **on_grid)
         if isinstance(attn2, Attention):
-            self.add(f'{prefix}-cross-q', 'cross-q', attn2.to_q.out_features, hw, f'{path}.attn2.to_q', 'tokens', grid)
-            self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, f'{path}.attn2', 'attn-map', grid)
+            self.add(f'{prefix}-cross-q', 'cross-q', attn2.to_q.out_features, hw, f'{path}.attn2.to_q', 'tokens',
+                     **on_grid)
+            self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, f'{path}.attn2', 'attn-map', **on_grid)
         ff = getattr(block, 'ff', None)
         if ff is not None:
             act = ff.net[0]  # GEGLU / GELU / ApproximateGELU: the first projection (+ gating)
             inner = act.proj.out_features // (2 if isinstance(act, (GEGLU, SwiGLU)) else 1)  # gated: half
-            self.add(f'{prefix}-ffn-inner', 'ffn-inner', inner, hw, f'{path}.ff.net.0', 'tokens', grid)
-        self.add(f'{prefix}-out', 'vit-block-out', _block_dim(block), hw, path, 'tokens', grid)
+            self.add(f'{prefix}-ffn-inner', 'ffn-inner', inner, hw, f'{path}.ff.net.0', 'tokens', **on_grid)
+        self.add(f'{prefix}-out', 'vit-block-out', _block_dim(block), hw, path, 'tokens', **on_grid)
 
 
 def _block_dim(block: nn.Module) -> int:
     return block.attn1.to_out[0].out_features
 
 
-def _walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -> list[ActivationPoint]:
+def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -> list[ActivationPoint]:
     """UNet2DConditionModel-style denoisers (SD1.x, SD2.x, SDXL, Playground v2)."""
     pts = _Points(n_text_tokens)
     hw = tuple(latent_hw)
@@ -157,26 +183,17 @@ def _walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) 
     return pts.points
 
 
-def _is_unet(denoiser: nn.Module) -> bool:
-    return all(hasattr(denoiser, a) for a in ('conv_in', 'down_blocks', 'up_blocks', 'conv_out'))
-
-
 def latent_multiple(denoiser: nn.Module) -> int:
     """The factor every latent side must be a multiple of for the denoiser to run unpadded."""
-    if _is_unet(denoiser):
-        n_down = sum(1 for b in denoiser.down_blocks if getattr(b, 'downsamplers', None))
-        return 2 ** n_down
-    raise TypeError(f'{type(denoiser).__name__} is not a supported denoiser (expected a diffusers UNet).')
+    from .families import family_of
+    return family_of(denoiser).latent_multiple(denoiser)
 
 
 def activation_points(denoiser: nn.Module, latent_hw: tuple[int, int] = (64, 64),
                       n_text_tokens: int = 77) -> list[ActivationPoint]:
     """Every capturable activation of ``denoiser`` in execution order (the full record per point)."""
-    if _is_unet(denoiser):
-        return _walk_unet(denoiser, tuple(latent_hw), n_text_tokens)
-    raise TypeError(
-        f'{type(denoiser).__name__} is not a supported denoiser yet; supported: diffusers UNet2DConditionModel '
-        '(SD1.x, SD2.x, SDXL, Playground v2).')
+    from .families import family_of
+    return family_of(denoiser).walk(denoiser, tuple(latent_hw), n_text_tokens)
 
 
 @dataclass(frozen=True)
@@ -205,9 +222,21 @@ def list_activations(denoiser: nn.Module, latent_hw: tuple[int, int] = (64, 64),
             activation_points(denoiser, latent_hw, n_text_tokens)]
 
 
+def catalog_index(points: Sequence[ActivationPoint]) -> dict[str, ActivationPoint]:
+    """Layer id -> point, aliases included (an alias maps to its point under the alias's name)."""
+    index = {p.name: p for p in points}
+    for p in points:
+        for alias in p.aliases:
+            index.setdefault(alias, replace(p, name=alias, aliases=()))
+    return index
+
+
 def resolve_names(points: Sequence[ActivationPoint], names: Sequence[str]) -> list[ActivationPoint]:
-    """Look layer ids up in a catalog; unknown ids raise ``ValueError`` naming the closest valid ones."""
-    by_name = {p.name: p for p in points}
+    """Look layer ids up in a catalog; unknown ids raise ``ValueError`` naming the closest valid ones.
+
+    An alias (the original implementation's id) resolves to its point renamed to the alias, so the
+    activation is stored under the id the caller asked for."""
+    by_name = catalog_index(points)
     unknown = [n for n in names if n not in by_name]
     if unknown:
         lines = []
@@ -216,6 +245,6 @@ def resolve_names(points: Sequence[ActivationPoint], names: Sequence[str]) -> li
             lines.append(f'  {n!r}: closest valid ids: {close}' if close else f'  {n!r}: no similar id')
         raise ValueError(
             'Unknown activation layer id(s) for this denoiser:\n' + '\n'.join(lines) +
-            f'\n{len(by_name)} ids exist; list them with diffbackbones.list_activations(denoiser, latent_hw).')
+            f'\n{len(points)} ids exist; list them with diffbackbones.list_activations(denoiser, latent_hw).')
     return [by_name[n] for n in names]
 

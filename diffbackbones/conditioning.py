@@ -1,9 +1,9 @@
-"""Prompt conditioning, encoded once and cached; the text encoders are not kept.
+"""Prompt conditioning, encoded once (``text.py``) and kept as buffers; no text encoder is kept.
 
-SD1.x/2.x condition on the last hidden state of one CLIP text encoder; SDXL and Playground v2 on the
-penultimate hidden states of two encoders concatenated, plus the second encoder's pooled projection
-and the micro-conditioning time ids (original size, crop offset, target size) of the working size.
-Which applies is data in the zoo entry (``TextEncoderSpec``, ``ModelSpec.time_ids``).
+What a denoiser takes besides the noisy latent: the prompt's token embeddings, a pooled embedding
+(SDXL, SD3, Flux), the T5 attention mask (PixArt), SDXL's micro-conditioning time ids, Flux-dev's
+guidance scale, DiT's class label. Which apply is data in the zoo entry; how they become keyword
+arguments is the denoiser family's business (``families.py``).
 """
 from __future__ import annotations
 
@@ -13,48 +13,43 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from .text import PromptEmbedding
 from .zoo import ModelSpec
 
-__all__ = ['PromptConditioning', 'encode_prompt']
+__all__ = ['PromptConditioning']
 
-
-@torch.no_grad()
-def encode_prompt(spec: ModelSpec, text_encoders: Sequence[nn.Module], tokenizers: Sequence,
-                  prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(1, L, D) prompt embeddings and the (1, P) pooled embedding (None when the model has none)."""
-    hidden, pooled = [], None
-    for te_spec, encoder, tokenize in zip(spec.text_encoders, text_encoders, tokenizers):
-        device = next(encoder.parameters()).device
-        out = encoder(tokenize(prompt).to(device), output_hidden_states=True)
-        hidden.append(out.last_hidden_state if te_spec.hidden_layer == 'last' else out.hidden_states[-2])
-        if te_spec.pooled:
-            pooled = out.text_embeds
-    return torch.cat(hidden, dim=-1).float(), (None if pooled is None else pooled.float())
+NULL_CLASS = 1000  # DiT's "no class" label (classifier-free guidance's unconditional input)
 
 
 class PromptConditioning(nn.Module):
     """Cached conditioning for one prompt (or a few named up front), expanded to any batch at call time.
 
-    ``prompt`` is a string, or a sequence of strings all encoded here (the text encoders are gone
-    afterwards); the first is active until ``using(p)`` selects another, e.g. one prompt per category
-    ("a photo of a {category}", DIFT's correspondence protocol).
+    ``prompts`` and their ``embeddings`` (``text.encode_prompts``) were computed before; the first
+    prompt is active until ``using(p)`` selects another, e.g. one prompt per category ("a photo of a
+    {category}", DIFT's correspondence protocol).
 
     The embeddings are non-persistent buffers: they follow ``.to()`` but are not written into
-    checkpoints (they are recomputed from the prompt when the backbone is built).
+    checkpoints (they are recomputed, or read from the prompt cache, when the backbone is built).
     """
 
-    def __init__(self, spec: ModelSpec, text_encoders: Sequence[nn.Module], tokenizers: Sequence,
-                 prompt: str | Sequence[str]):
+    def __init__(self, spec: ModelSpec, prompts: Sequence[str], embeddings: Sequence[PromptEmbedding],
+                 class_label: int | None = None):
         super().__init__()
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
-        self.prompts, self.active = prompts, 0
+        self.prompts, self.active = tuple(prompts), 0
         self.time_ids = spec.time_ids
-        encoded = [encode_prompt(spec, text_encoders, tokenizers, p) for p in prompts]
-        self.register_buffer('embeds_table', torch.cat([e for e, _ in encoded]), persistent=False)
-        pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded])
+        self.guidance = spec.guidance
+        if class_label is not None and not spec.class_conditional:
+            raise ValueError(f'class_label is for class-conditioned models (DiT); {spec.name!r} takes a prompt.')
+        label = NULL_CLASS if class_label is None else class_label
+        if not (isinstance(label, int) and 0 <= label <= NULL_CLASS):
+            raise ValueError(f'class_label must be an ImageNet class in [0, 1000) or {NULL_CLASS} (the null class); '
+                             f'got {class_label!r}')
+        self.class_label = label
+        self.register_buffer('embeds_table', torch.cat([e.embeds for e in embeddings]), persistent=False)
+        pooled = None if embeddings[0].pooled is None else torch.cat([e.pooled for e in embeddings])
         self.register_buffer('pooled_table', pooled, persistent=False)
+        mask = None if embeddings[0].mask is None else torch.cat([e.mask for e in embeddings])
+        self.register_buffer('mask_table', mask, persistent=False)
 
     @property
     def prompt(self) -> str:
@@ -68,6 +63,11 @@ class PromptConditioning(nn.Module):
     @property
     def pooled_embeds(self) -> torch.Tensor | None:
         return None if self.pooled_table is None else self.pooled_table[self.active:self.active + 1]
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """(1, L) token mask of the active prompt, for denoisers that take one (PixArt)."""
+        return None if self.mask_table is None else self.mask_table[self.active:self.active + 1]
 
     @contextlib.contextmanager
     def using(self, prompt: str) -> Iterator[None]:
@@ -85,17 +85,3 @@ class PromptConditioning(nn.Module):
     @property
     def n_tokens(self) -> int:
         return self.embeds_table.shape[1]
-
-    def denoiser_kwargs(self, batch: int, image_hw: tuple[int, int], dtype: torch.dtype) -> dict:
-        """Keyword arguments for the denoiser forward, for ``batch`` images of working size ``image_hw``."""
-        kwargs = {'encoder_hidden_states': self.prompt_embeds.to(dtype).expand(batch, -1, -1)}
-        if self.pooled_table is not None or self.time_ids:
-            added = {}
-            if self.pooled_table is not None:
-                added['text_embeds'] = self.pooled_embeds.to(dtype).expand(batch, -1)
-            if self.time_ids:
-                h, w = image_hw  # original size, crop (0, 0), target size: the working size itself
-                ids = torch.tensor([h, w, 0, 0, h, w], device=self.embeds_table.device, dtype=dtype)
-                added['time_ids'] = ids.expand(batch, -1)
-            kwargs['added_cond_kwargs'] = added
-        return kwargs

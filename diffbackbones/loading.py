@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import os
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from .zoo import ModelSpec, load_config
 
-__all__ = ['WeightsNotFoundError', 'VaeEncoder', 'Components', 'load_components', 'HashTokenizer']
+__all__ = ['WeightsNotFoundError', 'VaeEncoder', 'Components', 'load_components', 'build_denoiser', 'denoiser_class',
+           'resolve_source', 'from_pretrained']
 
 RANDOM_INIT_SEED = 0
 
@@ -52,41 +51,32 @@ class VaeEncoder(nn.Module):
         return (latent - self.shift_factor) * self.scaling_factor
 
 
-class HashTokenizer:
-    """Stand-in tokenizer for random-weight models (``pretrained=False``), which ship no vocabulary.
-
-    A random text encoder gives meaningless embeddings whatever the ids, so exact CLIP BPE is moot;
-    this maps each word to a stable id so different prompts still give different conditioning.
-    Real weights always use the pipeline's own CLIP tokenizer.
-    """
-
-    def __init__(self, vocab_size: int, model_max_length: int = 77):
-        self.vocab_size, self.model_max_length = vocab_size, model_max_length
-        self.bos, self.eos = vocab_size - 2, vocab_size - 1  # as CLIP: eos is the largest id
-
-    def __call__(self, prompt: str) -> torch.Tensor:
-        words = [zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in re.findall(r"\w+|[^\w\s]", prompt.lower())]
-        ids = [self.bos] + words[: self.model_max_length - 2] + [self.eos]
-        ids += [self.eos] * (self.model_max_length - len(ids))
-        return torch.tensor([ids])
-
-
 @dataclass
 class Components:
     denoiser: nn.Module
     vae: VaeEncoder
-    text_encoders: list[nn.Module]
-    tokenizers: list  # callables: prompt -> (1, L) input ids
+    source: str | None  # where the text encoders load from (None: random weights)
 
 
-def _clip_tokenizer(source: str, subfolder: str):
-    from transformers import CLIPTokenizer
-    tok = CLIPTokenizer.from_pretrained(source, subfolder=subfolder)
-    return lambda prompt: tok(prompt, padding='max_length', max_length=tok.model_max_length, truncation=True,
-                              return_tensors='pt').input_ids
+def denoiser_class(spec: ModelSpec):
+    """The diffusers class of a zoo entry's denoiser (named in its embedded config)."""
+    import diffusers
+    return getattr(diffusers, spec.architecture)
 
 
-def _resolve_source(spec: ModelSpec, pretrained: bool | str) -> str:
+def build_denoiser(spec: ModelSpec, device: str | torch.device | None = None) -> nn.Module:
+    """The exact architecture from the embedded config; ``device='meta'`` allocates nothing (catalogs of
+    the 12 B-parameter models), otherwise seeded random weights."""
+    config = load_config(spec, spec.denoiser_component)
+    if device is not None and torch.device(device).type == 'meta':
+        with torch.device('meta'):
+            return denoiser_class(spec).from_config(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return denoiser_class(spec).from_config(config)
+
+
+def resolve_source(spec: ModelSpec, pretrained: bool | str) -> str:
     if pretrained is True:
         if spec.weights_dir is not None:  # shipped inside the package: no hub, no network
             return str(spec.weights_dir)
@@ -103,7 +93,7 @@ def _resolve_source(spec: ModelSpec, pretrained: bool | str) -> str:
         'DiffusionPipeline.save_pretrained / huggingface-cli download.')
 
 
-def _from_pretrained(cls, source: str, subfolder: str, spec: ModelSpec, **kwargs):
+def from_pretrained(cls, source: str, subfolder: str, spec: ModelSpec, **kwargs):
     try:
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as e:  # hub/cache misses surface as OSError subclasses or ValueError
@@ -112,13 +102,18 @@ def _from_pretrained(cls, source: str, subfolder: str, spec: ModelSpec, **kwargs
             f'Could not load {subfolder!r} of {spec.name!r} from {source!r}'
             f'{" (HF_HUB_OFFLINE is set, so only the local cache is searched)" if offline else ""}: {e}\n'
             f'Fix: download the model once (`huggingface-cli download {spec.hub_id or source}`) into the Hugging '
-            'Face cache, or pass pretrained="/path/to/local/diffusers/folder" (a folder with unet/, vae/, '
-            'text_encoder/ and tokenizer/ subfolders), or pretrained=False for random weights.') from e
+            f'Face cache, or pass pretrained="/path/to/local/diffusers/folder" (a folder with {spec.denoiser_component}/, '
+            'vae/ and the text encoder and tokenizer subfolders), or pretrained=False for random weights. Text '
+            'encoders are not needed when the prompt embeddings are cached (DIFFBACKBONES_CACHE): a backbone built '
+            'once with the same model, weights and prompt reads them from there.') from e
 
 
 def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype = torch.float32,
                     vae_dtype: torch.dtype | None = None) -> Components:
-    """Denoiser, VAE encoder and text encoders (with tokenizers) of a zoo model.
+    """Denoiser and VAE encoder of a zoo model, and where its text encoders come from.
+
+    Text encoders are not loaded here: ``text.encode_prompts`` loads them one at a time, or not at all
+    when the prompt embeddings are cached.
 
     Args:
         spec: The zoo entry.
@@ -128,32 +123,18 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
     """
     vae_dtype = vae_dtype or dtype
     if pretrained is False:
+        denoiser = build_denoiser(spec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            denoiser = UNet2DConditionModel.from_config(load_config(spec, 'unet'))
             vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
-            text_encoders, tokenizers = [], []
-            for te in spec.text_encoders:
-                config = CLIPTextConfig(**load_config(spec, te.subfolder))
-                text_encoders.append((CLIPTextModelWithProjection if te.pooled else CLIPTextModel)(config))
-                tokenizers.append(HashTokenizer(config.vocab_size, config.max_position_embeddings))
+        source = None
     else:
-        source = _resolve_source(spec, pretrained)
-        denoiser = _from_pretrained(UNet2DConditionModel, source, 'unet', spec)
-        vae = _from_pretrained(AutoencoderKL, source, 'vae', spec)
-        text_encoders = [_from_pretrained(CLIPTextModelWithProjection if te.pooled else CLIPTextModel,
-                                          source, te.subfolder, spec) for te in spec.text_encoders]
-        tokenizers = []
-        for te in spec.text_encoders:
-            try:
-                tokenizers.append(_clip_tokenizer(source, te.tokenizer_subfolder))
-            except (OSError, ValueError) as e:
-                raise WeightsNotFoundError(f'Could not load the tokenizer {te.tokenizer_subfolder!r} of '
-                                           f'{spec.name!r} from {source!r}: {e}') from e
+        source = resolve_source(spec, pretrained)
+        denoiser = from_pretrained(denoiser_class(spec), source, spec.denoiser_component, spec)
+        vae = from_pretrained(AutoencoderKL, source, 'vae', spec)
     vae_encoder = VaeEncoder(vae)
     del vae  # the decoder goes with it
-    return Components(_cast(denoiser, dtype), _cast(vae_encoder, vae_dtype), [te.eval() for te in text_encoders],
-                      tokenizers)
+    return Components(_cast(denoiser, dtype), _cast(vae_encoder, vae_dtype), source)
 
 
 def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:

@@ -25,18 +25,30 @@ Levels = tuple[tuple[str, ...], ...]
 
 @dataclass(frozen=True)
 class TextEncoderSpec:
-    """One CLIP text encoder of a pipeline.
+    """One text encoder of a pipeline, and what the denoiser takes from it.
 
     Attributes:
         subfolder: Pipeline subfolder of the encoder (its tokenizer is ``tokenizer_subfolder``).
-        hidden_layer: ``'last'`` (final layer norm applied, SD1/SD2) or ``'penultimate'`` (SDXL).
-        pooled: This encoder's projected text embedding is the denoiser's pooled conditioning (SDXL).
+        hidden_layer: ``'last'`` (final layer norm applied, SD1/SD2, T5) or ``'penultimate'`` (SDXL, SD3).
+        pooled: This encoder's pooled embedding is (part of) the denoiser's pooled conditioning:
+            ``'projected'`` (CLIP's text projection: SDXL, SD3) or ``'pooler'`` (the EOS state: Flux).
+        kind: ``'clip'``, ``'t5'``, ``'mt5'`` or ``'bert'`` (which transformers class loads it).
+        max_length: Tokens per prompt (padded): 77 for CLIP, 120 / 300 / 256 / 512 for T5 by model.
+        group: Encoders of one group are joined along channels (SDXL's two CLIPs); groups are then
+            joined along tokens, narrower ones zero-padded to the widest (SD3: [CLIP-L + CLIP-G; T5]).
+        sequence: Its hidden states are part of the token sequence (Flux uses CLIP for the pooled only).
+        mask: The tokenizer's attention mask goes to the encoder and to the denoiser (PixArt's T5).
     """
 
     subfolder: str
     tokenizer_subfolder: str
     hidden_layer: Literal['last', 'penultimate'] = 'last'
-    pooled: bool = False
+    pooled: Literal['projected', 'pooler'] | None = None
+    kind: Literal['clip', 't5', 'mt5', 'bert'] = 'clip'
+    max_length: int = 77
+    group: int = 0
+    sequence: bool = True
+    mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,14 +61,29 @@ class ModelSpec:
     config_dir: str
     family: str                   # denoiser topology: presets are only valid within a family
     text_encoders: tuple[TextEncoderSpec, ...]
-    image_size: int               # the paper's working size
+    image_size: int               # the paper's working size (a transformer's native size otherwise)
     license: str
     presets: dict[str, Levels] = field(default_factory=dict)
     time_ids: bool = False        # SDXL-style micro-conditioning (original size, crop, target size)
-    beta_start: float = 0.00085   # 'scaled_linear' DDPM schedule shared by SD1.x/2.x/SDXL/PGv2
+    schedule: Literal['scaled_linear', 'linear', 'flow'] = 'scaled_linear'
+    beta_start: float = 0.00085   # DDPM betas: 'scaled_linear' (SD1.x/2.x/SDXL/PGv2) or 'linear' (PixArt, DiT)
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
+    default_t: int = 50           # flow models: the t whose noise-to-signal ratio is SD's t=50 (noise.py)
+    prediction: str = 'epsilon'   # what the denoiser predicts: 'epsilon', 'v_prediction', 'flow' (velocity)
+    guidance: float | None = None  # guidance-distilled models (FLUX.1-dev): the embedded guidance scale
+    class_conditional: bool = False  # DiT: a class label instead of a prompt (1000 = the null class)
     packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
+
+    @property
+    def architecture(self) -> str:
+        """The denoiser's diffusers class, read off its embedded config."""
+        return load_config(self, self.denoiser_component).get('_class_name', 'UNet2DConditionModel')
+
+    @property
+    def denoiser_component(self) -> str:
+        """Pipeline subfolder of the denoiser: ``unet`` or ``transformer``."""
+        return 'unet' if self.config_path('unet').is_file() else 'transformer'
 
     @property
     def weights_dir(self) -> Path | None:
@@ -71,11 +98,12 @@ class ModelSpec:
     @property
     def available(self) -> bool:
         """Its configs are here (shipped weights can be absent only while tools/train_diffusion.py remakes them)."""
-        return self.config_path('unet').is_file()
+        return self.config_path('unet').is_file() or self.config_path('transformer').is_file()
 
     def __post_init__(self):
         if self.packaged is None and not self.available:
-            raise ValueError(f'model {self.name!r}: no embedded config at {self.config_path("unet")}')
+            raise ValueError(f'model {self.name!r}: no embedded config at {self.config_path("unet")} '
+                             f'or {self.config_path("transformer")}')
         for preset, levels in self.presets.items():
             if not levels or any(not level for level in levels):
                 raise ValueError(f'model {self.name!r}: preset {preset!r} has an empty level')
@@ -103,9 +131,38 @@ PGV2_PRESETS: dict[str, Levels] = {
                   ('up-level0-repeat0-vit-block5-out',)),
 }
 
+
+def middle_block_outputs(n_blocks: int) -> Levels:
+    """The ``default`` preset of a single-stride transformer: four block outputs from the middle of the
+    network, one level each, at 1/4, 3/8, 1/2 and 5/8 of its depth. The paper's property 1: blocks near
+    the input and the output carry diffusion noise. A starting point, not a preset the paper measured."""
+    picks = sorted({min(n_blocks - 1, round(n_blocks * f)) for f in (0.25, 0.375, 0.5, 0.625)})
+    return tuple((f'vit-block{k}-out',) for k in picks)
+
+
 _ONE_CLIP = (TextEncoderSpec('text_encoder', 'tokenizer'),)
 _TWO_CLIPS = (TextEncoderSpec('text_encoder', 'tokenizer', 'penultimate'),
-              TextEncoderSpec('text_encoder_2', 'tokenizer_2', 'penultimate', pooled=True))
+              TextEncoderSpec('text_encoder_2', 'tokenizer_2', 'penultimate', pooled='projected'))
+
+
+def _t5(tokens: int, subfolder: str = 'text_encoder', group: int = 0, mask: bool = False) -> TextEncoderSpec:
+    return TextEncoderSpec(subfolder, subfolder.replace('text_encoder', 'tokenizer'), kind='t5', max_length=tokens,
+                           group=group, mask=mask)
+
+
+# SD3: [CLIP-L penultimate + CLIP-G penultimate (channels), zero-padded to 4096; T5 (256 tokens)]; pooled = L + G.
+_SD3_TEXT = (TextEncoderSpec('text_encoder', 'tokenizer', 'penultimate', pooled='projected'),
+             TextEncoderSpec('text_encoder_2', 'tokenizer_2', 'penultimate', pooled='projected'),
+             _t5(256, 'text_encoder_3', group=1))
+
+
+def _flux_text(t5_tokens: int) -> tuple[TextEncoderSpec, ...]:
+    # Flux: T5 tokens as the sequence; CLIP-L's pooled (EOS) state as the pooled projection input.
+    return (TextEncoderSpec('text_encoder', 'tokenizer', pooled='pooler', sequence=False), _t5(t5_tokens, 'text_encoder_2'))
+
+
+_PIXART_DDPM = dict(schedule='linear', beta_start=0.0001, beta_end=0.02)   # PixArt, DiT: DDPM linear betas
+_FLOW = dict(schedule='flow', prediction='flow', default_t=184)             # t=184: SD's t=50 noise level
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('sd15', 'Stable Diffusion 1.5', 'stable-diffusion-v1-5/stable-diffusion-v1-5', 'sd15', 'sd',
@@ -127,6 +184,40 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               _ONE_CLIP, 64, 'apache-2.0', SD_PRESETS),
     ModelSpec('test_sdxl_tiny', 'tiny SDXL-topology model for tests', None, 'test_sdxl_tiny', 'sdxl',
               _TWO_CLIPS, 64, 'apache-2.0', SDXL_PRESETS, time_ids=True),
+
+    # Transformer denoisers: every activation at stride 16 (VAE 8 x patch 2); the `default` presets take
+    # four block outputs from the middle of the network (a starting point, not the paper's).
+    ModelSpec('pixart_alpha', 'PixArt-alpha XL-2 512x512', 'PixArt-alpha/PixArt-XL-2-512x512', 'pixart_alpha', 'pixart',
+              (_t5(120, mask=True),), 512, 'openrail++', {'default': middle_block_outputs(28)}, **_PIXART_DDPM),
+    ModelSpec('pixart_sigma', 'PixArt-Sigma XL-2 1024-MS (SDXL VAE)', 'PixArt-alpha/PixArt-Sigma-XL-2-1024-MS',
+              'pixart_sigma', 'pixart', (_t5(300, mask=True),), 1024, 'openrail++',
+              {'default': middle_block_outputs(28)}, **_PIXART_DDPM),
+    ModelSpec('sd3', 'Stable Diffusion 3 medium', 'stabilityai/stable-diffusion-3-medium-diffusers', 'sd3', 'sd3',
+              _SD3_TEXT, 1024, 'stabilityai-ai-community', {'default': middle_block_outputs(24)}, **_FLOW),
+    ModelSpec('sd35_medium', 'Stable Diffusion 3.5 medium (dual attention in blocks 0-12)',
+              'stabilityai/stable-diffusion-3.5-medium', 'sd35_medium', 'sd35_medium', _SD3_TEXT, 1024,
+              'stabilityai-ai-community', {'default': middle_block_outputs(24)}, **_FLOW),
+    ModelSpec('sd35_large', 'Stable Diffusion 3.5 large', 'stabilityai/stable-diffusion-3.5-large', 'sd35_large',
+              'sd35_large', _SD3_TEXT, 1024, 'stabilityai-ai-community', {'default': middle_block_outputs(38)}, **_FLOW),
+    ModelSpec('flux_dev', 'FLUX.1-dev (guidance-distilled; 19 double + 38 single blocks)', 'black-forest-labs/FLUX.1-dev',
+              'flux_dev', 'flux', _flux_text(512), 1024, 'flux-1-dev-non-commercial',
+              {'default': middle_block_outputs(57)}, guidance=3.5, **_FLOW),
+    ModelSpec('flux_schnell', 'FLUX.1-schnell', 'black-forest-labs/FLUX.1-schnell', 'flux_schnell', 'flux',
+              _flux_text(256), 1024, 'apache-2.0', {'default': middle_block_outputs(57)}, **_FLOW),
+    ModelSpec('dit_xl', 'DiT-XL/2 256 (ImageNet class-conditioned; the null class by default)',
+              'facebook/DiT-XL-2-256', 'dit_xl', 'dit', (), 256, 'cc-by-nc-4.0', {'default': middle_block_outputs(28)},
+              class_conditional=True, **_PIXART_DDPM),
+    ModelSpec('test_pixart_tiny', 'tiny PixArt-topology model for tests (the fixture topology)', None,
+              'test_pixart_tiny', 'pixart_tiny', (_t5(16, mask=True),), 64, 'apache-2.0',
+              {'default': middle_block_outputs(4)}, **_PIXART_DDPM),
+    ModelSpec('test_flux_tiny', 'tiny Flux-topology model for tests (2 double + 2 single blocks, the fixture)', None,
+              'test_flux_tiny', 'flux_tiny', _flux_text(16), 64, 'apache-2.0',
+              {'default': tuple((f'vit-block{k}-out',) for k in range(4))}, guidance=3.5, **_FLOW),
+    ModelSpec('test_sd3_tiny', 'tiny SD3.5-topology model for tests (2 joint blocks, the first dual)', None,
+              'test_sd3_tiny', 'sd3_tiny', (_SD3_TEXT[0], _SD3_TEXT[1], _t5(16, 'text_encoder_3', group=1)), 64,
+              'apache-2.0', {'default': (('vit-block0-out',), ('vit-block1-out',))}, **_FLOW),
+    ModelSpec('test_dit_tiny', 'tiny DiT-topology model for tests', None, 'test_dit_tiny', 'dit_tiny', (), 64,
+              'apache-2.0', {'default': middle_block_outputs(4)}, class_conditional=True, **_PIXART_DDPM),
 ]}
 
 
@@ -178,8 +269,11 @@ def layer_stride(spec: ModelSpec, name: str) -> int:
     of every zoo model against it). Every UNet block but the last halves the resolution on the way
     down and doubles it on the way up; a resampler's output lives at the next level's resolution.
     """
-    n_levels = len(load_config(spec, 'unet')['block_out_channels'])
     vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    if spec.denoiser_component == 'transformer':  # one stride for every activation: VAE x token patch
+        from .families import family_by_class
+        return vae_factor * family_by_class(spec.architecture).token_patch(load_config(spec, 'transformer'))
+    n_levels = len(load_config(spec, 'unet')['block_out_channels'])
     match = re.match(r'(down|up)-level(\d+)', name)
     if match is None:
         latent = 2 ** (n_levels - 1) if name.startswith('mid-') else 1  # unet-in / after-conv-in / out

@@ -147,7 +147,8 @@ def test_dtype_bf16_runs_and_stays_close_to_fp32(sd_tiny):
 
 def test_sdxl_time_ids_follow_the_working_size():
     backbone = DiffusionBackbone('test_sdxl_tiny', 'practical', pretrained=False)
-    kwargs = backbone.conditioning.denoiser_kwargs(2, (64, 96), torch.float32)
+    kwargs = backbone.family.inputs(backbone.denoiser, torch.zeros(2, 4, 8, 12), torch.tensor([50, 50]),
+                                    backbone.conditioning, (64, 96))
     assert kwargs['added_cond_kwargs']['time_ids'].tolist() == [[64, 96, 0, 0, 64, 96]] * 2
     assert kwargs['added_cond_kwargs']['text_embeds'].shape == (2, 32)
     assert kwargs['encoder_hidden_states'].shape == (2, 77, 32)

@@ -67,19 +67,19 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
     def full() -> dict[str, torch.Tensor]:
         # The VAE as the original runs it: default memory format (bb.encode may pick channels-last).
         latents = bb.vae(images.to(vae_dtype).contiguous())
-        noisy, timesteps, kwargs = bb.denoiser_inputs(latents, hw)
+        kwargs = bb.denoiser_inputs(latents, hw)
         with capture:
-            bb.denoiser(noisy, timesteps, **kwargs)
+            bb.denoiser(**kwargs)
         return capture.activations
 
     def floor() -> None:
-        noisy, timesteps, kwargs = bb.denoiser_inputs(bb.encode(images), hw)
+        kwargs = bb.denoiser_inputs(bb.encode(images), hw)
         module = bb.denoiser.get_submodule(deepest.module)
         # An 'input' activation exists before its module runs, so the cut goes before that module.
         handle = (module.register_forward_pre_hook(_raise) if deepest.layout == 'input'
                   else module.register_forward_hook(_raise))
         try:
-            bb.denoiser(noisy, timesteps, **kwargs)
+            bb.denoiser(**kwargs)
             raise RuntimeError(f'the floor forward never reached {deepest.module}')
         except _Cut:
             pass

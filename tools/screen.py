@@ -123,10 +123,10 @@ def screen(args, backbone: DiffusionBackbone, names: list[str], images: list[Pat
                                   with_pca=n == 0)
         with torch.no_grad():
             latents = backbone.encode(image)
-            noisy, timesteps, kwargs = backbone.denoiser_inputs(latents, work)   # one row per seed
+            kwargs = backbone.denoiser_inputs(latents, work)   # one row per seed
             with ActivationCapture(backbone.denoiser, names, stop_early=True, detach=True, catalog=backbone.points,
                                    reduce=reduce) as cap:
-                backbone.denoiser(noisy, timesteps, **kwargs)
+                backbone.denoiser(**kwargs)
         for name, numbers in cap.activations.items():
             stats[name].add(numbers)
     return stats

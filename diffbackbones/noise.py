@@ -1,0 +1,67 @@
+"""How a clean latent becomes the noisy input at integer timestep ``t``: DDPM or flow matching.
+
+``t`` is always the integer timestep the denoiser is trained with, in [0, num_train_timesteps).
+
+- DDPM (``'scaled_linear'``: SD1.x/2.x/SDXL/PGv2/Hunyuan; ``'linear'``: PixArt, DiT):
+  ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``.
+- Flow matching (SD3, SD3.5, Flux): ``x_t = (1 - s) z + s eps`` with ``s = t / 1000``; the
+  timestep SD3 receives is ``s * 1000`` and Flux receives ``s`` itself. Schedule shifts only move
+  a sampler's steps along ``s``; they do not change what noise a given ``t`` means.
+
+The paper's t=50 on SD's schedule has a noise-to-signal ratio (std of the noise over the scale of
+the signal) sqrt(1 - abar) / sqrt(abar) = 0.2256; flow matching reaches the same ratio s / (1 - s)
+at s = 0.184, so the flow models' default is t = 184 (``matched_flow_t``; a test recomputes it).
+"""
+from __future__ import annotations
+
+import torch
+
+from .zoo import ModelSpec
+
+__all__ = ['NoiseSchedule', 'ddpm_alphas_cumprod', 'noise_to_signal', 'matched_flow_t']
+
+
+def ddpm_alphas_cumprod(schedule: str, beta_start: float, beta_end: float, steps: int = 1000) -> torch.Tensor:
+    if schedule == 'scaled_linear':
+        betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
+    elif schedule == 'linear':
+        betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    else:
+        raise ValueError(f'unknown DDPM beta schedule {schedule!r}')
+    return torch.cumprod(1 - betas, 0)
+
+
+def noise_to_signal(spec: ModelSpec, t: int) -> float:
+    """Std of the noise over the scale of the clean latent in the input at ``t``."""
+    if spec.schedule == 'flow':
+        s = t / spec.num_train_timesteps
+        return s / (1 - s)
+    abar = float(ddpm_alphas_cumprod(spec.schedule, spec.beta_start, spec.beta_end, spec.num_train_timesteps)[t])
+    return ((1 - abar) / abar) ** 0.5
+
+
+def matched_flow_t(ddpm_t: int = 50, beta_start: float = 0.00085, beta_end: float = 0.012) -> int:
+    """The flow-matching timestep whose noise-to-signal ratio equals SD's DDPM ``ddpm_t``."""
+    abar = float(ddpm_alphas_cumprod('scaled_linear', beta_start, beta_end)[ddpm_t])
+    ratio = ((1 - abar) / abar) ** 0.5
+    return round(1000 * ratio / (1 + ratio))
+
+
+class NoiseSchedule(torch.nn.Module):
+    """``add_noise(latents, noise, timesteps)`` for a zoo entry's training schedule."""
+
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.flow = spec.schedule == 'flow'
+        self.num_train_timesteps = spec.num_train_timesteps
+        abar = (torch.zeros(0) if self.flow else
+                ddpm_alphas_cumprod(spec.schedule, spec.beta_start, spec.beta_end, spec.num_train_timesteps).float())
+        self.register_buffer('alphas_cumprod', abar, persistent=False)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        shape = (-1,) + (1,) * (latents.ndim - 1)
+        if self.flow:
+            s = (timesteps.float() / self.num_train_timesteps).view(shape)
+            return (1 - s) * latents + s * noise
+        abar = self.alphas_cumprod.to(latents.device)[timesteps].view(shape)
+        return abar.sqrt() * latents + (1 - abar).sqrt() * noise
