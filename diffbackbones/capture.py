@@ -118,6 +118,14 @@ class _MapAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
+def _runs_fused_projections(attn: nn.Module) -> bool:
+    # diffusers' Attention switches to Fused* processors (its flag stays set after unfusing); the newer
+    # attention modules (FluxAttention) keep one processor that reads the flag, which unfusing clears.
+    if 'Fused' in type(getattr(attn, 'processor', None)).__name__:
+        return True
+    return not isinstance(attn, Attention) and bool(getattr(attn, 'fused_projections', False))
+
+
 _PROCESSOR_ARGS = ('hidden_states', 'encoder_hidden_states', 'attention_mask', 'image_rotary_emb')
 
 
@@ -228,8 +236,21 @@ class ActivationCapture:
             return lambda probs: self._store(name, self._map_on_grid(point, probs))
         raise AssertionError(point.layout)
 
+    def _refuse_fused_projections(self) -> None:
+        # After fuse_qkv_projections() the processors call to_qkv, so hooks on to_q / to_k / to_v (and the
+        # maps, which recompute q and k from them) would silently never fire.
+        for point in self.points:
+            owner = point.module.rsplit('.', 1)[0] if point.module.rsplit('.', 1)[-1] in ('to_q', 'to_k', 'to_v') \
+                else point.module if point.layout == 'attn-map' else None
+            if owner is not None and _runs_fused_projections(self.denoiser.get_submodule(owner)):
+                raise ValueError(
+                    f'{point.name!r} reads the separate q/k/v projections of {owner!r}, but this denoiser runs fused '
+                    'QKV projections (fuse_qkv_projections() was called), whose to_q/to_k/to_v never run. Call '
+                    'denoiser.unfuse_qkv_projections() before capturing, or capture block outputs only.')
+
     def __enter__(self) -> 'ActivationCapture':
         self.activations = {}
+        self._refuse_fused_projections()
         try:
             grids = {p.grid_module: p.grid_patch for p in self.points if p.grid_module is not None}
             for path, patch in sorted(grids.items()):

@@ -81,6 +81,15 @@ class ModelSpec:
         return load_config(self, self.denoiser_component).get('_class_name', 'UNet2DConditionModel')
 
     @property
+    def n_text_tokens(self) -> int:
+        """Length of the prompt's token sequence: each group's tokens, groups end to end (SD3: 77 + 256)."""
+        groups: dict[int, int] = {}
+        for te in self.text_encoders:
+            if te.sequence:
+                groups[te.group] = max(groups.get(te.group, 0), te.max_length)
+        return sum(groups.values())
+
+    @property
     def denoiser_component(self) -> str:
         """Pipeline subfolder of the denoiser: ``unet`` or ``transformer``."""
         return 'unet' if self.config_path('unet').is_file() else 'transformer'

@@ -82,10 +82,10 @@ def test_batched_members_are_the_mean_of_separate_runs(timesteps, ensemble):
         noise = ens._noise(latents.shape, latents.device).view(ens.n_members, 2, *latents.shape[1:])
         members = []
         for m, t in enumerate(s for s in ens.timesteps for _ in range(ensemble)):
-            abar = ens.alphas_cumprod[t]
+            abar = ens.schedule.alphas_cumprod[t]
             noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise[m]
             with ens.capture:
-                ens.denoiser(noisy, torch.full((2,), t), **ens.conditioning.denoiser_kwargs(2, (64, 64), torch.float32))
+                ens.denoiser(noisy, torch.full((2,), t), encoder_hidden_states=ens.conditioning.prompt_embeds.expand(2, -1, -1))
             members.append(ens.capture.activations)
             ens.capture.activations = {}
     for level, feat in zip(ens.levels, together):

@@ -65,11 +65,11 @@ def test_the_shipped_unet_predicts_noise_far_better_than_zeros(trained):
     unet = UNet2DConditionModel.from_pretrained(SPEC.weights_dir, subfolder='unet').float().eval()  # unpruned
     images, _ = geometry_set(8, seed=1000)  # not among the training renders (seed 0)
     latents = trained.encode(images)
-    kwargs = trained.conditioning.denoiser_kwargs(len(images), (128, 128), torch.float32)
+    kwargs = dict(encoder_hidden_states=trained.conditioning.prompt_embeds.expand(len(images), -1, -1))
     g = torch.Generator().manual_seed(0)
     for t in (50, 250, 500):
         noise = torch.randn(latents.shape, generator=g)
-        abar = trained.alphas_cumprod[t]
+        abar = trained.schedule.alphas_cumprod[t]
         pred = unet(abar.sqrt() * latents + (1 - abar).sqrt() * noise, torch.full((len(images),), t), **kwargs).sample
         mse, zero = F.mse_loss(pred, noise).item(), noise.square().mean().item()
         assert mse < NOISE_RATIO * zero, (t, mse, zero)
