@@ -64,6 +64,11 @@ def token_grid(args, kwargs, patch: int) -> tuple[int, int]:
     if ids is None:
         raise RuntimeError('packed (B, N, C) tokens need img_ids to give their grid; never guessed from sqrt(N)')
     ids = ids[0] if ids.ndim == 3 else ids
+    if ids.is_meta:  # no values on the meta device: only shape probes run there, and they are square
+        side = math.isqrt(ids.shape[0])
+        if side * side != ids.shape[0]:
+            raise RuntimeError('on the meta device, packed tokens are only supported on a square grid')
+        return side, side
     return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
 
 

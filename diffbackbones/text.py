@@ -222,7 +222,7 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
             gc.collect()
         for slot, i in enumerate(missing):
             found[i] = _assemble(spec, outputs[slot])
-            if paths[i] is not None:
+            if paths[i] is not None and not found[i].embeds.is_meta:  # built on the meta device: no values
                 _write_cached(paths[i], found[i])
     elif missing:
         for i in missing:

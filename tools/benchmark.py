@@ -3,6 +3,8 @@
     python tools/benchmark.py --model sd15 --preset practical --size 256
     python tools/benchmark.py --model sdxl --size 512 --reps 3
     python tools/benchmark.py --model sd21 --dift            # DIFT-style feature: up_blocks[1] output
+    python tools/benchmark.py --model flux_dev --size 256    # too big here: timed on test_flux_tiny,
+                                                             # parameters counted at full size (meta)
 
 Four variants, same input batch, same dtype, all without autograd:
   (a) full      VAE encode + the COMPLETE denoiser forward + ActivationCapture hooks (no early stop):
@@ -22,11 +24,17 @@ against the dense matmul rate measured on the same device and dtype (the practic
 weights by default (pretrained=False: the real architecture). The backbone is built with prune=False,
 since (a) needs the whole denoiser; the tail pruning would drop never runs in (b) and (c) anyway. It
 is pruned at the end, to report the memory users get.
+
+Parameters: the backbone's (pruned denoiser + VAE encoder) against the full pipeline's (denoiser + VAE
+with its decoder + every text encoder), both counted on the meta device at the model's real size, so
+Flux's 12 B and T5-XXL's 4.8 B are counted without being allocated. A model whose random weights would
+not fit in half of this machine's memory is timed on the tiny model of its family instead (said so).
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import platform
 import statistics
 import time
@@ -37,10 +45,11 @@ import torch.nn as nn
 from diffusers import AutoencoderKL
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from diffbackbones import ActivationCapture, DiffusionBackbone
 from diffbackbones.cache import LatentCache
+from diffbackbones.loading import build_denoiser
+from diffbackbones.text import _config, _encoder_class
 from diffbackbones.zoo import MODELS, load_config
 
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
@@ -167,10 +176,43 @@ def pipeline_param_bytes(bb: DiffusionBackbone) -> int:
     spec = bb.spec
     with torch.device('meta'):  # no allocation; counted at the dtypes the backbone uses
         vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
-        encoders = [(CLIPTextModelWithProjection if te.pooled else CLIPTextModel)(
-            CLIPTextConfig(**load_config(spec, te.subfolder))) for te in spec.text_encoders]
+        encoders = [_encoder_class(te)(_config(spec, te)) for te in spec.text_encoders]
     return (param_bytes(bb.denoiser) + param_bytes(vae, dtype=bb.vae.encoder.conv_in.weight.dtype)
             + param_bytes(*encoders, dtype=bb.dtype))
+
+
+def parameter_table(model: str, activations) -> None:
+    """Parameters held by the backbone against the full pipeline, at the real size, on the meta device."""
+    spec = MODELS[model]
+    with torch.device('meta'):
+        bb = DiffusionBackbone(model, activations, pretrained=False, prompt_cache=False)  # pruned at construction
+        denoiser = build_denoiser(spec, 'meta')
+        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+        encoders = {te.subfolder: _encoder_class(te)(_config(spec, te)) for te in spec.text_encoders}
+    count = lambda *ms: sum(p.numel() for m in ms for p in m.parameters())
+    parts = [('denoiser', count(denoiser), count(bb.denoiser)), ('VAE (encoder + decoder)', count(vae), count(bb.vae))]
+    parts += [(f'{name} ({type(enc).__name__})', count(enc), 0) for name, enc in encoders.items()]
+    print(f'\nparameters of {model} at full size (meta device), backbone {activations!r} '
+          f'(stops after {bb.capture.last_point.name}):')
+    print(f'{"part":<44} {"pipeline":>14} {"backbone":>14}')
+    for name, full, held in parts:
+        print(f'{name:<44} {full / 1e6:>12.1f} M {held / 1e6:>12.1f} M')
+    total, held = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    print(f'{"total":<44} {total / 1e6:>12.1f} M {held / 1e6:>12.1f} M   backbone / pipeline = {held / total:.3f}x')
+
+
+def fits_in_memory(model: str, dtype: torch.dtype) -> bool:
+    """Random weights of the denoiser would take under half of this machine's memory."""
+    with torch.device('meta'):
+        n = sum(p.numel() for p in build_denoiser(MODELS[model], 'meta').parameters())
+    ram = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+    return n * dtype.itemsize < ram / 2
+
+
+def tiny_of(model: str) -> str:
+    """The tiny test model of the same denoiser class."""
+    architecture = MODELS[model].architecture
+    return next(name for name, spec in MODELS.items() if name.startswith('test_') and spec.architecture == architecture)
 
 
 def size_str(n: int) -> str:
@@ -191,7 +233,7 @@ def machine(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='test_sd_tiny', choices=sorted(MODELS))
-    parser.add_argument('--preset', default='practical')
+    parser.add_argument('--preset', help="preset (default: 'practical', or 'default' for transformers)")
     parser.add_argument('--activations', help='comma-separated layer ids (overrides --preset)')
     parser.add_argument('--dift', action='store_true', help=f'activations {DIFT} (DIFT on sd21; overrides both)')
     parser.add_argument('--pretrained', default='false', help="'false' (random weights), 'true' or a local folder")
@@ -209,13 +251,23 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     pretrained = {'false': False, 'true': True}.get(args.pretrained.lower(), args.pretrained)
-    activations = DIFT if args.dift else args.activations.split(',') if args.activations else args.preset
+    preset = args.preset or ('practical' if 'practical' in MODELS[args.model].presets else 'default')
+    activations = DIFT if args.dift else args.activations.split(',') if args.activations else preset
     device = torch.device(args.device)
+    timed = args.model
+    if not fits_in_memory(args.model, {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]):
+        timed = tiny_of(args.model)
+        print(f"{args.model}: its random weights would not fit in half of this machine's memory; timing {timed} "
+              f"(the same denoiser class, its 'default' preset) instead; {args.model}'s parameters are counted "
+              'at full size on the meta device.')
+    if timed != args.model or MODELS[args.model].denoiser_component == 'transformer':
+        parameter_table(args.model, activations)
+        activations = activations if timed == args.model else 'default'
 
-    bb = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype, prune=False).to(device)
+    bb = DiffusionBackbone(timed, activations, pretrained=pretrained, dtype=args.dtype, prune=False).to(device)
     size = args.size or bb.spec.image_size
     if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
-        parser.error(f'--size must be a multiple of {bb.pixel_multiple} for {args.model}')
+        parser.error(f'--size must be a multiple of {bb.pixel_multiple} for {timed}')
     images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     variants = make_variants(bb, images)
     if args.compile:  # its own modules: compiling bb's would compile (a) and (b) too. Random init is seeded.
@@ -225,7 +277,7 @@ def main() -> None:
     deepest = bb.capture.last_point
 
     print(f'machine: {machine(device)}')
-    print(f'model {args.model} (pretrained={pretrained}), {args.dtype}, batch {args.batch} x {size}x{size}, '
+    print(f'model {timed} (pretrained={pretrained}), {args.dtype}, batch {args.batch} x {size}x{size}, '
           f'levels {[list(level) for level in bb.levels]}')
     print(f'deepest activation: {deepest.name} (#{deepest.order + 1} of {len(bb.points)} in execution order)')
 
