@@ -237,3 +237,14 @@ def test_presets_of_another_transformer_family_are_refused():
         DiffusionBackbone('test_flux_tiny', 'pixart_alpha_default', pretrained=False)
     with pytest.raises(ValueError, match='closest valid ids'):
         DiffusionBackbone('test_flux_tiny', ['vit-block9-out'], pretrained=False)
+
+
+def test_embedded_configs_match_the_published_parameter_counts():
+    """Every real architecture config (Flux 11.9 B, T5-XXL 4.76 B, ..., IF and Hunyuan too) built on meta."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    done = subprocess.run([sys.executable, str(REPO / 'tools' / 'check_model_configs.py')], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'all configs ok' in done.stdout
