@@ -131,42 +131,60 @@ def _runs_fused_projections(attn: nn.Module) -> bool:
     return not isinstance(attn, Attention) and bool(getattr(attn, 'fused_projections', False))
 
 
-_PROCESSOR_ARGS = ('hidden_states', 'encoder_hidden_states', 'attention_mask', 'image_rotary_emb')
+class _ExplicitMapProcessor:
+    """Head-mean attention probabilities recomputed with the model's own math, then the original processor.
 
-
-class _JointMapProcessor:
-    """Head-mean attention probabilities of a joint (text + image) attention, then the original processor.
-
-    The probabilities are recomputed from the module's own projections with the model's math: per-head
-    qk-norm (``norm_q``/``norm_k``, ``norm_added_q``/``norm_added_k``), text and image tokens joined in
-    the model's order, RoPE when the call carries ``image_rotary_emb``, softmax(q k^T * scale). The
-    original processor then computes the output unchanged, so installing this never alters a feature.
+    For the attention modules whose processors diffusers' reference math does not describe: joint
+    (text + image) attention (SD3 image-first, Flux text-first, DeepFloyd IF's added k/v text-first),
+    per-head qk-norm (``norm_q``/``norm_k``, ``norm_added_q``/``norm_added_k``), RoPE when the call
+    carries ``image_rotary_emb`` (on the keys too unless they are text: Hunyuan's cross-attention),
+    a group norm on (B, C, H, W) input (IF). softmax(q k^T * scale) is then averaged over heads. The
+    original processor computes the output unchanged, so installing this never alters a feature.
     Costly (the full N x N matrix), and only installed on the modules whose maps were asked for.
     """
 
     def __init__(self, original, on_probs: Callable[[torch.Tensor], None], text_first: bool):
         self.original, self.on_probs, self.text_first = original, on_probs, text_first
 
-    def __call__(self, attn, *args, **kwargs):
-        bound = dict(zip(_PROCESSOR_ARGS, args), **kwargs)
-        hidden, context = bound['hidden_states'], bound.get('encoder_hidden_states')
-        rope = bound.get('image_rotary_emb')
+    # Named parameters, in the order FluxAttention passes them positionally: diffusers' Attention drops
+    # every keyword its processor's signature does not name (RoPE would silently vanish otherwise).
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None,
+                 **kwargs):
+        hidden, context, rope = hidden_states, encoder_hidden_states, image_rotary_emb
+        if hidden.ndim == 4:  # (B, C, H, W) -> tokens, as diffusers' processors do
+            hidden = hidden.flatten(2).transpose(1, 2)
+        if getattr(attn, 'group_norm', None) is not None:
+            hidden = attn.group_norm(hidden.transpose(1, 2)).transpose(1, 2)
+        joint = context is not None and getattr(attn, 'add_k_proj', None) is not None
+        cross = context is not None and not joint
+        if context is not None and getattr(attn, 'norm_cross', None):
+            context = attn.norm_encoder_hidden_states(context)
         heads = lambda x: x.unflatten(-1, (attn.heads, -1))  # (B, N, heads, d)
-        q, k = heads(attn.to_q(hidden)), heads(attn.to_k(hidden))
-        q, k = (attn.norm_q(q) if attn.norm_q is not None else q), (attn.norm_k(k) if attn.norm_k is not None else k)
-        if context is not None and getattr(attn, 'add_q_proj', None) is not None:
-            cq, ck = heads(attn.add_q_proj(context)), heads(attn.add_k_proj(context))
-            if getattr(attn, 'norm_added_q', None) is not None:
-                cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
-            q, k = ((torch.cat([cq, q], 1), torch.cat([ck, k], 1)) if self.text_first
-                    else (torch.cat([q, cq], 1), torch.cat([k, ck], 1)))
+        q = heads(attn.to_q(hidden))
+        k = heads(attn.to_k(context if cross else hidden))
+        q = attn.norm_q(q) if getattr(attn, 'norm_q', None) is not None else q
+        k = attn.norm_k(k) if getattr(attn, 'norm_k', None) is not None else k
+        if joint:
+            ck = heads(attn.add_k_proj(context))
+            cq = heads(attn.add_q_proj(context)) if getattr(attn, 'add_q_proj', None) is not None else None
+            if getattr(attn, 'norm_added_k', None) is not None:
+                ck = attn.norm_added_k(ck)
+                cq = attn.norm_added_q(cq) if cq is not None else None
+            k = torch.cat([ck, k], 1) if self.text_first else torch.cat([k, ck], 1)
+            if cq is not None:  # SD3 / Flux: text tokens also query (IF: only image queries)
+                q = torch.cat([cq, q], 1) if self.text_first else torch.cat([q, cq], 1)
         if rope is not None:
             from diffusers.models.embeddings import apply_rotary_emb
-            q, k = apply_rotary_emb(q, rope, sequence_dim=1), apply_rotary_emb(k, rope, sequence_dim=1)
+            q = apply_rotary_emb(q, rope, sequence_dim=1)
+            if not cross:
+                k = apply_rotary_emb(k, rope, sequence_dim=1)
         scale = getattr(attn, 'scale', None) or q.shape[-1] ** -0.5
         scores = torch.einsum('bqhd,bkhd->bhqk', q.float(), k.float()) * scale
         self.on_probs(scores.softmax(-1).mean(1).to(hidden.dtype))
-        return self.original(attn, *args, **kwargs)
+        if image_rotary_emb is not None:
+            kwargs['image_rotary_emb'] = image_rotary_emb
+        return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                             attention_mask=attention_mask, **kwargs)
 
 
 class ActivationCapture:
@@ -277,8 +295,8 @@ class ActivationCapture:
                 hooks = [hook for _, hook in wanted]
                 on_probs = lambda probs, hooks=hooks: [hook(probs) for hook in hooks]
                 self._saved_processors[module] = module.processor
-                if wanted[0][0].attention == 'joint':
-                    processor = _JointMapProcessor(module.processor, on_probs, wanted[0][0].image_tokens == 'last')
+                if wanted[0][0].attention == 'explicit':
+                    processor = _ExplicitMapProcessor(module.processor, on_probs, wanted[0][0].image_tokens == 'last')
                 else:
                     processor = _MapAttnProcessor(on_probs)
                 module.set_processor(processor)

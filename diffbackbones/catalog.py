@@ -51,8 +51,8 @@ class ActivationPoint:
         pick: Index of the image tokens in a tuple output (SD3 / Flux blocks return (text, image)).
         image_tokens: Where the image tokens sit in the sequence (the rest are text tokens).
         grid_patch: Patch size between ``grid_module``'s (B, C, H, W) input and the token grid.
-        attention: For ``attn-map``: ``'standard'`` (diffusers' reference processor math) or ``'joint'``
-            (text and image tokens in one softmax, with qk-norm and RoPE where the model has them).
+        attention: For ``attn-map``: ``'standard'`` (diffusers' reference processor math) or ``'explicit'``
+            (recomputed with the model's own math: joint text + image softmax, qk-norm, RoPE).
         aliases: Other ids accepted for this activation (the original implementation's own).
     """
 
@@ -67,7 +67,7 @@ class ActivationPoint:
     pick: int | None = None
     image_tokens: ImageTokens = 'all'
     grid_patch: int = 1
-    attention: Literal['standard', 'joint'] = 'standard'
+    attention: Literal['standard', 'explicit'] = 'standard'
     aliases: tuple[str, ...] = ()
 
     def stride(self, latent_hw: tuple[int, int]) -> int:
@@ -107,11 +107,12 @@ class _Points:
         self.add(f'{prefix}-out', 'vit-out', out_channels, hw, path, 'output')
 
     def transformer_block(self, prefix: str, path: str, block: nn.Module, hw, grid: str, grid_patch: int = 1,
-                          attn_out: bool = False):
+                          attn_out: bool = False, maps: str = 'standard'):
         """A BasicTransformerBlock-like block: self-attention, cross-attention, feed-forward.
 
         UNet transformer blocks and PixArt / DiT / Hunyuan blocks share this layout; ``attn_out`` adds the
-        self-attention output (offered for the transformer denoisers)."""
+        self-attention output (offered for the transformer denoisers); ``maps`` is how attention maps
+        are computed (``'explicit'`` where the processor adds qk-norm or RoPE: Hunyuan)."""
         n_pixels = hw[0] * hw[1]
         on_grid = dict(grid_module=grid, grid_patch=grid_patch)
         attn1, attn2 = getattr(block, 'attn1', None), getattr(block, 'attn2', None)
@@ -127,11 +128,12 @@ class _Points:
                 self.add(f'{prefix}-attn-out', 'attn-out', attn1.to_out[0].out_features, hw, f'{path}.attn1', 'tokens',
                          **on_grid)
             self.add(f'{prefix}-{tag}-map', f'{tag}-map', self.n_text_tokens if is_cross else n_pixels, hw,
-                     f'{path}.attn1', 'attn-map', **on_grid)
+                     f'{path}.attn1', 'attn-map', attention=maps, **on_grid)
         if isinstance(attn2, Attention):
             self.add(f'{prefix}-cross-q', 'cross-q', attn2.to_q.out_features, hw, f'{path}.attn2.to_q', 'tokens',
                      **on_grid)
-            self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, f'{path}.attn2', 'attn-map', **on_grid)
+            self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, f'{path}.attn2', 'attn-map',
+                     attention=maps, **on_grid)
         ff = getattr(block, 'ff', None)
         if ff is not None:
             act = ff.net[0]  # GEGLU / GELU / ApproximateGELU: the first projection (+ gating)

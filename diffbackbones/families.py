@@ -90,6 +90,7 @@ class PixArtFamily(DenoiserFamily):
 
     name, class_name = 'pixart', 'PixArtTransformer2DModel'
     blocks = 'transformer_blocks'
+    maps = 'standard'  # diffusers' reference attention math holds
 
     def walk(self, denoiser, latent_hw, n_text_tokens):
         p = self.latent_multiple(denoiser)
@@ -97,7 +98,7 @@ class PixArtFamily(DenoiserFamily):
         pts = _Points(n_text_tokens)
         for k, block in enumerate(getattr(denoiser, self.blocks)):
             pts.transformer_block(f'vit-block{k}', f'{self.blocks}.{k}', block, grid, grid='', grid_patch=p,
-                                  attn_out=True)
+                                  attn_out=True, maps=self.maps)
         return pts.points
 
     def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
@@ -124,6 +125,36 @@ class DiTFamily(PixArtFamily):
         return dict(hidden_states=noisy, timestep=timesteps, class_labels=labels)
 
 
+class HunyuanFamily(PixArtFamily):
+    """HunyuanDiT2DModel: BasicTransformerBlock-like ``blocks`` (LayerNorm qk-norm, RoPE; blocks of the
+    second half also take a long skip from the first), cross-attention on [BERT; mT5] tokens."""
+
+    name, class_name = 'hunyuan', 'HunyuanDiT2DModel'
+    blocks = 'blocks'
+    maps = 'explicit'  # qk-norm and RoPE inside the processor
+
+    def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
+        from diffusers.models.embeddings import get_2d_rotary_pos_embed
+        from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+        b, dtype, config = noisy.shape[0], noisy.dtype, denoiser.config
+        text = _text(conditioning, b, dtype)
+        mask = conditioning.attention_mask.expand(b, -1)
+        n_bert, bert_width = config.text_len, config.cross_attention_dim  # [BERT; mT5] joined by text.py
+        grid = (noisy.shape[-2] // config.patch_size, noisy.shape[-1] // config.patch_size)
+        base = 512 // 8 // config.patch_size  # the pipeline's base size: RoPE positions of a 512 px grid
+        rope = get_2d_rotary_pos_embed(denoiser.inner_dim // config.num_attention_heads,
+                                       get_resize_crop_region_for_grid(grid, base), grid, output_type='pt')
+        h, w = image_hw
+        return dict(hidden_states=noisy, timestep=timesteps.to(dtype),
+                    encoder_hidden_states=text[:, :n_bert, :bert_width].contiguous(),
+                    text_embedding_mask=mask[:, :n_bert],
+                    encoder_hidden_states_t5=text[:, n_bert:].contiguous(),  # the model views it flat
+                    text_embedding_mask_t5=mask[:, n_bert:],
+                    image_meta_size=torch.tensor([[h, w, h, w, 0, 0]], device=noisy.device, dtype=dtype).expand(b, -1),
+                    style=torch.zeros(b, device=noisy.device, dtype=torch.long),
+                    image_rotary_emb=tuple(r.to(noisy.device) for r in rope))
+
+
 class SD3Family(DenoiserFamily):
     """SD3Transformer2DModel (SD3, SD3.5): joint attention, image tokens first; SD3.5 dual layers."""
 
@@ -142,7 +173,7 @@ class SD3Family(DenoiserFamily):
                         f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     pick=0, **on_grid)
-            joint = dict(image_tokens='first', attention='joint', **on_grid)
+            joint = dict(image_tokens='first', attention='explicit', **on_grid)
             pts.add(f'{prefix}-self-map', 'self-map', n, grid, f'{path}.attn', 'attn-map', **joint)
             pts.add(f'{prefix}-cross-map', 'cross-map', n_text_tokens, grid, f'{path}.attn', 'attn-map', **joint)
             if block.attn2 is not None:  # SD3.5 dual-attention layers: a second, image-only self-attention
@@ -151,7 +182,7 @@ class SD3Family(DenoiserFamily):
                     pts.add(f'{prefix}-self2-{proj}', f'self-{proj}', getattr(attn2, f'to_{proj}').out_features, grid,
                             f'{path}.attn2.to_{proj}', 'tokens', **on_grid)
                 pts.add(f'{prefix}-self2-map', 'self-map', n, grid, f'{path}.attn2', 'attn-map',
-                        image_tokens='all', attention='joint', **on_grid)
+                        image_tokens='all', attention='explicit', **on_grid)
             dim = block.ff.net[-1].out_features
             pts.add(f'{prefix}-norm-out', 'norm-out', dim, grid, f'{path}.ff', 'tokens-input', **on_grid)
             pts.add(f'{prefix}-ffn-inner', 'ffn-inner', block.ff.net[0].proj.out_features, grid, f'{path}.ff.net.0',
@@ -205,7 +236,7 @@ class FluxFamily(DenoiserFamily):
                         **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.inner_dim, grid, f'{path}.attn', 'tokens', pick=out_pick,
                     image_tokens=image_tokens, **on_grid)
-            joint = dict(image_tokens='last', attention='joint', **on_grid)
+            joint = dict(image_tokens='last', attention='explicit', **on_grid)
             pts.add(f'{prefix}-self-map', 'self-map', n, grid, f'{path}.attn', 'attn-map', **joint)
             pts.add(f'{prefix}-cross-map', 'cross-map', n_text_tokens, grid, f'{path}.attn', 'attn-map', **joint)
 
@@ -240,8 +271,8 @@ class FluxFamily(DenoiserFamily):
         return kwargs
 
 
-FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), SD3Family(),
-                                                            FluxFamily())}
+FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(),
+                                                            SD3Family(), FluxFamily())}
 
 
 def family_by_class(class_name: str) -> DenoiserFamily:

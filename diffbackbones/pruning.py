@@ -12,7 +12,9 @@ denoiser's own device, so the meta device works too):
   never get a gradient and cost a matmul per forward.
 
 Container lengths and indices are kept, so the denoiser's own forward code runs unchanged up to the
-stop point.
+stop point. A module that is never called but whose parameters its parent reads directly (Hunyuan's
+attention pooling passes ``q_proj.weight`` to ``F.multi_head_attention_forward``) is kept: every
+parameter a torch function receives during the probe counts as used.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 __all__ = ['PrunedModule', 'SkippedLinear', 'prune_unexecuted']
 
@@ -66,6 +70,20 @@ def _dead_linears(captured: Sequence[torch.Tensor], outputs: dict[str, list[torc
     return [n for n in names if all(next(grads) is None for _ in outputs[n])]
 
 
+class _ParametersUsed(TorchFunctionMode):
+    """Records every parameter passed to a torch function while active (by identity)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        for leaf in tree_leaves((args, kwargs or {})):
+            if isinstance(leaf, nn.Parameter):
+                self.used.add(id(leaf))
+        return func(*args, **(kwargs or {}))
+
+
 def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]) -> list[str]:
     """Call ``run()`` (a forward of ``model`` that may stop early) and prune what it does not need.
 
@@ -89,8 +107,10 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]
                for name, m in model.named_modules()]
     handles += [m.register_forward_hook(lambda mod, a, out, name=name: record_output(name, out))
                 for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    params_used = _ParametersUsed()
     try:
-        captured = [c for c in run() if c.requires_grad]
+        with params_used:
+            captured = [c for c in run() if c.requires_grad]
         dead = _dead_linears(captured, outputs)
     finally:
         for handle in handles:
@@ -101,6 +121,9 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]
         model.get_submodule(parent_name)._modules[child] = SkippedLinear(name, model.get_submodule(name).out_features)
     # a container (ModuleList, or a module whose forward was skipped) is kept when a descendant ran
     keep = set()
+    for name, module in model.named_modules():  # never called, but its weights were read directly
+        if name not in entered and any(id(p) in params_used.used for p in module.parameters(recurse=False)):
+            entered.add(name)
     for name in entered:
         parts = name.split('.') if name else []
         keep.update('.'.join(parts[:i]) for i in range(len(parts) + 1))

@@ -176,20 +176,25 @@ class _Loaded:
 
 def _assemble(spec: ModelSpec, parts: Sequence[tuple]) -> PromptEmbedding:
     groups: dict[int, list[torch.Tensor]] = {}
-    pooled, mask = [], None
+    masks: dict[int, torch.Tensor] = {}
+    pooled = []
     for te, (hidden, pool, m) in zip(spec.text_encoders, parts):
         if hidden is not None:
             groups.setdefault(te.group, []).append(hidden)
+            if te.mask:
+                masks[te.group] = m
         if pool is not None:
             pooled.append(pool)
-        if te.mask:
-            mask = m
     joined = [torch.cat(groups[g], dim=-1) for g in sorted(groups)]
     if joined:
         width = max(x.shape[-1] for x in joined)
         embeds = torch.cat([F.pad(x, (0, width - x.shape[-1])) for x in joined], dim=1)
     else:  # class-conditioned models (DiT) have no text
         embeds = torch.zeros(1, 0, 0)
+    mask = None
+    if masks:  # the groups' masks end to end (Hunyuan: [BERT; mT5]); a group without one attends to all
+        mask = torch.cat([masks[g].to(torch.long) if g in masks else torch.ones(1, x.shape[1], dtype=torch.long)
+                          for g, x in zip(sorted(groups), joined)], dim=1)
     return PromptEmbedding(embeds, torch.cat(pooled, dim=-1) if pooled else None, mask)
 
 

@@ -170,6 +170,13 @@ def _flux_text(t5_tokens: int) -> tuple[TextEncoderSpec, ...]:
     return (TextEncoderSpec('text_encoder', 'tokenizer', pooled='pooler', sequence=False), _t5(t5_tokens, 'text_encoder_2'))
 
 
+# Hunyuan-DiT: [BERT (77 tokens, 1024 ch); mT5-XL (256 tokens, 2048 ch)], both masked, kept apart by the family.
+def _hunyuan_text(bert_tokens: int, t5_tokens: int) -> tuple[TextEncoderSpec, ...]:
+    return (TextEncoderSpec('text_encoder', 'tokenizer', kind='bert', max_length=bert_tokens, mask=True),
+            TextEncoderSpec('text_encoder_2', 'tokenizer_2', kind='mt5', max_length=t5_tokens, group=1, mask=True))
+
+
+_HUNYUAN_DDPM = dict(schedule='scaled_linear', beta_start=0.00085, beta_end=0.03, prediction='v_prediction')
 _PIXART_DDPM = dict(schedule='linear', beta_start=0.0001, beta_end=0.02)   # PixArt, DiT: DDPM linear betas
 _FLOW = dict(schedule='flow', prediction='flow', default_t=184)             # t=184: SD's t=50 noise level
 
@@ -216,6 +223,12 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('dit_xl', 'DiT-XL/2 256 (ImageNet class-conditioned; the null class by default)',
               'facebook/DiT-XL-2-256', 'dit_xl', 'dit', (), 256, 'cc-by-nc-4.0', {'default': middle_block_outputs(28)},
               class_conditional=True, **_PIXART_DDPM),
+    ModelSpec('hunyuan_dit', 'Hunyuan-DiT v1.2 (40 blocks with U-shaped long skips)',
+              'Tencent-Hunyuan/HunyuanDiT-v1.2-Diffusers', 'hunyuan_dit', 'hunyuan', _hunyuan_text(77, 256), 1024,
+              'tencent-hunyuan-community', {'default': middle_block_outputs(40)}, **_HUNYUAN_DDPM),
+    ModelSpec('test_hunyuan_tiny', 'tiny Hunyuan-DiT-topology model for tests (4 blocks, long skips)', None,
+              'test_hunyuan_tiny', 'hunyuan_tiny', _hunyuan_text(8, 16), 64, 'apache-2.0',
+              {'default': middle_block_outputs(4)}, **_HUNYUAN_DDPM),
     ModelSpec('test_pixart_tiny', 'tiny PixArt-topology model for tests (the fixture topology)', None,
               'test_pixart_tiny', 'pixart_tiny', (_t5(16, mask=True),), 64, 'apache-2.0',
               {'default': middle_block_outputs(4)}, **_PIXART_DDPM),

@@ -15,7 +15,7 @@ from diffbackbones.pruning import PrunedModule
 from diffbackbones.text import TEXT_ENCODER_LOADS
 from diffbackbones.zoo import MODELS
 
-TINY = ['test_pixart_tiny', 'test_dit_tiny', 'test_sd3_tiny', 'test_flux_tiny']
+TINY = ['test_pixart_tiny', 'test_dit_tiny', 'test_hunyuan_tiny', 'test_sd3_tiny', 'test_flux_tiny']
 
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -75,7 +75,8 @@ def test_flux_matches_the_original_implementation_and_out_is_the_true_block_outp
     ('pixart_alpha', 28, 1152, 'vit-block27-cross-q'), ('pixart_sigma', 28, 1152, 'vit-block0-attn-out'),
     ('sd3', 24, 1536, 'vit-block23-norm-out'), ('sd35_medium', 24, 1536, 'vit-block12-self2-k'),
     ('sd35_large', 38, 2432, 'vit-block37-self-q'), ('flux_dev', 57, 3072, 'vit-block18-norm-out'),
-    ('flux_schnell', 57, 3072, 'vit-block56-ffn-inner'), ('dit_xl', 28, 1152, 'vit-block27-self-v')])
+    ('flux_schnell', 57, 3072, 'vit-block56-ffn-inner'), ('dit_xl', 28, 1152, 'vit-block27-self-v'),
+    ('hunyuan_dit', 40, 1408, 'vit-block39-cross-map')])
 def test_catalogs_of_the_real_architectures_on_the_meta_device(model, blocks, width, extra):
     spec = MODELS[model]
     denoiser = build_denoiser(spec, 'meta')
@@ -144,7 +145,8 @@ def test_flux_early_exit_holds_no_weights_of_later_blocks():
 @pytest.mark.parametrize('name, maps', [
     ('test_pixart_tiny', ['vit-block1-self-map', 'vit-block1-cross-map']),
     ('test_flux_tiny', ['vit-block0-self-map', 'vit-block0-cross-map', 'vit-block3-self-map', 'vit-block3-cross-map']),
-    ('test_sd3_tiny', ['vit-block0-self-map', 'vit-block0-cross-map', 'vit-block0-self2-map'])])
+    ('test_sd3_tiny', ['vit-block0-self-map', 'vit-block0-cross-map', 'vit-block0-self2-map']),
+    ('test_hunyuan_tiny', ['vit-block1-self-map', 'vit-block1-cross-map'])])
 def test_attention_maps_sum_to_one_over_keys(name, maps):
     backbone = DiffusionBackbone(name, maps, pretrained=False)
     with torch.no_grad():
@@ -153,7 +155,7 @@ def test_attention_maps_sum_to_one_over_keys(name, maps):
     for level in maps:
         assert acts[level].shape[1] == (n_text if 'cross' in level else 3 * 4)
         assert (acts[level] >= 0).all()
-    if name == 'test_pixart_tiny':  # separate softmaxes: each map sums to 1
+    if name in ('test_pixart_tiny', 'test_hunyuan_tiny'):  # separate softmaxes: each map sums to 1
         for level in maps:
             assert torch.allclose(acts[level].sum(1), torch.ones(2, 3, 4), atol=1e-5)
     else:  # joint attention: image and text keys share one softmax
@@ -163,8 +165,8 @@ def test_attention_maps_sum_to_one_over_keys(name, maps):
         if name == 'test_sd3_tiny':
             assert torch.allclose(acts['vit-block0-self2-map'].sum(1), torch.ones(2, 3, 4), atol=1e-5)
     plain = DiffusionBackbone(name, 'default', pretrained=False)
-    both = DiffusionBackbone(name, list(plain.levels[-1]) + maps[:1], pretrained=False, prune=False)
-    with torch.no_grad():  # computing maps never changes a feature
+    both = DiffusionBackbone(name, list(plain.levels[-1]) + maps, pretrained=False, prune=False)
+    with torch.no_grad():  # computing maps never changes a feature (and RoPE still reaches the processor)
         x = random_images(1, 48, 64)
         assert torch.allclose(plain.activations(x)[plain.levels[-1][0]], both.activations(x)[plain.levels[-1][0]],
                               atol=1e-6)
