@@ -147,7 +147,8 @@ class DiffusionBackbone(nn.Module):
             ones loads no text encoder. False: always encode.
         class_label: Class-conditioned models (DiT): the ImageNet class, 1000 (the null class) by default.
         image_size: Optional working size (int or (h, w)) the input is resized to; features are
-            resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input.
+            resized back so level i is always ceil(H / s_i) x ceil(W / s_i) of the input. Pixel-space
+            models default to theirs (DeepFloyd IF-I: 64 px, the size it was trained at).
         resize_features: False keeps the levels on the working size's grids, ceil(h / s_i) for the
             working size h (the paper's code: a 512 px crop at SDXL's 1024 px gives twice the grid).
             ``feature_info`` reductions are then relative to the working size.
@@ -229,6 +230,8 @@ class DiffusionBackbone(nn.Module):
         if latent_cache is not None and trainable_vae:
             raise ValueError('latent_cache keeps the latents of a fixed encoder, but trainable_vae=True changes '
                              'the encoder as it trains: use one or the other.')
+        if image_size is None and spec.working_size is not None:  # pixel-space models work at one size (IF: 64)
+            image_size = spec.working_size
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.resize_features, self.antialias = resize_features, antialias
 
@@ -263,7 +266,7 @@ class DiffusionBackbone(nn.Module):
         self.channels_last = channels_last
         self.compiled = self._compile() if compile else []
         self.latent_cache = None if latent_cache is None else LatentCache(
-            latent_cache, f'{spec.name}|{pretrained}|{next(self.vae.parameters()).dtype}|{self.vae.scaling_factor}')
+            latent_cache, f'{spec.name}|{pretrained}|{self.vae_dtype}|{self.vae.scaling_factor}')
 
         for p in self.vae.parameters():
             p.requires_grad_(trainable_vae)
@@ -361,6 +364,11 @@ class DiffusionBackbone(nn.Module):
         return self
 
     @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE encoder's dtype (a pixel-space model has no VAE: the denoiser's)."""
+        return next(self.vae.parameters(), torch.empty(0, dtype=self.dtype)).dtype
+
+    @property
     def pixel_multiple(self) -> int:
         """Input sides are padded up to a multiple of this (VAE factor x UNet downsampling)."""
         return self.vae.downsample_factor * self.latent_multiple
@@ -412,7 +420,7 @@ class DiffusionBackbone(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled VAE latent of images whose sides are multiples of ``pixel_multiple``."""
-        images = images.to(next(self.vae.parameters()).dtype)
+        images = images.to(self.vae_dtype)
         if self.latent_cache is not None:
             return self._encode_cached(images)
         generator = None

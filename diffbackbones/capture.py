@@ -170,7 +170,10 @@ class _ExplicitMapProcessor:
             if getattr(attn, 'norm_added_k', None) is not None:
                 ck = attn.norm_added_k(ck)
                 cq = attn.norm_added_q(cq) if cq is not None else None
-            k = torch.cat([ck, k], 1) if self.text_first else torch.cat([k, ck], 1)
+            if getattr(attn, 'only_cross_attention', False):
+                k = ck
+            else:
+                k = torch.cat([ck, k], 1) if self.text_first else torch.cat([k, ck], 1)
             if cq is not None:  # SD3 / Flux: text tokens also query (IF: only image queries)
                 q = torch.cat([cq, q], 1) if self.text_first else torch.cat([q, cq], 1)
         if rope is not None:

@@ -142,6 +142,19 @@ class _Points:
         self.add(f'{prefix}-out', 'vit-block-out', _block_dim(block), hw, path, 'tokens', **on_grid)
 
 
+    def simple_attention(self, prefix: str, path: str, attn: Attention, hw):
+        """A bare ``Attention`` on (B, C, H, W) input (DeepFloyd IF's SimpleCrossAttn blocks): its keys are
+        [text (added k/v); image], one softmax; queries are the image's."""
+        on_grid = dict(grid_module=path, grid_patch=1)
+        for proj in ('q', 'k', 'v'):
+            self.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, hw,
+                     f'{path}.to_{proj}', 'tokens', **on_grid)
+        maps = dict(image_tokens='last', attention='explicit', **on_grid)
+        self.add(f'{prefix}-self-map', 'self-map', hw[0] * hw[1], hw, path, 'attn-map', **maps)
+        self.add(f'{prefix}-cross-map', 'cross-map', self.n_text_tokens, hw, path, 'attn-map', **maps)
+        self.add(f'{prefix}-out', 'attn-out', attn.to_out[0].out_features, hw, path, 'output')
+
+
 def _block_dim(block: nn.Module) -> int:
     return block.attn1.to_out[0].out_features
 
@@ -153,12 +166,18 @@ def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -
     pts.add('unet-in', 'unet-in', unet.conv_in.in_channels, hw, 'conv_in', 'input')
     pts.add('unet-after-conv-in', 'after-conv-in', unet.conv_in.out_channels, hw, 'conv_in', 'output')
 
+    def attend(prefix: str, path: str, attention: nn.Module, hw):
+        if isinstance(attention, Attention):  # IF: a bare attention, named {prefix}-attn-*
+            pts.simple_attention(f'{prefix}-attn', path, attention, hw)
+        else:  # a Transformer2DModel, named {prefix}-vit-*
+            pts.vit(f'{prefix}-vit', path, attention, hw)
+
     def stage(prefix: str, path: str, block: nn.Module, hw):
         attentions = getattr(block, 'attentions', None) or []
         for j, resnet in enumerate(block.resnets):
             pts.resnet(f'{prefix}-repeat{j}', f'{path}.resnets.{j}', resnet, hw)
             if j < len(attentions):
-                pts.vit(f'{prefix}-repeat{j}-vit', f'{path}.attentions.{j}', attentions[j], hw)
+                attend(f'{prefix}-repeat{j}', f'{path}.attentions.{j}', attentions[j], hw)
 
     for i, block in enumerate(unet.down_blocks):
         stage(f'down-level{i}', f'down_blocks.{i}', block, hw)
@@ -172,7 +191,10 @@ def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -
         # UNetMidBlock2DCrossAttn runs resnets[0], then (attentions[j], resnets[j + 1]) pairs.
         pts.resnet('mid-repeat0', 'mid_block.resnets.0', mid.resnets[0], hw)
         for j, attention in enumerate(getattr(mid, 'attentions', None) or []):
-            pts.vit('mid-vit' if j == 0 else f'mid-vit{j}', f'mid_block.attentions.{j}', attention, hw)
+            if isinstance(attention, Attention):
+                pts.simple_attention('mid-attn' if j == 0 else f'mid-attn{j}', f'mid_block.attentions.{j}', attention, hw)
+            else:
+                pts.vit('mid-vit' if j == 0 else f'mid-vit{j}', f'mid_block.attentions.{j}', attention, hw)
             pts.resnet(f'mid-repeat{j + 1}', f'mid_block.resnets.{j + 1}', mid.resnets[j + 1], hw)
 
     for i, block in enumerate(unet.up_blocks):

@@ -19,7 +19,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from .zoo import ModelSpec, load_config
 
-__all__ = ['WeightsNotFoundError', 'VaeEncoder', 'Components', 'load_components', 'build_denoiser', 'denoiser_class',
+__all__ = ['WeightsNotFoundError', 'VaeEncoder', 'PixelSpace', 'Components', 'load_components', 'build_denoiser', 'denoiser_class',
            'resolve_source', 'from_pretrained']
 
 RANDOM_INIT_SEED = 0
@@ -49,6 +49,15 @@ class VaeEncoder(nn.Module):
         posterior = DiagonalGaussianDistribution(moments)
         latent = posterior.sample(generator) if sample else posterior.mode()
         return (latent - self.shift_factor) * self.scaling_factor
+
+
+class PixelSpace(nn.Module):
+    """The 'VAE encoder' of a pixel-space model (DeepFloyd IF): the image itself is the denoiser's input."""
+
+    scaling_factor, shift_factor, downsample_factor, latent_channels = 1.0, 0.0, 1, 3
+
+    def forward(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
+        return images
 
 
 @dataclass
@@ -126,12 +135,14 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
         denoiser = build_denoiser(spec)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+            vae = None if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
         source = None
     else:
         source = resolve_source(spec, pretrained)
         denoiser = from_pretrained(denoiser_class(spec), source, spec.denoiser_component, spec)
-        vae = from_pretrained(AutoencoderKL, source, 'vae', spec)
+        vae = None if spec.pixel_space else from_pretrained(AutoencoderKL, source, 'vae', spec)
+    if vae is None:
+        return Components(_cast(denoiser, dtype), PixelSpace(), source)
     vae_encoder = VaeEncoder(vae)
     del vae  # the decoder goes with it
     return Components(_cast(denoiser, dtype), _cast(vae_encoder, vae_dtype), source)

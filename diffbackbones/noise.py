@@ -2,7 +2,8 @@
 
 ``t`` is always the integer timestep the denoiser is trained with, in [0, num_train_timesteps).
 
-- DDPM (``'scaled_linear'``: SD1.x/2.x/SDXL/PGv2/Hunyuan; ``'linear'``: PixArt, DiT):
+- DDPM (``'scaled_linear'``: SD1.x/2.x/SDXL/PGv2/Hunyuan; ``'linear'``: PixArt, DiT;
+  ``'squaredcos_cap_v2'``: DeepFloyd IF):
   ``x_t = sqrt(abar_t) z + sqrt(1 - abar_t) eps``.
 - Flow matching (SD3, SD3.5, Flux): ``x_t = (1 - s) z + s eps`` with ``s = t / 1000``; the
   timestep SD3 receives is ``s * 1000`` and Flux receives ``s`` itself. Schedule shifts only move
@@ -13,6 +14,8 @@ the signal) sqrt(1 - abar) / sqrt(abar) = 0.2256; flow matching reaches the same
 at s = 0.184, so the flow models' default is t = 184 (``matched_flow_t``; a test recomputes it).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -26,6 +29,9 @@ def ddpm_alphas_cumprod(schedule: str, beta_start: float, beta_end: float, steps
         betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, steps, dtype=torch.float64) ** 2
     elif schedule == 'linear':
         betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    elif schedule == 'squaredcos_cap_v2':  # Nichol & Dhariwal's cosine schedule (DeepFloyd IF), betas capped at 0.999
+        abar = lambda x: math.cos((x / steps + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - abar(i + 1) / abar(i), 0.999) for i in range(steps)], dtype=torch.float64)
     else:
         raise ValueError(f'unknown DDPM beta schedule {schedule!r}')
     return torch.cumprod(1 - betas, 0)

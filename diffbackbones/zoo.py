@@ -65,7 +65,7 @@ class ModelSpec:
     license: str
     presets: dict[str, Levels] = field(default_factory=dict)
     time_ids: bool = False        # SDXL-style micro-conditioning (original size, crop, target size)
-    schedule: Literal['scaled_linear', 'linear', 'flow'] = 'scaled_linear'
+    schedule: Literal['scaled_linear', 'linear', 'squaredcos_cap_v2', 'flow'] = 'scaled_linear'
     beta_start: float = 0.00085   # DDPM betas: 'scaled_linear' (SD1.x/2.x/SDXL/PGv2) or 'linear' (PixArt, DiT)
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
@@ -73,12 +73,23 @@ class ModelSpec:
     prediction: str = 'epsilon'   # what the denoiser predicts: 'epsilon', 'v_prediction', 'flow' (velocity)
     guidance: float | None = None  # guidance-distilled models (FLUX.1-dev): the embedded guidance scale
     class_conditional: bool = False  # DiT: a class label instead of a prompt (1000 = the null class)
+    working_size: int | None = None  # pixel-space models (IF-I: 64): inputs are resized to it by default
     packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
 
     @property
     def architecture(self) -> str:
         """The denoiser's diffusers class, read off its embedded config."""
         return load_config(self, self.denoiser_component).get('_class_name', 'UNet2DConditionModel')
+
+    @property
+    def pixel_space(self) -> bool:
+        """No VAE: the denoiser works on pixels (DeepFloyd IF)."""
+        return not self.config_path('vae').is_file()
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel (1 in pixel space)."""
+        return 1 if self.pixel_space else 2 ** (len(load_config(self, 'vae')['block_out_channels']) - 1)
 
     @property
     def n_text_tokens(self) -> int:
@@ -176,6 +187,7 @@ def _hunyuan_text(bert_tokens: int, t5_tokens: int) -> tuple[TextEncoderSpec, ..
             TextEncoderSpec('text_encoder_2', 'tokenizer_2', kind='mt5', max_length=t5_tokens, group=1, mask=True))
 
 
+_IF_DDPM = dict(schedule='squaredcos_cap_v2', working_size=64)  # pixel space, no VAE
 _HUNYUAN_DDPM = dict(schedule='scaled_linear', beta_start=0.00085, beta_end=0.03, prediction='v_prediction')
 _PIXART_DDPM = dict(schedule='linear', beta_start=0.0001, beta_end=0.02)   # PixArt, DiT: DDPM linear betas
 _FLOW = dict(schedule='flow', prediction='flow', default_t=184)             # t=184: SD's t=50 noise level
@@ -229,6 +241,10 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('test_hunyuan_tiny', 'tiny Hunyuan-DiT-topology model for tests (4 blocks, long skips)', None,
               'test_hunyuan_tiny', 'hunyuan_tiny', _hunyuan_text(8, 16), 64, 'apache-2.0',
               {'default': middle_block_outputs(4)}, **_HUNYUAN_DDPM),
+    ModelSpec('if_xl', 'DeepFloyd IF-I-XL v1.0 (pixel space, 64 px; SimpleCrossAttn UNet with T5 added k/v)',
+              'DeepFloyd/IF-I-XL-v1.0', 'if_xl', 'if', (_t5(77, mask=True),), 64, 'deepfloyd-if-license', {}, **_IF_DDPM),
+    ModelSpec('test_if_tiny', 'tiny IF-topology model for tests (pixel space, SimpleCrossAttn blocks)', None,
+              'test_if_tiny', 'if_tiny', (_t5(16, mask=True),), 64, 'apache-2.0', {}, **_IF_DDPM),
     ModelSpec('test_pixart_tiny', 'tiny PixArt-topology model for tests (the fixture topology)', None,
               'test_pixart_tiny', 'pixart_tiny', (_t5(16, mask=True),), 64, 'apache-2.0',
               {'default': middle_block_outputs(4)}, **_PIXART_DDPM),
@@ -291,7 +307,7 @@ def layer_stride(spec: ModelSpec, name: str) -> int:
     of every zoo model against it). Every UNet block but the last halves the resolution on the way
     down and doubles it on the way up; a resampler's output lives at the next level's resolution.
     """
-    vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    vae_factor = spec.vae_factor
     if spec.denoiser_component == 'transformer':  # one stride for every activation: VAE x token patch
         from .families import family_by_class
         return vae_factor * family_by_class(spec.architecture).token_patch(load_config(spec, 'transformer'))

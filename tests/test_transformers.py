@@ -250,3 +250,24 @@ def test_embedded_configs_match_the_published_parameter_counts():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'all configs ok' in done.stdout
+
+
+def test_deepfloyd_if_in_pixel_space():
+    """IF-I: SimpleCrossAttn blocks (bare attention, [text; image] keys), ResnetBlock2D resamplers, no VAE,
+    inputs resized to the 64 px working size and features resized back."""
+    spec = MODELS['if_xl']
+    catalog = {a.name: a for a in list_activations(build_denoiser(spec, 'meta'), (64, 64), n_text_tokens=77)}
+    assert catalog['down-level1-repeat0-attn-self-k'].channels == 1408
+    assert catalog['mid-attn-cross-map'].channels == 77 and catalog['mid-attn-cross-map'].size == (8, 8)
+    assert catalog['down-level0-downsampler-out'].size == (32, 32)  # a ResnetBlock2D(down=True)
+    assert catalog['up-level3-repeat2-res-out'].size == (64, 64)
+    names = ['down-level1-repeat0-attn-self-k', 'up-level0-repeat0-attn-self-map', 'up-level0-repeat0-attn-cross-map',
+             'up-level1-upsampler-out']
+    backbone = DiffusionBackbone('test_if_tiny', names, pretrained=False)
+    assert backbone.image_size == (64, 64) and backbone.vae.downsample_factor == 1
+    with torch.no_grad():
+        feats = backbone(random_images(2, 100, 80))
+        acts = backbone.activations(random_images(1, 64, 64))
+    assert [tuple(f.shape[-2:]) for f in feats] == [(100, 80), (50, 40), (25, 20)]  # strides 1, 2, 4 of the input
+    total = acts['up-level0-repeat0-attn-self-map'].sum(1) + acts['up-level0-repeat0-attn-cross-map'].sum(1)
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)  # one softmax over [text; image] keys

@@ -71,7 +71,7 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
     deepest = bb.capture.last_point
     hw = tuple(images.shape[-2:])
 
-    vae_dtype = next(bb.vae.parameters()).dtype
+    vae_dtype = bb.vae_dtype
 
     def full() -> dict[str, torch.Tensor]:
         # The VAE as the original runs it: default memory format (bb.encode may pick channels-last).
@@ -175,9 +175,9 @@ def pipeline_param_bytes(bb: DiffusionBackbone) -> int:
     """Denoiser + full VAE (decoder included) + text encoders; the missing parts built on the meta device."""
     spec = bb.spec
     with torch.device('meta'):  # no allocation; counted at the dtypes the backbone uses
-        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+        vae = nn.Identity() if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
         encoders = [_encoder_class(te)(_config(spec, te)) for te in spec.text_encoders]
-    return (param_bytes(bb.denoiser) + param_bytes(vae, dtype=bb.vae.encoder.conv_in.weight.dtype)
+    return (param_bytes(bb.denoiser) + param_bytes(vae, dtype=bb.vae_dtype)
             + param_bytes(*encoders, dtype=bb.dtype))
 
 
@@ -187,7 +187,7 @@ def parameter_table(model: str, activations) -> None:
     with torch.device('meta'):
         bb = DiffusionBackbone(model, activations, pretrained=False, prompt_cache=False)  # pruned at construction
         denoiser = build_denoiser(spec, 'meta')
-        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+        vae = nn.Identity() if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
         encoders = {te.subfolder: _encoder_class(te)(_config(spec, te)) for te in spec.text_encoders}
     count = lambda *ms: sum(p.numel() for m in ms for p in m.parameters())
     parts = [('denoiser', count(denoiser), count(bb.denoiser)), ('VAE (encoder + decoder)', count(vae), count(bb.vae))]

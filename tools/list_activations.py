@@ -14,7 +14,7 @@ import argparse
 
 from diffbackbones import list_activations
 from diffbackbones.loading import build_denoiser
-from diffbackbones.zoo import MODELS, get_model_spec, load_config
+from diffbackbones.zoo import MODELS, get_model_spec
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = get_model_spec(args.model)
     h, w = args.size or (spec.image_size, spec.image_size)
-    vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    vae_factor = spec.vae_factor
     if h % vae_factor or w % vae_factor:
         parser.error(f'--size must be a multiple of the VAE factor {vae_factor}; got {h}x{w}')
     denoiser = build_denoiser(spec, 'meta')
