@@ -20,6 +20,12 @@ def test_entry_points_are_registered():
     assert cfg['mean'] == cfg['std'] == (0.5, 0.5, 0.5) and cfg['input_size'] == (3, 512, 512)
     assert timm.models.get_pretrained_cfg('sdxl_practical').to_dict()['input_size'] == (3, 1024, 1024)
     assert cfg['pool_size'] == (16, 16) and cfg['first_conv'] == 'backbone.vae.encoder.conv_in'
+    for name in ['pixart_alpha_default', 'pixart_sigma_default', 'sd3_default', 'sd35_medium_default',
+                 'sd35_large_default', 'flux_dev_default', 'flux_schnell_default', 'dit_xl_default',
+                 'hunyuan_dit_default', 'test_flux_tiny_default', 'test_pixart_tiny_default']:
+        assert name in names, name
+    flux = timm.models.get_pretrained_cfg('flux_dev_default').to_dict()
+    assert flux['hf_hub_id'] == 'black-forest-labs/FLUX.1-dev' and flux['pool_size'] == (64, 64)  # stride 16 at 1024
 
 
 def test_features_only_matches_feature_info():
@@ -60,6 +66,7 @@ def test_frozen_classifier_trains_only_its_head():
 
 
 TINY_ENTRIES = ['test_sd_tiny_practical', 'test_sd_tiny_legacy', 'test_sdxl_tiny_practical', 'test_sdxl_tiny_legacy',
+                'test_flux_tiny_default', 'test_sd3_tiny_default',
                 'test_sd_sdxl_tiny']  # the last: a CombinedDiffusionBackbone
 
 

@@ -71,7 +71,7 @@ def parse_args(argv=None):
     parser.add_argument('--protocol', choices=('trained', 'zero-shot'), default='trained')
     parser.add_argument('--weights', default=None,
                         help="'random', a local diffusers folder or hub id; omit: the zoo's weights (random for test models)")
-    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--t', type=int, default=None, help="timestep (default: the model's: 50, or 184 for flow-matching models)")
     parser.add_argument('--ensemble', type=int, default=1, help='noise samples averaged per image')
     parser.add_argument('--prompt', default=None,
                         help=f'prompt template, {{category}} is filled in (default: trained: the paper\'s fixed '

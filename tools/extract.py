@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument('--out', required=True, help='the store folder')
     parser.add_argument('--weights', default=None,
                         help="'random', a local diffusers folder or hub id; omit: the zoo's weights (random for test models)")
-    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--t', type=int, default=None, help="timestep (default: the model's: 50, or 184 for flow-matching models)")
     parser.add_argument('--prompt', default='')
     parser.add_argument('--ensemble', type=int, default=1)
     parser.add_argument('--image-size', type=int, default=None, help='working size (default: each image as it is)')
@@ -84,7 +84,7 @@ def build_backbone(args) -> DiffusionBackbone:
 def run_settings(args, backbone: DiffusionBackbone, images: list[Path]) -> dict:
     """Everything that decides the stored values; a resumed run must match it exactly."""
     return dict(model=args.model, weights=args.weights, levels=[list(level) for level in backbone.levels],
-                t=args.t, prompt=args.prompt, ensemble=args.ensemble, noise_seed=backbone.noise_seed,
+                t=backbone.t, prompt=args.prompt, ensemble=args.ensemble, noise_seed=backbone.noise_seed,
                 image_size=args.image_size, dtype=args.dtype, store_dtype=args.store_dtype, aggregate=args.aggregate,
                 images=str(Path(args.images).resolve()), n_images=len(images),
                 diffbackbones=diffbackbones.__version__)

@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument('--image', help='input picture (default: a synthetic one)')
     parser.add_argument('--size', type=int, default=256, help='working image size')
     parser.add_argument('--prompt', default='')
-    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--t', type=int, default=None, help="timestep (default: the model's: 50, or 184 for flow-matching models)")
     parser.add_argument('--out', default='work_dirs/demo', help='output folder')
     args = parser.parse_args()
 

@@ -47,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument('--data', required=True, help='dataset root (DDPM-seg or mmseg layout)')
     parser.add_argument('--weights', default=None,
                         help="'random', a local diffusers folder, or omit: the zoo's weights (random for test models)")
-    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--t', type=int, default=None, help="timestep (default: the model's: 50, or 184 for flow-matching models)")
     parser.add_argument('--prompt', default='')
     parser.add_argument('--image-size', type=int, default=None, help="backbone working size (default: the model's)")
     parser.add_argument('--resolution', type=int, default=256, help='label resolution features are upsampled to')

@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec
+from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec, list_activations
 from diffbackbones.cli import IMAGE_SUFFIXES, pretrained_option, read_image
+from diffbackbones.loading import build_denoiser
 from diffbackbones.probe import PixelFeatures, clean_labels, compute_iou, find_split, load_pair
 from diffbackbones.probe import predict, train_ensemble
 from diffbackbones.screening import ActivationStats, screen_samples, select_candidates, spearman
@@ -53,7 +54,7 @@ def parse_args(argv=None):
     parser.add_argument('--ignore', type=int, default=255)
     parser.add_argument('--n-images', type=int, default=16)
     parser.add_argument('--seeds', type=int, default=4, help='noise seeds per image (>= 2)')
-    parser.add_argument('--t', type=int, default=50)
+    parser.add_argument('--t', type=int, default=None, help="timestep (default: the model's: 50, or 184 for flow-matching models)")
     parser.add_argument('--prompt', default='')
     parser.add_argument('--image-size', type=int, default=None, help="working size (default: the model's)")
     parser.add_argument('--kinds', default=None, help='comma-separated kinds to screen (default: all)')
@@ -270,9 +271,13 @@ def main(argv=None) -> dict:
         raise SystemExit(f'{folder} holds no images ({", ".join(IMAGE_SUFFIXES)})')
     if args.seeds < 2:
         raise SystemExit('--seeds must be at least 2: noise is measured across seeds')
-    probe = DiffusionBackbone(args.model, 'practical' if 'practical' in spec.presets else next(iter(spec.presets)),
-                              pretrained=pretrained_option(spec, args.weights), t=args.t, prompt=args.prompt,
-                              image_size=args.image_size or spec.image_size, ensemble_size=args.seeds, prune=False)
+    # any activation builds the probe backbone (unpruned: every activation stays reachable)
+    any_activation = ('practical' if 'practical' in spec.presets else next(iter(spec.presets), None)
+                      or [list_activations(build_denoiser(spec, 'meta'))[-1].name])
+    probe = DiffusionBackbone(args.model, any_activation, pretrained=pretrained_option(spec, args.weights), t=args.t,
+                              prompt=args.prompt, image_size=args.image_size or spec.image_size,
+                              ensemble_size=args.seeds, prune=False)
+    args.t = probe.t  # the model's default when --t was not given
     points = screened_points(args, probe.points)
     names = [p.name for p in points]
     print(f'{args.model}: screening {len(names)} activations on {len(images)} images x {args.seeds} seeds at t={args.t}')
