@@ -221,6 +221,9 @@ class DiffusionBackbone(nn.Module):
             raise ValueError(f'channels_last must be None (channels-last VAE on the CPU), True or False; '
                              f'got {channels_last!r}')
         self.dtype = _as_dtype(dtype)
+        if self.dtype == torch.float16 and spec.fp16_overflows:
+            warnings.warn(f'{spec.name} has activations beyond the float16 range (its blocks clip them, which '
+                          "changes the features): use dtype='bf16' for half precision.", stacklevel=2)
         self.t, self.timesteps, self.noise_seed, self.ensemble_size = t, timesteps, noise_seed, ensemble_size
         self.sample_posterior, self.trainable_denoiser, self.trainable_vae = sample_posterior, trainable_denoiser, trainable_vae
         self.strict_input, self._warned_range = strict_input, False

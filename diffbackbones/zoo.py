@@ -74,6 +74,7 @@ class ModelSpec:
     guidance: float | None = None  # guidance-distilled models (FLUX.1-dev): the embedded guidance scale
     class_conditional: bool = False  # DiT: a class label instead of a prompt (1000 = the null class)
     working_size: int | None = None  # pixel-space models (IF-I: 64): inputs are resized to it by default
+    fp16_overflows: bool = False  # activations beyond fp16's range (Flux clips them): bf16 is the half precision
     packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
 
     @property
@@ -229,9 +230,9 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               'sd35_large', _SD3_TEXT, 1024, 'stabilityai-ai-community', {'default': middle_block_outputs(38)}, **_FLOW),
     ModelSpec('flux_dev', 'FLUX.1-dev (guidance-distilled; 19 double + 38 single blocks)', 'black-forest-labs/FLUX.1-dev',
               'flux_dev', 'flux', _flux_text(512), 1024, 'flux-1-dev-non-commercial',
-              {'default': middle_block_outputs(57)}, guidance=3.5, **_FLOW),
+              {'default': middle_block_outputs(57)}, guidance=3.5, fp16_overflows=True, **_FLOW),
     ModelSpec('flux_schnell', 'FLUX.1-schnell', 'black-forest-labs/FLUX.1-schnell', 'flux_schnell', 'flux',
-              _flux_text(256), 1024, 'apache-2.0', {'default': middle_block_outputs(57)}, **_FLOW),
+              _flux_text(256), 1024, 'apache-2.0', {'default': middle_block_outputs(57)}, fp16_overflows=True, **_FLOW),
     ModelSpec('dit_xl', 'DiT-XL/2 256 (ImageNet class-conditioned; the null class by default)',
               'facebook/DiT-XL-2-256', 'dit_xl', 'dit', (), 256, 'cc-by-nc-4.0', {'default': middle_block_outputs(28)},
               class_conditional=True, **_PIXART_DDPM),

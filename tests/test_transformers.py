@@ -271,3 +271,9 @@ def test_deepfloyd_if_in_pixel_space():
     assert [tuple(f.shape[-2:]) for f in feats] == [(100, 80), (50, 40), (25, 20)]  # strides 1, 2, 4 of the input
     total = acts['up-level0-repeat0-attn-self-map'].sum(1) + acts['up-level0-repeat0-attn-cross-map'].sum(1)
     assert torch.allclose(total, torch.ones_like(total), atol=1e-5)  # one softmax over [text; image] keys
+
+
+def test_flux_in_fp16_warns_to_use_bf16():
+    with pytest.warns(UserWarning, match="dtype='bf16'"):
+        with torch.device('meta'):
+            DiffusionBackbone('flux_schnell', 'default', pretrained=False, dtype='fp16', prompt_cache=False)
