@@ -277,3 +277,21 @@ def test_flux_in_fp16_warns_to_use_bf16():
     with pytest.warns(UserWarning, match="dtype='bf16'"):
         with torch.device('meta'):
             DiffusionBackbone('flux_schnell', 'default', pretrained=False, dtype='fp16', prompt_cache=False)
+
+
+def test_a_flux_dev_backbone_stopping_at_block_30_holds_no_later_block():
+    """On the meta device, at full size: blocks 31-56 (single blocks 12-37) hold no weights."""
+    with torch.device('meta'):
+        backbone = DiffusionBackbone('flux_dev', ['vit-block30-out'], pretrained=False, prompt_cache=False)
+    held = {name.split('.')[0] + '.' + name.split('.')[1] for name, _ in backbone.denoiser.named_parameters()
+            if name.startswith('single_transformer_blocks.')}
+    assert held == {f'single_transformer_blocks.{j}' for j in range(12)}  # block 30 = single block 11
+    assert len(backbone.denoiser.transformer_blocks) == 19 and len(backbone.denoiser.single_transformer_blocks) == 38
+
+
+def test_missing_weights_offline_say_how_to_supply_them(monkeypatch, tmp_path):
+    from diffbackbones.loading import WeightsNotFoundError
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    monkeypatch.setenv('HF_HOME', str(tmp_path))  # an empty cache
+    with pytest.raises(WeightsNotFoundError, match='(?s)transformer/.*DIFFBACKBONES_CACHE'):
+        DiffusionBackbone('pixart_sigma', 'default', pretrained=True)
