@@ -24,9 +24,8 @@ from .catalog import ActivationPoint, activation_points, catalog_index, latent_m
 from .conditioning import PromptConditioning
 from .families import family_of
 from .fusion import FUSION_STYLES, LevelFusion
-from .loading import from_pretrained, load_components
+from .loading import load_components
 from .noise import NoiseSchedule
-from .text import encode_prompts
 from .pruning import prune_unexecuted
 from .zoo import MODELS, Levels, ModelSpec, get_model_spec
 
@@ -246,11 +245,7 @@ class DiffusionBackbone(nn.Module):
             if not (isinstance(latent_scale, (int, float)) and latent_scale > 0):
                 raise ValueError(f'latent_scale must be a positive number; got {latent_scale!r}')
             self.vae.scaling_factor = float(latent_scale)
-        prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
-        embeddings = encode_prompts(spec, parts.source, prompts, self.dtype, from_pretrained, prompt_cache)
-        self.conditioning = PromptConditioning(spec, prompts, embeddings, class_label)
+        self.conditioning = PromptConditioning.encode(spec, parts.source, prompt, self.dtype, prompt_cache, class_label)
         self.schedule = NoiseSchedule(spec)
 
         self.latent_multiple = latent_multiple(self.denoiser)

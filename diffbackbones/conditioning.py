@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .text import PromptEmbedding
+from .text import PromptEmbedding, encode_prompts
 from .zoo import ModelSpec
 
 __all__ = ['PromptConditioning']
@@ -50,6 +50,17 @@ class PromptConditioning(nn.Module):
         self.register_buffer('pooled_table', pooled, persistent=False)
         mask = None if embeddings[0].mask is None else torch.cat([e.mask for e in embeddings])
         self.register_buffer('mask_table', mask, persistent=False)
+
+    @classmethod
+    def encode(cls, spec: ModelSpec, source: str | None, prompt: str | Sequence[str], dtype: torch.dtype,
+               cache: bool | str = True, class_label: int | None = None) -> 'PromptConditioning':
+        """Encode ``prompt`` (one or a list) with the model's text encoders (``text.encode_prompts``:
+        one at a time, or none when the embeddings are cached) from ``source`` (None: random weights)."""
+        from .loading import from_pretrained
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
+        return cls(spec, prompts, encode_prompts(spec, source, prompts, dtype, from_pretrained, cache), class_label)
 
     @property
     def prompt(self) -> str:
