@@ -9,6 +9,7 @@ from diffusers import UNet2DConditionModel
 from diffbackbones import list_activations
 from diffbackbones.backbone import resolve_levels
 from diffbackbones.catalog import activation_points
+from diffbackbones.loading import build_denoiser
 from diffbackbones.zoo import MODELS, layer_stride, load_config
 
 from conftest import reference_fixture
@@ -83,8 +84,9 @@ def test_catalog_matches_reference_names_order_and_shapes(topology):
 def test_layer_stride_from_configs_agrees_with_the_catalog(model):
     # layer_stride gives timm's pool_size without building a model; the catalog is the authority
     spec = MODELS[model]
-    vae_factor = 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
-    for p in activation_points(meta_unet(model), (64, 64)):
+    vae_factor = 1 if spec.pixel_space else 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    assert spec.vae_factor == vae_factor
+    for p in activation_points(build_denoiser(spec, 'meta'), (64, 64)):
         assert layer_stride(spec, p.name) == vae_factor * p.stride((64, 64)), p.name
     for preset, levels in spec.presets.items():
         cfg = timm.models.get_pretrained_cfg(f'{model}_{preset}').to_dict()
