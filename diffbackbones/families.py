@@ -1,4 +1,5 @@
-"""Denoiser families: what differs between a UNet, PixArt, DiT, SD3 and Flux, in one small object each.
+"""Denoiser families: what differs between a UNet (SD, SDXL, DeepFloyd IF), PixArt, DiT, Hunyuan-DiT, SD3
+and Flux, in one small object each.
 
 A family knows three things about its denoiser class and nothing else:
 
