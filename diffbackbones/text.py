@@ -13,7 +13,7 @@ Cache: ``$DIFFBACKBONES_CACHE/prompts`` (default ``~/.cache/diffbackbones/prompt
 file per prompt; ``prompt_cache=False`` on the backbone turns it off. With random weights
 (``pretrained=False``) an encoder over ``RANDOM_ENCODER_LIMIT`` parameters is not built: its
 embeddings are seeded Gaussian values of the exact shape (a random T5-XXL's output means nothing
-either, and building one costs minutes and 19 GB).
+either, and building one costs minutes and 19 GB). On the meta device no encoder is built at all.
 """
 from __future__ import annotations
 
@@ -128,9 +128,13 @@ class _Loaded:
         self.te, self.random_shape = te, None
         if source is None:  # random weights
             config = _config(spec, te)
-            if encoder_parameters(spec, te) > RANDOM_ENCODER_LIMIT:
+            # On the meta device (a backbone built to count or catalog) nothing holds values to run
+            # (BERT's mask handling reads one): every encoder is then its output's shape only.
+            on_meta = torch.empty(0).device.type == 'meta'
+            if on_meta or encoder_parameters(spec, te) > RANDOM_ENCODER_LIMIT:
                 width = getattr(config, 'd_model', None) or config.hidden_size
-                self.random_shape, self.model = width, None
+                pooled = config.projection_dim if te.pooled == 'projected' else width
+                self.random_shape, self.pooled_width, self.model = width, pooled, None
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(RANDOM_INIT_SEED)
@@ -159,9 +163,11 @@ class _Loaded:
     def run(self, prompt: str, seed: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         """(1, L, D) hidden states (None when not part of the sequence), (1, P) pooled or None, (1, L) mask."""
         ids, mask = self.tokenize(prompt)
-        if self.model is None:  # an oversized random encoder: seeded values of the right shape
+        if self.model is None:  # an oversized random encoder (or meta): seeded values of the right shape
             g = torch.Generator().manual_seed(seed)
-            return torch.randn(1, self.te.max_length, self.random_shape, generator=g), None, mask
+            hidden = torch.randn(1, self.te.max_length, self.random_shape, generator=g)
+            pooled = torch.randn(1, self.pooled_width, generator=g) if self.te.pooled else None
+            return (hidden if self.te.sequence else None), pooled, mask
         device = next(self.model.parameters()).device
         kwargs = {'attention_mask': mask.to(device)} if self.te.mask else {}
         out = self.model(ids.to(device), output_hidden_states=True, **kwargs)

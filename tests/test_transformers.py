@@ -279,6 +279,14 @@ def test_flux_in_fp16_warns_to_use_bf16():
             DiffusionBackbone('flux_schnell', 'default', pretrained=False, dtype='fp16', prompt_cache=False)
 
 
+def test_hunyuan_builds_on_the_meta_device_without_running_its_text_encoders():
+    with torch.device('meta'):  # BERT's mask handling reads values: on meta no encoder runs at all
+        backbone = DiffusionBackbone('hunyuan_dit', 'default', pretrained=False, prompt_cache=False)
+    assert backbone.conditioning.prompt_embeds.shape == (1, 77 + 256, 2048)
+    assert backbone.conditioning.attention_mask.shape == (1, 77 + 256)
+    assert not any(n.startswith('blocks.26.') for n, _ in backbone.denoiser.named_parameters())
+
+
 def test_a_flux_dev_backbone_stopping_at_block_30_holds_no_later_block():
     """On the meta device, at full size: blocks 31-56 (single blocks 12-37) hold no weights."""
     with torch.device('meta'):
