@@ -27,6 +27,12 @@ print('levels', [tuple(f.shape) for f in feats])
 with torch.device('meta'):
     unet = UNet2DConditionModel.from_config(load_config(MODELS['sdxl'], 'unet'))
 print('sdxl activations', len(diffbackbones.list_activations(unet, (128, 128))))
+flux = diffbackbones.DiffusionBackbone('test_flux_tiny', 'default', pretrained=False)  # transformer configs ship too
+with torch.no_grad():
+    print('flux levels', [tuple(f.shape) for f in flux(torch.rand(1, 3, 64, 96) * 2 - 1)])
+from diffbackbones.loading import build_denoiser
+print('flux_dev blocks', sum(a.kind == 'vit-block-out' for a in
+                             diffbackbones.list_activations(build_denoiser(MODELS['flux_dev'], 'meta'), (64, 64))))
 shipped = diffbackbones.DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=True)  # weights in the wheel
 assert str(shipped.spec.weights_dir).startswith(target)
 with torch.no_grad():
@@ -67,4 +73,6 @@ def test_wheel_and_sdist_carry_the_data_and_the_installed_package_runs(tmp_path)
     assert 'levels [(1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]' in out
     assert 'shipped levels [(1, 32, 16, 16), (1, 64, 8, 8), (1, 128, 4, 4)]' in out
     assert int(re.search(r'sdxl activations (\d+)', out).group(1)) > 500
+    assert 'flux levels [(1, 16, 4, 6), (1, 16, 4, 6), (1, 16, 4, 6), (1, 16, 4, 6)]' in out
+    assert 'flux_dev blocks 57' in out
     assert "correspondence pairs 3 ['pentagon', 'trapezoid', 'triangle']" in out
