@@ -266,9 +266,14 @@ class ActivationCapture:
         # After fuse_qkv_projections() the processors call to_qkv, so hooks on to_q / to_k / to_v (and the
         # maps, which recompute q and k from them) would silently never fire.
         for point in self.points:
-            owner = point.module.rsplit('.', 1)[0] if point.module.rsplit('.', 1)[-1] in ('to_q', 'to_k', 'to_v') \
-                else point.module if point.layout == 'attn-map' else None
-            if owner is not None and _runs_fused_projections(self.denoiser.get_submodule(owner)):
+            parent, _, leaf = point.module.rpartition('.')
+            if leaf in ('to_q', 'to_k', 'to_v'):
+                owner = parent
+            elif point.layout == 'attn-map':
+                owner = point.module
+            else:
+                continue
+            if _runs_fused_projections(self.denoiser.get_submodule(owner)):
                 raise ValueError(
                     f'{point.name!r} reads the separate q/k/v projections of {owner!r}, but this denoiser runs fused '
                     'QKV projections (fuse_qkv_projections() was called), whose to_q/to_k/to_v never run. Call '

@@ -141,7 +141,6 @@ class _Points:
             self.add(f'{prefix}-ffn-inner', 'ffn-inner', inner, hw, f'{path}.ff.net.0', 'tokens', **on_grid)
         self.add(f'{prefix}-out', 'vit-block-out', _block_dim(block), hw, path, 'tokens', **on_grid)
 
-
     def simple_attention(self, prefix: str, path: str, attn: Attention, hw):
         """A bare ``Attention`` on (B, C, H, W) input (DeepFloyd IF's SimpleCrossAttn blocks): its keys are
         [text (added k/v); image], one softmax; queries are the image's."""
@@ -166,11 +165,11 @@ def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -
     pts.add('unet-in', 'unet-in', unet.conv_in.in_channels, hw, 'conv_in', 'input')
     pts.add('unet-after-conv-in', 'after-conv-in', unet.conv_in.out_channels, hw, 'conv_in', 'output')
 
-    def attend(prefix: str, path: str, attention: nn.Module, hw):
-        if isinstance(attention, Attention):  # IF: a bare attention, named {prefix}-attn-*
-            pts.simple_attention(f'{prefix}-attn', path, attention, hw)
-        else:  # a Transformer2DModel, named {prefix}-vit-*
-            pts.vit(f'{prefix}-vit', path, attention, hw)
+    def attend(prefix: str, path: str, attention: nn.Module, hw, index: str = ''):
+        if isinstance(attention, Attention):  # IF: a bare attention, named {prefix}-attn{index}-*
+            pts.simple_attention(f'{prefix}-attn{index}', path, attention, hw)
+        else:  # a Transformer2DModel, named {prefix}-vit{index}-*
+            pts.vit(f'{prefix}-vit{index}', path, attention, hw)
 
     def stage(prefix: str, path: str, block: nn.Module, hw):
         attentions = getattr(block, 'attentions', None) or []
@@ -191,10 +190,7 @@ def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -
         # UNetMidBlock2DCrossAttn runs resnets[0], then (attentions[j], resnets[j + 1]) pairs.
         pts.resnet('mid-repeat0', 'mid_block.resnets.0', mid.resnets[0], hw)
         for j, attention in enumerate(getattr(mid, 'attentions', None) or []):
-            if isinstance(attention, Attention):
-                pts.simple_attention('mid-attn' if j == 0 else f'mid-attn{j}', f'mid_block.attentions.{j}', attention, hw)
-            else:
-                pts.vit('mid-vit' if j == 0 else f'mid-vit{j}', f'mid_block.attentions.{j}', attention, hw)
+            attend('mid', f'mid_block.attentions.{j}', attention, hw, str(j) if j else '')
             pts.resnet(f'mid-repeat{j + 1}', f'mid_block.resnets.{j + 1}', mid.resnets[j + 1], hw)
 
     for i, block in enumerate(unet.up_blocks):

@@ -14,6 +14,7 @@ here (a walker plus its inputs) and its zoo entries as data.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -134,17 +135,24 @@ class HunyuanFamily(PixArtFamily):
     blocks = 'blocks'
     maps = 'explicit'  # qk-norm and RoPE inside the processor
 
-    def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
+    @staticmethod
+    @functools.lru_cache(maxsize=8)
+    def rotary_embedding(grid: tuple[int, int], head_dim: int, patch_size: int) -> tuple[torch.Tensor, ...]:
+        """RoPE of a token grid as the pipeline builds it (positions of its 512 px base grid, resized and
+        cropped to this one); cached: it depends on the grid only, not on the batch."""
         from diffusers.models.embeddings import get_2d_rotary_pos_embed
         from diffusers.pipelines.hunyuandit.pipeline_hunyuandit import get_resize_crop_region_for_grid
+        base = 512 // 8 // patch_size
+        return tuple(get_2d_rotary_pos_embed(head_dim, get_resize_crop_region_for_grid(grid, base), grid,
+                                             output_type='pt'))
+
+    def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
         b, dtype, config = noisy.shape[0], noisy.dtype, denoiser.config
         text = _text(conditioning, b, dtype)
         mask = conditioning.attention_mask.expand(b, -1)
         n_bert, bert_width = config.text_len, config.cross_attention_dim  # [BERT; mT5] joined by text.py
         grid = (noisy.shape[-2] // config.patch_size, noisy.shape[-1] // config.patch_size)
-        base = 512 // 8 // config.patch_size  # the pipeline's base size: RoPE positions of a 512 px grid
-        rope = get_2d_rotary_pos_embed(denoiser.inner_dim // config.num_attention_heads,
-                                       get_resize_crop_region_for_grid(grid, base), grid, output_type='pt')
+        rope = self.rotary_embedding(grid, denoiser.inner_dim // config.num_attention_heads, config.patch_size)
         h, w = image_hw
         return dict(hidden_states=noisy, timestep=timesteps.to(dtype),
                     encoder_hidden_states=text[:, :n_bert, :bert_width].contiguous(),

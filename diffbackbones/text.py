@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .zoo import ModelSpec, TextEncoderSpec, load_config
 
 __all__ = ['PromptEmbedding', 'encode_prompts', 'prompt_cache_dir', 'TEXT_ENCODER_LOADS', 'HashTokenizer',
-           'RANDOM_ENCODER_LIMIT']
+           'RANDOM_ENCODER_LIMIT', 'build_text_encoder', 'encoder_parameters']
 
 RANDOM_ENCODER_LIMIT = 1_000_000_000
 RANDOM_INIT_SEED = 0
@@ -114,14 +114,20 @@ def _config(spec: ModelSpec, te: TextEncoderSpec):
     return getattr(transformers, _CONFIGS[te.kind])(**cfg)
 
 
-def encoder_parameters(spec: ModelSpec, te: TextEncoderSpec) -> int:
+def build_text_encoder(spec: ModelSpec, te: TextEncoderSpec, config=None):
+    """One text encoder's architecture from its embedded config (random init; allocates nothing under
+    ``torch.device('meta')``)."""
+    return _encoder_class(te)(config if config is not None else _config(spec, te))
+
+
+def encoder_parameters(spec: ModelSpec, te: TextEncoderSpec, config=None) -> int:
     """Parameter count of one text encoder, built on the meta device (nothing allocated)."""
     with torch.device('meta'):
-        return sum(p.numel() for p in _encoder_class(te)(_config(spec, te)).parameters())
+        return sum(p.numel() for p in build_text_encoder(spec, te, config).parameters())
 
 
 class _Loaded:
-    """One text encoder and its tokenizer: ``(ids, mask) = tokenize(prompt)``, ``run(ids, mask)``."""
+    """One text encoder and its tokenizer: ``(ids, mask) = tokenize(prompt)``; ``run(prompt, seed)`` encodes."""
 
     def __init__(self, spec: ModelSpec, te: TextEncoderSpec, source: str | None, dtype: torch.dtype,
                  load: Callable | None):
@@ -131,14 +137,14 @@ class _Loaded:
             # On the meta device (a backbone built to count or catalog) nothing holds values to run
             # (BERT's mask handling reads one): every encoder is then its output's shape only.
             on_meta = torch.empty(0).device.type == 'meta'
-            if on_meta or encoder_parameters(spec, te) > RANDOM_ENCODER_LIMIT:
+            if on_meta or encoder_parameters(spec, te, config) > RANDOM_ENCODER_LIMIT:
                 width = getattr(config, 'd_model', None) or config.hidden_size
                 pooled = config.projection_dim if te.pooled == 'projected' else width
                 self.random_shape, self.pooled_width, self.model = width, pooled, None
             else:
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(RANDOM_INIT_SEED)
-                    self.model = _encoder_class(te)(config).to(dtype).eval()
+                    self.model = build_text_encoder(spec, te, config).to(dtype).eval()
                 TEXT_ENCODER_LOADS.append((spec.name, te.subfolder))
             self.tokenize = HashTokenizer(config.vocab_size, te.max_length)
         else:

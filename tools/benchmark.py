@@ -49,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from diffbackbones import ActivationCapture, DiffusionBackbone
 from diffbackbones.cache import LatentCache
 from diffbackbones.loading import build_denoiser
-from diffbackbones.text import _config, _encoder_class
+from diffbackbones.text import build_text_encoder
 from diffbackbones.zoo import MODELS, load_config
 
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
@@ -171,14 +171,19 @@ def param_bytes(*modules: nn.Module, dtype: torch.dtype | None = None) -> int:
                for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
-def pipeline_param_bytes(bb: DiffusionBackbone) -> int:
-    """Denoiser + full VAE (decoder included) + text encoders; the missing parts built on the meta device."""
-    spec = bb.spec
-    with torch.device('meta'):  # no allocation; counted at the dtypes the backbone uses
+def pipeline_parts_on_meta(spec) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The parts a backbone does not hold, on the meta device: the full VAE (decoder included; nothing
+    in pixel space) and every text encoder by subfolder."""
+    with torch.device('meta'):
         vae = nn.Identity() if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
-        encoders = [_encoder_class(te)(_config(spec, te)) for te in spec.text_encoders]
+        return vae, {te.subfolder: build_text_encoder(spec, te) for te in spec.text_encoders}
+
+
+def pipeline_param_bytes(bb: DiffusionBackbone) -> int:
+    """Denoiser + full VAE (decoder included) + text encoders, counted at the dtypes the backbone uses."""
+    vae, encoders = pipeline_parts_on_meta(bb.spec)
     return (param_bytes(bb.denoiser) + param_bytes(vae, dtype=bb.vae_dtype)
-            + param_bytes(*encoders, dtype=bb.dtype))
+            + param_bytes(*encoders.values(), dtype=bb.dtype))
 
 
 def parameter_table(model: str, activations) -> None:
@@ -187,8 +192,7 @@ def parameter_table(model: str, activations) -> None:
     with torch.device('meta'):
         bb = DiffusionBackbone(model, activations, pretrained=False, prompt_cache=False)  # pruned at construction
         denoiser = build_denoiser(spec, 'meta')
-        vae = nn.Identity() if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
-        encoders = {te.subfolder: _encoder_class(te)(_config(spec, te)) for te in spec.text_encoders}
+    vae, encoders = pipeline_parts_on_meta(spec)
     count = lambda *ms: sum(p.numel() for m in ms for p in m.parameters())
     parts = [('denoiser', count(denoiser), count(bb.denoiser)), ('VAE (encoder + decoder)', count(vae), count(bb.vae))]
     parts += [(f'{name} ({type(enc).__name__})', count(enc), 0) for name, enc in encoders.items()]

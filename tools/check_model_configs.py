@@ -1,7 +1,9 @@
 """Check the embedded architecture configs of the big diffusion pipelines (diffbackbones/model_configs/).
 
-Builds every component from its JSON on the meta device (no memory, no weights, CPU-cheap), prints its
-parameter count next to the published one and fails when a count is off by more than the tolerance or
+Builds every component on the meta device (no memory, no weights, CPU-cheap) the way the package builds
+it (``build_denoiser``, ``build_text_encoder`` with the zoo entry's encoder kind, ``AutoencoderKL``), prints
+its parameter count next to the published one and fails when a count is off by more than the tolerance,
+when the package builds another class than the published one (CLIP with or without its projection), or
 when a denoiser's forward-relevant field is not the expected one.
 
     python tools/check_model_configs.py            # all models
@@ -14,6 +16,11 @@ import sys
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKL
+
+from diffbackbones.loading import build_denoiser
+from diffbackbones.text import build_text_encoder
+from diffbackbones.zoo import MODELS as ZOO, load_config
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'diffbackbones' / 'model_configs'
 
@@ -96,24 +103,20 @@ FIELDS: dict[tuple[str, str], dict] = {
 }
 
 
-def build(kind: str, cfg: dict) -> torch.nn.Module:
-    """Build a component on the meta device."""
+# The transformers class each published encoder is: what the package must build from the zoo entry.
+ENCODER_CLASSES = {'t5': 'T5EncoderModel', 'mt5': 'MT5EncoderModel', 'clip': 'CLIPTextModel',
+                   'clip_proj': 'CLIPTextModelWithProjection', 'bert': 'BertModel'}
+
+
+def build(name: str, component: str) -> torch.nn.Module:
+    """One component of a zoo model, built on the meta device by the package's own builders."""
+    spec = ZOO[name]
+    if component == spec.denoiser_component:
+        return build_denoiser(spec, 'meta')
     with torch.device('meta'):
-        if kind == 'diffusers':
-            import diffusers
-            return getattr(diffusers, cfg['_class_name']).from_config(cfg)
-        import transformers as tr
-        if kind == 't5':
-            return tr.T5EncoderModel(tr.T5Config(**cfg))
-        if kind == 'mt5':
-            return tr.MT5EncoderModel(tr.MT5Config(**cfg))
-        if kind == 'clip':
-            return tr.CLIPTextModel(tr.CLIPTextConfig(**cfg))
-        if kind == 'clip_proj':
-            return tr.CLIPTextModelWithProjection(tr.CLIPTextConfig(**cfg))
-        if kind == 'bert':
-            return tr.BertModel(tr.BertConfig(**cfg))
-    raise ValueError(kind)
+        if component == 'vae':
+            return AutoencoderKL.from_config(load_config(spec, 'vae'))
+        return build_text_encoder(spec, next(te for te in spec.text_encoders if te.subfolder == component))
 
 
 def count(model: torch.nn.Module, mode: str) -> tuple[float, str]:
@@ -146,7 +149,10 @@ def check_model(name: str) -> list[str]:
             errors.append(f'{name}/{component}: no _class_name')
         if kind != 'diffusers' and 'model_type' not in cfg:
             errors.append(f'{name}/{component}: no model_type')
-        model = build(kind, cfg)
+        model = build(name, component)
+        if kind in ENCODER_CLASSES and type(model).__name__ != ENCODER_CLASSES[kind]:
+            errors.append(f'{name}/{component}: the package builds {type(model).__name__}, '
+                          f'published is {ENCODER_CLASSES[kind]}')
         n, note = count(model, mode[0] if mode else 'params')
         ok = abs(n - published_m) <= tol * published_m
         print(f'{name:14s} {component:15s} {type(model).__name__:30s} {n:10.2f} M   published {published_m:9.1f} M'
