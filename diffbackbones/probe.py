@@ -25,10 +25,13 @@ from PIL import Image
 
 from .resample import bilinear_index, gather_bilinear
 
-__all__ = ['find_split', 'load_pair', 'clean_labels', 'PixelClassifier', 'PixelFeatures', 'EarlyStop',
+__all__ = ['find_split', 'label_map_of', 'read_label_map', 'load_pair', 'clean_labels', 'PixelClassifier', 'PixelFeatures', 'EarlyStop',
            'StackedClassifiers', 'train_ensemble', 'predict', 'compute_iou', 'redraw_split', 'IMAGE_SUFFIXES']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
+# A label map is looked for under these suffixes, in this order: DDPM-seg keeps STEM.npy beside STEM.png,
+# so .npy must win, and the image file itself is never taken for its own label map.
+LABEL_SUFFIXES = ('.npy', '.png')
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -44,7 +47,7 @@ def find_split(root: str | Path, split: str) -> list[tuple[Path, Path]]:
     for ddpm in (root / 'real' / split, root / split):
         if ddpm.is_dir():
             images = sorted(p for p in ddpm.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            pairs = [(p, p.with_suffix('.npy')) for p in images]
+            pairs = [(p, label_map_of(p, ddpm, ('.npy',))) for p in images]
             break
     else:
         mm_split = split if (root / 'img_dir' / split).is_dir() or split != 'test' else 'val'
@@ -54,20 +57,40 @@ def find_split(root: str | Path, split: str) -> list[tuple[Path, Path]]:
                 f'No {split!r} split under {root}: expected {root / "real" / split} (DDPM-seg layout: images with '
                 f'same-name .npy label maps) or {img_dir} with {ann_dir} (mmseg layout).')
         images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        pairs = [(p, ann_dir / f'{p.stem}.png') for p in images]
+        pairs = [(p, label_map_of(p, ann_dir, ('.png',))) for p in images]
     if not pairs:
         raise FileNotFoundError(f'The {split!r} split under {root} holds no images ({", ".join(IMAGE_SUFFIXES)}).')
-    for image, label in pairs:
-        if not label.is_file():
-            raise FileNotFoundError(f'{image} has no label map: expected {label}.')
     return pairs
+
+
+def label_map_of(image: Path, folder: Path, suffixes: Sequence[str] = LABEL_SUFFIXES) -> Path:
+    """The label map of ``image`` in ``folder``: ``STEM.npy``, then ``STEM.png`` (``suffixes`` in order), never
+    the image file itself, so a folder that holds both (DDPM-seg's layout) gives the ``.npy``."""
+    image = Path(image)
+    for suffix in suffixes:
+        path = Path(folder) / (image.stem + suffix)
+        if path.is_file() and not (image.exists() and path.samefile(image)):
+            return path
+    expected = ' or '.join(image.stem + s for s in suffixes)
+    beside = ' (the image itself is not its label map)' if Path(folder).resolve() == image.parent.resolve() else ''
+    raise FileNotFoundError(f'{image} has no label map: expected {expected} in {folder}{beside}.')
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """An (H, W) array of class ids from a ``.npy`` or a single-channel ``.png``."""
+    path = Path(path)
+    label = np.load(path) if path.suffix == '.npy' else np.asarray(Image.open(path))
+    if label.ndim != 2:
+        raise ValueError(f'{path}: a label map holds one class id per pixel, (H, W); got shape {label.shape} '
+                         '(an RGB picture of the classes is not a label map: save the ids, e.g. as a mode-L PNG).')
+    return label
 
 
 def load_pair(image_path: Path, label_path: Path, resolution: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """An image as a (3, R, R) float tensor in [-1, 1] and its (R, R) int64 labels (nearest resize)."""
     image = Image.open(image_path).convert('RGB')
-    label = np.load(label_path) if label_path.suffix == '.npy' else np.asarray(Image.open(label_path))
-    if label.ndim != 2 or label.shape != (image.height, image.width):
+    label = read_label_map(label_path)
+    if label.shape != (image.height, image.width):
         raise ValueError(f'{label_path}: label map of shape {label.shape} does not match its image {image_path} '
                          f'({image.height} x {image.width}); expected one class id per pixel, {image.height} x '
                          f'{image.width}.')

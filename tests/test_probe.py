@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from diffbackbones.probe import (EarlyStop, PixelClassifier, PixelFeatures, StackedClassifiers, clean_labels,
-                                 compute_iou, find_split, load_pair, majority_vote, predict, redraw_split,
-                                 train_ensemble)
+                                 compute_iou, find_split, label_map_of, load_pair, majority_vote, predict,
+                                 read_label_map, redraw_split, train_ensemble)
 from diffbackbones.segmentation.shapes import make_shapes_dataset
 
 from conftest import REPO
@@ -171,6 +171,24 @@ def test_data_layouts_and_errors_name_the_file(tmp_path):
     np.save(ddpm / 'real' / 'train' / '00002.npy', np.zeros((10, 20), np.uint8))
     with pytest.raises(ValueError, match='square images'):
         load_pair(*find_split(ddpm, 'train')[2])
+
+
+def test_a_label_map_is_never_the_image_and_npy_wins_where_both_exist(tmp_path):
+    """DDPM-seg keeps STEM.npy beside STEM.png: looking in the image's own folder must find the .npy."""
+    Image.new('RGB', (8, 8)).save(tmp_path / 'a.png')
+    with pytest.raises(FileNotFoundError, match=r'a.png has no label map: expected a.npy or a.png .*not its label map'):
+        label_map_of(tmp_path / 'a.png', tmp_path)
+    np.save(tmp_path / 'a.npy', np.ones((8, 8), np.uint8))
+    assert label_map_of(tmp_path / 'a.png', tmp_path) == tmp_path / 'a.npy'
+    labels = tmp_path / 'ann'
+    labels.mkdir()
+    Image.new('L', (8, 8)).save(labels / 'a.png')
+    assert label_map_of(tmp_path / 'a.png', labels) == labels / 'a.png'        # mmseg: a PNG in another folder
+    np.save(labels / 'a.npy', np.ones((8, 8), np.uint8))
+    assert label_map_of(tmp_path / 'a.png', labels) == labels / 'a.npy'
+    Image.new('RGB', (8, 8)).save(labels / 'b.png')
+    with pytest.raises(ValueError, match=r'b.png: a label map holds one class id per pixel, \(H, W\); got shape \(8, 8, 3\)'):
+        read_label_map(labels / 'b.png')
 
 
 def test_redrawn_splits_keep_sizes_and_depend_on_the_seed():

@@ -83,10 +83,11 @@ def test_spearman_matches_the_definition():
 
 @pytest.fixture(scope='module')
 def screened(tmp_path_factory):
-    root = make_shapes_dataset(tmp_path_factory.mktemp('shapes') / 'shapes', n_train=6, n_val=6)
+    # DDPM-seg's layout: each image's .npy label map beside it, so --labels is the --images folder itself
+    root = make_shapes_dataset(tmp_path_factory.mktemp('shapes') / 'shapes', n_train=6, n_val=6, layout='ddpm-seg')
     out = tmp_path_factory.mktemp('screen') / 'out'
-    report = screen_tool.main(['test_sd_tiny', '--images', str(root / 'img_dir' / 'val'),
-                               '--labels', str(root / 'ann_dir' / 'val'), '--n-images', '3', '--seeds', '2',
+    report = screen_tool.main(['test_sd_tiny', '--images', str(root / 'real' / 'test'),
+                               '--labels', str(root / 'real' / 'test'), '--n-images', '3', '--seeds', '2',
                                '--levels', 'up-level1,up-level2', '--rank', str(root), '--rank-pixels', '200',
                                '--rank-epochs', '1', '--k', '3', '--per-stride', '1', '--validate', '--out', str(out)])
     return out, report

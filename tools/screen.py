@@ -40,7 +40,8 @@ from tqdm import tqdm
 from diffbackbones import ActivationCapture, DiffusionBackbone, get_model_spec, list_activations
 from diffbackbones.cli import IMAGE_SUFFIXES, pretrained_option, read_image
 from diffbackbones.loading import build_denoiser
-from diffbackbones.probe import PixelFeatures, clean_labels, compute_iou, find_split, load_pair
+from diffbackbones.probe import (PixelFeatures, clean_labels, compute_iou, find_split, label_map_of, load_pair,
+                                 read_label_map)
 from diffbackbones.probe import predict, train_ensemble
 from diffbackbones.screening import ActivationStats, screen_samples, select_candidates, spearman
 
@@ -95,14 +96,13 @@ def screened_points(args, backbone_points):
 
 
 def read_labels(folder: Path | None, image: Path) -> torch.Tensor | None:
+    """The label map of ``image`` in ``folder`` (``STEM.npy`` first, then ``STEM.png``; never the image itself)."""
     if folder is None:
         return None
-    for suffix in ('.png', '.npy'):
-        path = folder / (image.stem + suffix)
-        if path.is_file():
-            array = np.load(path) if suffix == '.npy' else np.asarray(Image.open(path))
-            return torch.from_numpy(np.asarray(array).astype(np.int64))
-    raise SystemExit(f'no label map for {image} in {folder} (expected {image.stem}.png or .npy)')
+    try:
+        return torch.from_numpy(read_label_map(label_map_of(image, folder)).astype(np.int64))
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(str(e)) from None
 
 
 def screen(args, backbone: DiffusionBackbone, names: list[str], images: list[Path]) -> dict[str, ActivationStats]:
