@@ -25,6 +25,7 @@ import argparse
 import json
 import shutil
 import string
+import sys
 import time
 from pathlib import Path
 
@@ -179,7 +180,7 @@ def plot_losses(log: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', required=True, help='output folder (a diffusers pipeline folder is written here)')
     parser.add_argument('--variant', choices=(*VARIANTS, 'both'), default='both', help='shapes variant(s) to train on')
@@ -198,7 +199,7 @@ def main() -> None:
     parser.add_argument('--sample-steps', type=int, default=50, help='DDIM steps for the sample grid')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output folder')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -255,14 +256,14 @@ def main() -> None:
                    vae_minutes=round(vae_minutes, 2), final_vae_l1=tail('vae_l1'), final_unet_mse=tail('unet_mse'),
                    held_out_recon_l1=float((recon - held_out).abs().mean()))
     (report / 'train_log.json').write_text(json.dumps(dict(summary, **log)))
-    write_readme(out, summary)
+    write_readme(out, summary, sys.argv[1:] if argv is None else argv)
     print(json.dumps(summary, indent=1))
     print(f'wrote {out} ({sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6:.1f} MB)')
+    return dict(summary, **log)
 
 
-def write_readme(out: Path, summary: dict) -> None:
+def write_readme(out: Path, summary: dict, argv: list[str]) -> None:
     import subprocess
-    import sys
     try:
         commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=True).stdout.strip()
@@ -271,7 +272,7 @@ def write_readme(out: Path, summary: dict) -> None:
         commit += ' (with uncommitted changes to the recipe)' if dirty else ''
     except (OSError, subprocess.CalledProcessError):
         commit = 'unknown (not run from a git checkout)'
-    command = 'python tools/train_diffusion.py ' + ' '.join(sys.argv[1:])
+    command = 'python tools/train_diffusion.py ' + ' '.join(argv)
     (out / 'README.md').write_text(f'''# A tiny latent diffusion model of the SD1.5 topology, trained on the shapes set
 
 Made on the CPU by diffbackbones' own tool, from scratch, with fixed seeds:
