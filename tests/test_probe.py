@@ -201,7 +201,8 @@ def test_redrawn_splits_keep_sizes_and_depend_on_the_seed():
 def test_probe_tool_end_to_end_beats_chance_clearly(tmp_path):
     data = make_shapes_dataset(tmp_path / 'shapes-ddpm', n_train=6, n_val=4, layout='ddpm-seg')
     report = probe_tool.main(['--model', 'shapes_sd_tiny', '--data', str(data), '--out', str(tmp_path / 'out'),
-                              '--resolution', '64', '--models', '3', '--max-epochs', '6', '--splits', '2'])
+                              '--resolution', '64', '--models', '3', '--max-epochs', '3', '--batch-size', '256',
+                              '--splits', '2'])
     # chance: labelling every pixel background gives IoU(background) ~ its share and 0 elsewhere
     labels = [torch.from_numpy(np.load(p)) for p in sorted((data / 'real' / 'test').glob('*.npy'))]
     chance = compute_iou([torch.zeros_like(lbl) for lbl in labels], labels, 4)['miou']

@@ -1,4 +1,5 @@
 """MMSegmentation: configs build, heads train, checkpoints hold no frozen weights, resume, torchrun."""
+import argparse
 import os
 import re
 import subprocess
@@ -72,10 +73,23 @@ def short_run(shapes_root, iters=2):
             'default_hooks.checkpoint.interval=1', 'default_hooks.logger.interval=1', 'default_hooks.checkpoint.max_keep_ckpts=3']
 
 
+def train_in_process(path, work_dir, options: list[str]) -> str:
+    """What tools/train.py does (the same load_tool_config and build_runner, a real mmengine Runner), in this
+    process: the scripts themselves get their end-to-end runs below, once each; eight more interpreter starts
+    (torch + diffusers + mmseg imports) would add minutes and prove nothing more. Returns the run's log."""
+    from mmengine.config import DictAction
+    from diffbackbones.segmentation import build_runner, load_tool_config
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    cfg = load_tool_config(str(path), parser.parse_args(options).cfg_options, str(work_dir), 'none')
+    build_runner(cfg).train()
+    return '\n'.join(log.read_text() for log in sorted(work_dir.glob('*/*.log')))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('path', TOY_CONFIGS, ids=lambda p: p.name)
 def test_toy_configs_train_a_step_and_predict(path, shapes_root, tmp_path):
-    log = run_tool('train.py', path, '--work-dir', tmp_path, *short_run(shapes_root, iters=1))
+    log = train_in_process(path, tmp_path, short_run(shapes_root, iters=1))
     assert 'Iter(train) [1/1]' in log
     assert re.search(r'Iter\(val\) \[2/2\].*mIoU: [\d.]+', log)
     keys = torch.load(tmp_path / 'iter_1.pth', map_location='cpu')['state_dict']
@@ -101,53 +115,61 @@ def test_bad_configs_fail_at_build_time_naming_the_problem():
 MMSEG_TOOLS = os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'tools')
 
 
+@pytest.fixture(scope='module')
+def stock_trained(shapes_root, tmp_path_factory):
+    """Two iterations of the toy config through mmseg's own tools/train.py: one run, one work dir, shared by
+    the tests that only need a trained checkpoint (iter_2.pth stays; the resume test adds iter_3.pth)."""
+    work_dir = tmp_path_factory.mktemp('stock-train')
+    run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', work_dir, *short_run(shapes_root, iters=2))
+    return work_dir
+
+
 @pytest.mark.slow
-def test_stock_mmseg_tools_and_apis_train_resume_test_and_predict(shapes_root, tmp_path):
+def test_stock_mmseg_tools_and_apis_train_resume_test_and_predict(shapes_root, stock_trained, tmp_path):
     """mmseg's own tools/train.py, --resume, tools/test.py, init_model, inference_model, MMSegInferencer."""
     from mmengine.runner import load_checkpoint
     from mmseg.apis import MMSegInferencer, inference_model, init_model
 
-    run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=2))
-    ckpt = torch.load(tmp_path / 'iter_2.pth', map_location='cpu')  # torch's safe loader, after import diffbackbones
+    work_dir, pictures = stock_trained, tmp_path / 'pictures'
+    ckpt = torch.load(work_dir / 'iter_2.pth', map_location='cpu')  # torch's safe loader, after import diffbackbones
     keys = list(ckpt['state_dict'])
     assert any(k.startswith('backbone.fusion.') for k in keys) and any(k.startswith('decode_head.') for k in keys)
     assert not any(k.startswith(('backbone.denoiser.', 'backbone.vae.')) for k in keys)  # LeanCheckpointHook
     frozen = diffbackbones.DiffusionBackbone('test_sd_tiny', pretrained=False)
     frozen_bytes = sum(p.numel() * p.element_size() for p in frozen.parameters())
-    assert (tmp_path / 'iter_2.pth').stat().st_size < frozen_bytes  # the file is smaller than what it leaves out
+    assert (work_dir / 'iter_2.pth').stat().st_size < frozen_bytes  # the file is smaller than what it leaves out
 
     # --resume continues from iteration 2 with the trained weights and optimizer state
-    log = run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', tmp_path, '--resume',
+    log = run_tool(os.path.join(MMSEG_TOOLS, 'train.py'), TOY, '--work-dir', work_dir, '--resume',
                    *short_run(shapes_root, iters=3))
     assert re.search(r'resumed .*iter_2.pth|Load checkpoint from .*iter_2.pth', log, re.I), log[-3000:]
     assert 'Iter(train) [3/3]' in log and 'Iter(train) [1/3]' not in log
-    assert torch.load(tmp_path / 'iter_3.pth', map_location='cpu')['meta']['iter'] == 3
+    assert torch.load(work_dir / 'iter_3.pth', map_location='cpu')['meta']['iter'] == 3
 
     # mmseg's test.py restores exactly what was trained and evaluates it
-    log = run_tool(os.path.join(MMSEG_TOOLS, 'test.py'), TOY, tmp_path / 'iter_3.pth', '--work-dir',
-                   tmp_path / 'test', '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5],
+    log = run_tool(os.path.join(MMSEG_TOOLS, 'test.py'), TOY, work_dir / 'iter_3.pth', '--work-dir',
+                   work_dir / 'test', '--show-dir', pictures, *short_run(shapes_root)[:5],
                    'default_hooks.visualization.interval=1')  # mmseg draws every 50th image by default
     assert re.search(r'mIoU: [\d.]+', log)
-    assert list((tmp_path / 'pictures').rglob('*.png'))
+    assert list(pictures.rglob('*.png'))
 
     # the inference APIs: the lean checkpoint loads strictly, and both APIs predict the same map
     image = str(next((shapes_root / 'img_dir' / 'val').glob('*.png')))
-    model = init_model(str(TOY), str(tmp_path / 'iter_3.pth'), device='cpu')
-    trained = torch.load(tmp_path / 'iter_3.pth', map_location='cpu')['state_dict']
+    model = init_model(str(TOY), str(work_dir / 'iter_3.pth'), device='cpu')
+    trained = torch.load(work_dir / 'iter_3.pth', map_location='cpu')['state_dict']
     assert torch.equal(model.state_dict()['decode_head.conv_seg.weight'], trained['decode_head.conv_seg.weight'])
-    load_checkpoint(model, str(tmp_path / 'iter_3.pth'), map_location='cpu', strict=True)
+    load_checkpoint(model, str(work_dir / 'iter_3.pth'), map_location='cpu', strict=True)
     assert model.dataset_meta['classes'] == ('background', 'circle', 'square', 'triangle')
     predicted = inference_model(model, image).pred_sem_seg.data[0]
     assert predicted.shape == (128, 128) and set(predicted.unique().tolist()) <= {0, 1, 2, 3}
-    inferencer = MMSegInferencer(model=str(TOY), weights=str(tmp_path / 'iter_3.pth'), device='cpu')
+    inferencer = MMSegInferencer(model=str(TOY), weights=str(work_dir / 'iter_3.pth'), device='cpu')
     result = inferencer(image, return_datasamples=True)
     assert torch.equal(result.pred_sem_seg.data[0], predicted)
 
 
 @pytest.mark.slow
-def test_project_test_tool_evaluates_and_draws(shapes_root, tmp_path):
-    run_tool('train.py', TOY, '--work-dir', tmp_path, *short_run(shapes_root, iters=1))
-    log = run_tool('test.py', TOY, tmp_path / 'iter_1.pth', '--work-dir', tmp_path / 'test',
+def test_project_test_tool_evaluates_and_draws(shapes_root, stock_trained, tmp_path):
+    log = run_tool('test.py', TOY, stock_trained / 'iter_2.pth', '--work-dir', tmp_path / 'test',
                    '--show-dir', tmp_path / 'pictures', *short_run(shapes_root)[:5])
     assert re.search(r'mIoU: [\d.]+', log)
     assert len(list((tmp_path / 'pictures').rglob('*.png'))) == 2  # every image drawn (--show-interval 1)
