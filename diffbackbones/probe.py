@@ -25,8 +25,9 @@ from PIL import Image
 
 from .resample import bilinear_index, gather_bilinear
 
-__all__ = ['find_split', 'label_map_of', 'read_label_map', 'load_pair', 'clean_labels', 'PixelClassifier', 'PixelFeatures', 'EarlyStop',
-           'StackedClassifiers', 'train_ensemble', 'predict', 'compute_iou', 'redraw_split', 'IMAGE_SUFFIXES']
+__all__ = ['find_split', 'label_map_of', 'read_label_map', 'load_pair', 'clean_labels', 'PixelClassifier',
+           'PixelFeatures', 'EarlyStop', 'StackedClassifiers', 'train_ensemble', 'predict', 'compute_iou',
+           'redraw_split', 'IMAGE_SUFFIXES']
 
 IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
 # A label map is looked for under these suffixes, in this order: DDPM-seg keeps STEM.npy beside STEM.png,
