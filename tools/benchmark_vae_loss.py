@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from train_diffusion import VAE_CONFIG, texture_energy
+from train_diffusion import VAE_CONFIG, texture_loss
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             recon = vae.decode(posterior.sample()).sample
             loss = (recon - x0).abs().mean() + 1e-4 * posterior.kl().mean() / x0[0].numel()
             if texture_weight:
-                loss = loss + texture_weight * sum((r - x).abs().mean() for r, x in zip(texture_energy(recon),
-                                                                                        texture_energy(x0)))
+                loss = loss + texture_weight * texture_loss(recon, x0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

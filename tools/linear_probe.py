@@ -5,7 +5,7 @@
 
 The probe, kept deliberately plain so it measures the features and not the head: the geometry variant of
 the shapes set (only the outline names the class), ``--train`` / ``--test`` images rendered with fixed
-seeds (128 px, bilinearly resized to ``--size``); the backbone's levels, each bilinearly resized to the
+seeds (128 px, bilinearly resized to each of ``--sizes``); the backbone's levels, each bilinearly resized to the
 finest level's grid and concatenated; every channel standardised with the training features' mean and
 std; one linear layer (a 1x1 convolution) whose logits are bilinearly upsampled to the label map;
 class-weighted cross-entropy (weights: inverse class frequency of the training pixels), full-batch Adam.
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from diffbackbones import DiffusionBackbone
 from diffbackbones.backbone import pixels_to_input
+from diffbackbones.probe import compute_iou
 from diffbackbones.segmentation.shapes import SHAPES_CLASSES, render_sample
 
 N_CLASSES = len(SHAPES_CLASSES)
@@ -71,9 +72,8 @@ def linear_probe_miou(train_features: torch.Tensor, train_labels: torch.Tensor, 
         optimizer.step()
     with torch.no_grad():
         pred = F.interpolate(head(x_test), size=test_labels.shape[-2:], mode='bilinear', align_corners=False).argmax(1)
-    ious = [100 * (((pred == c) & (test_labels == c)).sum() / ((pred == c) | (test_labels == c)).sum().clamp(min=1)).item()
-            for c in range(N_CLASSES)]
-    return dict(miou=float(np.mean(ious)), iou=dict(zip(SHAPES_CLASSES, ious)))
+    scores = compute_iou(pred, test_labels, N_CLASSES)  # over every test pixel; an absent class counts 0
+    return dict(miou=100 * scores['miou'], iou={name: 100 * scores['iou'][c] for c, name in enumerate(SHAPES_CLASSES)})
 
 
 @torch.no_grad()

@@ -73,6 +73,11 @@ def texture_energy(x: torch.Tensor, window: int = 4) -> tuple[torch.Tensor, torc
     return F.avg_pool2d(dx, window), F.avg_pool2d(dy, window)
 
 
+def texture_loss(recon: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """L1 between the texture energies of the reconstruction and the input."""
+    return sum((r - x).abs().mean() for r, x in zip(texture_energy(recon), texture_energy(x0)))
+
+
 def train_vae(images: torch.Tensor, steps: int, batch: int, crop: int, lr: float, kl_weight: float,
               texture_weight: float, log: dict):
     from diffusers import AutoencoderKL
@@ -88,7 +93,7 @@ def train_vae(images: torch.Tensor, steps: int, batch: int, crop: int, lr: float
         recon = vae.decode(posterior.sample()).sample
         l1 = (recon - x0).abs().mean()
         kl = posterior.kl().mean() / x0[0].numel()
-        texture = sum((r - x).abs().mean() for r, x in zip(texture_energy(recon), texture_energy(x0)))
+        texture = texture_loss(recon, x0)
         loss = l1 + kl_weight * kl + texture_weight * texture
         opt.zero_grad(set_to_none=True)
         loss.backward()
