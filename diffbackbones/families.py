@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .catalog import ActivationPoint, _Points, walk_unet
+from .points import ActivationPoint, _Points, walk_unet
 
 __all__ = ['DenoiserFamily', 'FAMILIES', 'family_of', 'family_by_class', 'pack_latents', 'image_ids']
 
