@@ -7,6 +7,7 @@ from .backbone import DiffusionBackbone
 from .capture import ActivationCapture
 from .combined import CombinedDiffusionBackbone
 from .catalog import ActivationInfo, list_activations
+from .presets import Preset
 from .loading import WeightsNotFoundError
 from .store import FeatureStore
 from .zoo import MODELS, get_model_spec
@@ -21,4 +22,4 @@ else:
 
 __version__ = '0.1.0'
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
-           'MODELS', 'get_model_spec']
+           'MODELS', 'get_model_spec', 'Preset']

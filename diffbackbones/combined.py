@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .backbone import DiffusionBackbone
 from .fusion import FUSION_STYLES, fusion_block
+from .stages import FLAT_KEYWORDS, set_default_option
 
 __all__ = ['CombinedDiffusionBackbone']
 
@@ -57,7 +58,12 @@ class CombinedDiffusionBackbone(nn.Module):
         self.devices: list[torch.device | None] = []
         self.members = nn.ModuleList()
         for member_args in members:
-            kwargs = dict(common, **member_args)
+            kwargs = dict(member_args)
+            for key, value in common.items():  # the member's own options win, flat or in a stage dict
+                if key in FLAT_KEYWORDS:
+                    set_default_option(kwargs, key, value)
+                else:
+                    kwargs.setdefault(key, value)
             device = kwargs.pop('device', None)
             member = DiffusionBackbone(**kwargs)
             if device is not None:
@@ -166,7 +172,7 @@ def _same_encoder(a: DiffusionBackbone, b: DiffusionBackbone) -> bool:
     """Identical VAE encoders: same structure, scaling, dtypes and devices, and equal weights."""
     va, vb = a.vae, b.vae
     if (type(va) is not type(vb) or (va.scaling_factor, va.shift_factor) != (vb.scaling_factor, vb.shift_factor)
-            or a.trainable_vae != b.trainable_vae):
+            or a.stages.vae.trainable != b.stages.vae.trainable):
         return False
     sa, sb = va.state_dict(), vb.state_dict()
     if sa.keys() != sb.keys():
@@ -183,8 +189,8 @@ def _same_encoder(a: DiffusionBackbone, b: DiffusionBackbone) -> bool:
 def _shared_encoder(member: DiffusionBackbone, encoded: list):
     """The member's encode step, reusing a latent another member computed from the same VAE input."""
     def encode(images: torch.Tensor) -> torch.Tensor:
-        key = (id(member.vae), member.sample_posterior, member.noise_seed, member.channels_last,
-               member.latent_cache is not None)
+        key = (id(member.vae), member.stages.vae.sample_posterior, member.stages.noise.seed, member.channels_last,
+               member.stages.vae.latent_cache is not None)
         for other_key, other_images, latent in encoded:
             if other_key == key and other_images.shape == images.shape and other_images.device == images.device \
                     and torch.equal(other_images, images):

@@ -8,6 +8,7 @@ arguments is the denoiser family's business (``families.py``).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -16,7 +17,7 @@ import torch.nn as nn
 from .text import PromptEmbedding, encode_prompts
 from .zoo import ModelSpec
 
-__all__ = ['PromptConditioning']
+__all__ = ['PromptConditioning', 'ConditioningStage']
 
 NULL_CLASS = 1000  # DiT's "no class" label (classifier-free guidance's unconditional input)
 
@@ -96,3 +97,31 @@ class PromptConditioning(nn.Module):
     @property
     def n_tokens(self) -> int:
         return self.embeds_table.shape[1]
+
+
+@dataclass
+class ConditioningStage:
+    """The conditioning stage: what the denoiser is conditioned on; ``conditioning=dict(prompt='a photo')``.
+
+    Args:
+        prompt: Text prompt, encoded once at construction; the text encoders are loaded one at a time
+            and released. A list of prompts encodes them all; the first is active until
+            ``backbone.conditioning.using(p)`` selects another (per-category prompts, as DIFT's protocol).
+        cache: Cache the prompt embeddings on disk (True: ``$DIFFBACKBONES_CACHE/prompts``, or a folder),
+            keyed by model, weights source, dtype and prompt: a second build with the same ones loads no
+            text encoder. False: always encode.
+        class_label: Class-conditioned models (DiT): the ImageNet class, 1000 (the null class) by default.
+    """
+
+    prompt: str | Sequence[str] = ''
+    cache: bool | str = True
+    class_label: int | None = None
+
+    def __post_init__(self):
+        prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt or ())
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f'prompt must be a string or a non-empty list of strings; got {self.prompt!r}')
+
+    def build(self, spec: ModelSpec, source: str | None, dtype: torch.dtype) -> PromptConditioning:
+        """Encode the prompts with the model's text encoders from ``source`` (None: random weights)."""
+        return PromptConditioning.encode(spec, source, self.prompt, dtype, self.cache, self.class_label)

@@ -16,13 +16,14 @@ and one per level (after it). Two block styles:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['ResidualFusion', 'PaperResBlock', 'LevelFusion', 'FUSION_STYLES', 'fusion_block']
+__all__ = ['FusionStage', 'ResidualFusion', 'PaperResBlock', 'LevelFusion', 'FUSION_STYLES', 'fusion_block']
 
 
 class ResidualFusion(nn.Module):
@@ -104,3 +105,41 @@ class LevelFusion(nn.Module):
 
     def forward(self, activations: list[torch.Tensor]) -> torch.Tensor:
         return self.per_level(torch.cat([f(a) for f, a in zip(self.per_activation, activations)], dim=1))
+
+
+@dataclass
+class FusionStage:
+    """The levels stage: how a level's activations become one map. ``fusion=True`` (residual blocks),
+    ``fusion='paper'``, or ``fusion=dict(style='paper', repeats=(4, 2))``; ``style=None`` concatenates.
+
+    Args:
+        style: None (concatenate, nothing learned), ``'residual'`` or ``'paper'`` (see the module doc).
+        repeats: (per activation, per level) weight-shared repeats of ``'paper'`` blocks; the paper's
+            combined run (Ours-XL-t) uses (4, 2).
+    """
+
+    style: str | None = None
+    repeats: Sequence[int] = (1, 1)
+
+    def __post_init__(self):
+        if self.style is True:
+            self.style = FUSION_STYLES[0]
+        elif self.style is False:
+            self.style = None
+        if self.style is not None and self.style not in FUSION_STYLES:
+            raise ValueError(f'fusion must be False, True (the {FUSION_STYLES[0]!r} style) or one of {FUSION_STYLES}; '
+                             f'got {self.style!r}')
+        repeats = tuple(self.repeats) if isinstance(self.repeats, (list, tuple)) else ()
+        if not (len(repeats) == 2 and all(isinstance(r, int) and r >= 1 for r in repeats)):
+            raise ValueError(f'fusion_repeats must be two positive integers (per activation, per level); '
+                             f'got {self.repeats!r}')
+        if self.style == 'residual' and repeats != (1, 1):
+            raise ValueError("fusion_repeats apply to fusion='paper' blocks (the paper's weight-shared repeats); "
+                             f"the 'residual' style takes (1, 1), got {repeats}")
+        self.repeats = repeats
+
+    def build(self, level_channels: Sequence[Sequence[int]]) -> nn.ModuleList | None:
+        """One ``LevelFusion`` per level (channels of each activation), or None to concatenate."""
+        if self.style is None:
+            return None
+        return nn.ModuleList(LevelFusion(channels, self.style, self.repeats) for channels in level_channels)

@@ -16,12 +16,14 @@ at s = 0.184, so the flow models' default is t = 184 (``matched_flow_t``; a test
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
 from .zoo import ModelSpec
 
-__all__ = ['NoiseSchedule', 'ddpm_alphas_cumprod', 'noise_to_signal', 'matched_flow_t']
+__all__ = ['NoiseStage', 'NoiseSchedule', 'ddpm_alphas_cumprod', 'noise_to_signal', 'matched_flow_t']
 
 
 def ddpm_alphas_cumprod(schedule: str, beta_start: float, beta_end: float, steps: int = 1000) -> torch.Tensor:
@@ -71,3 +73,61 @@ class NoiseSchedule(torch.nn.Module):
             return (1 - s) * latents + s * noise
         abar = self.alphas_cumprod.to(latents.device)[timesteps].view(shape)
         return abar.sqrt() * latents + (1 - abar).sqrt() * noise
+
+
+@dataclass
+class NoiseStage:
+    """The noise stage: which timesteps, which noise, how many samples; ``noise=dict(t=50, seed=0, ensemble=4)``.
+
+    Args:
+        t: Integer training timestep of the noise level and the denoiser's timestep input; a list of
+            timesteps runs them all in one batched forward and averages the activations. None: the zoo
+            entry's ``default_t`` (50, the paper's, for DDPM models; 184 for flow models, the same
+            noise-to-signal ratio).
+        seed: Seed of the noise (same image, same features); None draws fresh noise each call.
+        ensemble: Noise samples per timestep, run in the same batched forward and averaged.
+    """
+
+    t: int | Sequence[int] | None = None
+    seed: int | None = 0
+    ensemble: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.ensemble, int) and self.ensemble >= 1):
+            raise ValueError(f'noise ensemble (ensemble_size) must be a positive integer; got {self.ensemble!r}')
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise ValueError(f'noise seed (noise_seed) must be an integer or None (fresh noise); got {self.seed!r}')
+        self.schedule, self.timesteps = None, ()
+
+    def bind(self, spec: ModelSpec) -> None:
+        """Fill the model's default timestep, check the range, and take its training schedule."""
+        self.t = t = spec.default_t if self.t is None else self.t
+        timesteps = (t,) if isinstance(t, int) else tuple(t) if isinstance(t, (list, tuple)) else ()
+        if not timesteps or not all(isinstance(s, int) and 0 <= s < spec.num_train_timesteps for s in timesteps):
+            raise ValueError(f't must be an integer training timestep in [0, {spec.num_train_timesteps}) or a list of '
+                             f'them; got {t!r}')
+        self.timesteps, self.schedule = timesteps, NoiseSchedule(spec)
+
+    @property
+    def members(self) -> int:
+        """Forward copies of each image: one per (timestep, noise sample)."""
+        return len(self.timesteps) * self.ensemble
+
+    def sample(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """(members * B, C, h, w) noise, member-major."""
+        e, (b, *chw) = self.members, shape
+        if self.seed is None:
+            return torch.randn((e * b, *chw), device=device)
+        # One draw per member shared across the batch: an image's features do not depend on its
+        # batch or its position in it.
+        generator = torch.Generator().manual_seed(self.seed)
+        noise = torch.randn((e, 1, *chw), generator=generator).to(device)
+        return noise.expand(e, b, *chw).reshape(e * b, *chw)
+
+    def __call__(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noisy latents of every member (member-major, fp32) and their timesteps."""
+        b = latents.shape[0]
+        timesteps = torch.tensor(self.timesteps, device=latents.device).repeat_interleave(self.ensemble * b)
+        noisy = self.schedule.add_noise(latents.float().repeat(self.members, 1, 1, 1),
+                                        self.sample(latents.shape, latents.device), timesteps)
+        return noisy, timesteps

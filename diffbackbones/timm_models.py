@@ -23,6 +23,7 @@ from timm.models._features import FeatureGetterNet, feature_take_indices
 
 from .backbone import DiffusionBackbone
 from .combined import CombinedDiffusionBackbone
+from .stages import set_default_option
 from .zoo import COMBINATIONS, MODELS, layer_stride
 
 __all__ = ['DiffusionNet']
@@ -52,8 +53,8 @@ class DiffusionNet(nn.Module):
             raise ValueError(f'diffusion backbones take RGB images: in_chans must be 3, got {in_chans}')
         if (model is None) == (members is None):
             raise ValueError('give either model (a zoo name) or members (a combined backbone), not both or neither')
-        kwargs.setdefault('trainable_denoiser', not frozen)
-        kwargs.setdefault('trainable_vae', not frozen)
+        set_default_option(kwargs, 'trainable_denoiser', not frozen)
+        set_default_option(kwargs, 'trainable_vae', not frozen)
         if members is not None:
             self.backbone = CombinedDiffusionBackbone(members, pretrained=weights, **kwargs)
         else:

@@ -70,19 +70,19 @@ def test_batched_members_are_the_mean_of_separate_runs(timesteps, ensemble):
     """Timesteps x noise samples run as one batch and equal the mean of one run per member."""
     x = random_images(2, 64, 64)
     ens = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, t=timesteps, ensemble_size=ensemble)
-    assert ens.n_members == len(ens.timesteps) * ensemble
+    assert ens.stages.noise.members == len(ens.stages.noise.timesteps) * ensemble
     calls = []
     handle = ens.denoiser.conv_in.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     with torch.no_grad():
         together = ens(x)
     handle.remove()
-    assert calls == [2 * ens.n_members]  # one batched forward, not a loop
+    assert calls == [2 * ens.stages.noise.members]  # one batched forward, not a loop
     with torch.no_grad():
         latents = ens.encode(x)
-        noise = ens._noise(latents.shape, latents.device).view(ens.n_members, 2, *latents.shape[1:])
+        noise = ens.stages.noise.sample(latents.shape, latents.device).view(ens.stages.noise.members, 2, *latents.shape[1:])
         members = []
-        for m, t in enumerate(s for s in ens.timesteps for _ in range(ensemble)):
-            abar = ens.schedule.alphas_cumprod[t]
+        for m, t in enumerate(s for s in ens.stages.noise.timesteps for _ in range(ensemble)):
+            abar = ens.stages.noise.schedule.alphas_cumprod[t]
             noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise[m]
             with ens.capture:
                 ens.denoiser(noisy, torch.full((2,), t), encoder_hidden_states=ens.conditioning.prompt_embeds.expand(2, -1, -1))

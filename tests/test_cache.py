@@ -30,7 +30,7 @@ def test_hits_are_bit_identical_and_changes_miss(where, tmp_path):
     with torch.no_grad():
         backbone(changed)
     assert calls == [2, 1]  # image 0 hit, the changed image 1 missed
-    assert backbone.latent_cache.hits == 3 and backbone.latent_cache.misses == 3
+    assert backbone.stages.vae.latent_cache.hits == 3 and backbone.stages.vae.latent_cache.misses == 3
     with torch.no_grad():
         backbone(x[:, :, :, :48])  # another size is another key, even with equal leading bytes
     assert calls[-1] == 2

@@ -7,7 +7,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from diffbackbones import list_activations
-from diffbackbones.backbone import resolve_levels
+from diffbackbones.presets import resolve_levels
 from diffbackbones.catalog import activation_points
 from diffbackbones.loading import build_denoiser
 from diffbackbones.zoo import MODELS, layer_stride, load_config

@@ -60,7 +60,7 @@ def test_the_shipped_unet_predicts_noise_far_better_than_zeros(trained):
     g = torch.Generator().manual_seed(0)
     for t in (50, 250, 500):
         noise = torch.randn(latents.shape, generator=g)
-        abar = trained.schedule.alphas_cumprod[t]
+        abar = trained.stages.noise.schedule.alphas_cumprod[t]
         pred = unet(abar.sqrt() * latents + (1 - abar).sqrt() * noise, torch.full((len(images),), t), **kwargs).sample
         mse, zero = F.mse_loss(pred, noise).item(), noise.square().mean().item()
         assert mse < NOISE_RATIO * zero, (t, mse, zero)

@@ -206,7 +206,7 @@ def test_flow_matching_noise_and_its_matched_default_t():
     assert torch.allclose(noisy[0], 0.816 * z[0] + 0.184 * eps[0], atol=1e-6)
     assert torch.allclose(noisy[1], 0.5 * z[1] + 0.5 * eps[1], atol=1e-6)
     backbone = DiffusionBackbone('test_flux_tiny', 'default', pretrained=False, t=[100, 300], ensemble_size=2)
-    assert backbone.n_members == 4
+    assert backbone.stages.noise.members == 4
     with torch.no_grad():
         assert backbone(random_images(1, 32, 32))[0].shape == (1, 16, 2, 2)
 
@@ -264,7 +264,7 @@ def test_deepfloyd_if_in_pixel_space():
     names = ['down-level1-repeat0-attn-self-k', 'up-level0-repeat0-attn-self-map', 'up-level0-repeat0-attn-cross-map',
              'up-level1-upsampler-out']
     backbone = DiffusionBackbone('test_if_tiny', names, pretrained=False)
-    assert backbone.image_size == (64, 64) and backbone.vae.downsample_factor == 1
+    assert backbone.stages.image.size == (64, 64) and backbone.vae.downsample_factor == 1
     with torch.no_grad():
         feats = backbone(random_images(2, 100, 80))
         acts = backbone.activations(random_images(1, 64, 64))

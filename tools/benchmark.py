@@ -98,11 +98,11 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
     cache = LatentCache('memory', 'benchmark')  # filled by the warm-up round
 
     def cached() -> tuple[torch.Tensor, ...]:
-        bb.latent_cache = cache
+        bb.stages.vae.latent_cache = cache
         try:
             return bb(images)
         finally:
-            bb.latent_cache = None
+            bb.stages.vae.latent_cache = None
 
     # Attention maps need the unfused attention path: there is no hook-only floor for them.
     has_maps = any(p.layout == 'attn-map' for p in bb.capture.points)

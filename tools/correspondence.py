@@ -202,7 +202,7 @@ def main(argv=None) -> dict:
     categories = sorted({p.category for split_pairs in pairs.values() for p in split_pairs})
     prompts = list(dict.fromkeys(args.prompt.format(category=c) for c in categories))
     backbone = build_backbone(args, prompts)
-    size = backbone.image_size
+    size = backbone.stages.image.size
     features = FeatureSource(backbone, (size[1], size[0]), args.prompt, args.cache_mb)
     channels = sum(info['num_chs'] for info in backbone.feature_info)
     print(f'{args.model} {args.protocol}: levels {[list(level) for level in backbone.levels]}, {channels} channels, '

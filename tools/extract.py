@@ -84,7 +84,7 @@ def build_backbone(args) -> DiffusionBackbone:
 def run_settings(args, backbone: DiffusionBackbone, images: list[Path]) -> dict:
     """Everything that decides the stored values; a resumed run must match it exactly."""
     return dict(model=args.model, weights=args.weights, levels=[list(level) for level in backbone.levels],
-                t=backbone.t, prompt=args.prompt, ensemble=args.ensemble, noise_seed=backbone.noise_seed,
+                t=backbone.stages.noise.t, prompt=args.prompt, ensemble=args.ensemble, noise_seed=backbone.stages.noise.seed,
                 image_size=args.image_size, dtype=args.dtype, store_dtype=args.store_dtype, aggregate=args.aggregate,
                 images=str(Path(args.images).resolve()), n_images=len(images),
                 diffbackbones=diffbackbones.__version__)

@@ -1,0 +1,99 @@
+"""The denoise-and-capture stage: one batched denoiser forward, stopped right after the last requested
+activation, with the parts it never needs pruned and, optionally, the parts without hooks compiled.
+
+``denoiser=dict(trainable=False, prune=True, compile=False)`` in a backbone's options (the flat keywords
+``trainable_denoiser``, ``prune`` and ``compile`` map here, ``stages.py``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .capture import ActivationCapture
+from .pruning import prune_unexecuted
+
+__all__ = ['DenoiserStage']
+
+
+@dataclass
+class DenoiserStage:
+    """Runs the denoiser and captures the requested activations.
+
+    Args:
+        trainable: Let gradients reach the denoiser (it is frozen and in eval mode otherwise, also after
+            ``.train()``).
+        prune: Drop the denoiser modules that run after the last requested activation (measured with one
+            probe forward at construction); they are never computed anyway.
+        compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward stops by an
+            exception at the last activation, which compiled graphs must not contain).
+    """
+
+    trainable: bool = False
+    prune: bool = True
+    compile: bool = False
+
+    def __post_init__(self):
+        for name in ('trainable', 'prune', 'compile'):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f'denoiser {name} must be True or False; got {getattr(self, name)!r}')
+
+    def __call__(self, denoiser: nn.Module, capture: ActivationCapture, kwargs: dict, members: int,
+                 keep_graph: bool) -> dict[str, torch.Tensor]:
+        """One forward of ``members * B`` rows (member-major); the member-averaged activations by name.
+
+        ``keep_graph``: build a graph when anything upstream trains (a trainable VAE needs it through a
+        frozen denoiser)."""
+        with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()), capture:
+            denoiser(**kwargs)
+        captured, capture.activations = capture.activations, {}
+        if len(captured) != len(capture.points):
+            missing = sorted({p.name for p in capture.points} - set(captured))
+            raise RuntimeError(f'the denoiser forward did not produce {missing}')
+        if members == 1:
+            return captured
+        return {name: a.view(members, -1, *a.shape[1:]).mean(0) for name, a in captured.items()}
+
+    @staticmethod
+    def prune_tail(denoiser: nn.Module, capture: ActivationCapture, probe_inputs: Callable[[], dict]) -> list[str]:
+        """Drop the denoiser modules that run after the last requested activation, and the projections
+        that run before it but feed none of the activations; returns their paths.
+
+        ``probe_inputs()`` gives the keyword arguments of one forward at the smallest valid latent size,
+        from an input that requires grad (not the weights: no weight gradient is allocated), which is what
+        tells a projection that feeds nothing (see ``pruning.py``).
+        """
+        def run():
+            with torch.enable_grad(), capture:
+                denoiser(**probe_inputs())
+            captured, capture.activations = list(capture.activations.values()), {}
+            return captured
+        return prune_unexecuted(denoiser, run)
+
+    @staticmethod
+    def compile_parts(denoiser: nn.Module, capture: ActivationCapture) -> list[str]:
+        """Compile the largest denoiser parts that contain no hooked module (and were not pruned)."""
+        hooked = {p.module for p in capture.points} | {p.grid_module for p in capture.points if p.grid_module}
+        compiled = []
+
+        def visit(name: str, module: nn.Module) -> None:
+            for child_name, child in module.named_children():
+                path = f'{name}.{child_name}' if name else child_name
+                contains_hook = any(h == path or h.startswith(path + '.') for h in hooked)
+                if isinstance(child, (nn.ModuleList, nn.ModuleDict)) or contains_hook:
+                    visit(path, child)
+                elif next(child.parameters(), None) is not None:  # pruned and skipped parts hold none
+                    child.compile()
+                    compiled.append(path)
+        visit('', denoiser)
+        # nn.Module.compile() routes every part through one shared wrapper function, so all parts'
+        # graphs (one or two per part: static, then dynamic shapes) count against that one function's
+        # recompile limit. At dynamo's default of 8, most of sd15's 52 parts fell back to eager with
+        # only a log warning. Raise the limit (never lower it) to what these parts need.
+        needed = 2 * len(compiled) + 8
+        dynamo_config = torch._dynamo.config
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
+        dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, needed)
+        return compiled
