@@ -8,6 +8,8 @@ from .capture import ActivationCapture
 from .combined import CombinedDiffusionBackbone
 from .catalog import ActivationInfo, list_activations
 from .presets import Preset
+from .screener import ScreenReport, screen
+from .stages import Stages
 from .loading import WeightsNotFoundError
 from .store import FeatureStore
 from .zoo import MODELS, get_model_spec
@@ -22,4 +24,5 @@ else:
 
 __version__ = '0.1.0'
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
-           'MODELS', 'get_model_spec', 'Preset']
+           'MODELS', 'get_model_spec', 'Preset',
+           'screen', 'ScreenReport', 'Stages']

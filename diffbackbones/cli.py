@@ -1,26 +1,22 @@
-"""What the command-line tools share: how ``--weights``/``--activations`` map to backbone arguments, and
-how an image file becomes the backbone's input."""
+"""What the commands share: how ``--weights``/``--activations`` map to backbone arguments, and how an
+image file becomes the backbone's input (stopping the command with the file's name when it cannot)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .zoo import ModelSpec
+from . import images
+from .images import IMAGE_SUFFIXES
+from .zoo import ModelSpec, default_weights
 
 __all__ = ['IMAGE_SUFFIXES', 'pretrained_option', 'activations_option', 'read_image']
-
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
 
 
 def pretrained_option(spec: ModelSpec, weights: str | None) -> bool | str:
     """``--weights``: omitted -> the zoo's weights (random for test models), ``'random'``, or a local
     diffusers folder / hub id."""
-    if weights is None:
-        return spec.hub_id is not None or spec.packaged is not None
-    return False if weights == 'random' else weights
+    return False if weights == 'random' else default_weights(spec, weights)
 
 
 def activations_option(text: str) -> str | list[str]:
@@ -29,11 +25,8 @@ def activations_option(text: str) -> str | list[str]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) contiguous in [-1, 1]; an unreadable file stops the tool with its name."""
+    """``images.read_image`` for a command: an unreadable file stops it with the file's name."""
     try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert('RGB')).copy()
-    except Exception as e:  # PIL's errors name no file when they come from deep inside
-        raise SystemExit(f'cannot read image {path}: {e}') from None
-    # contiguous: the backbone's output differs in the last bits between memory formats of one input
-    return (torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1).contiguous()
+        return images.read_image(path)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None

@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels']
+__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels',
+           'default_weights']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
 WEIGHTS_ROOT = Path(__file__).parent / 'weights'
@@ -324,3 +325,11 @@ def layer_stride(spec: ModelSpec, name: str) -> int:
         elif name.endswith('-upsampler-out'):
             latent //= 2
     return vae_factor * latent
+
+
+def default_weights(spec: ModelSpec, pretrained: bool | str | None = None) -> bool | str:
+    """``pretrained`` for the library's tasks: None means the zoo's own weights where the entry has any
+    (a hub id or weights shipped in the package) and random weights for the test models."""
+    if pretrained is None:
+        return spec.hub_id is not None or spec.packaged is not None
+    return pretrained

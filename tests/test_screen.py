@@ -1,21 +1,18 @@
-"""Screening: the three indices on synthetic activations with known answers, the paper's rules, ranking,
-and tools/screen.py end to end (its preset.json loads in DiffusionBackbone, timm and mmseg)."""
+"""Screening: the three indices on synthetic activations with known answers, the paper's rules, ranking
+through the library call (``diffbackbones.screen``; its preset.json loads in DiffusionBackbone, timm and
+mmseg), and the ``diffbackbones screen`` command end to end."""
 import csv
 import json
 import math
-import sys
 
 import pytest
 import torch
 
-from diffbackbones import DiffusionBackbone
+import diffbackbones
+from diffbackbones import DiffusionBackbone, Preset
+from diffbackbones.commands import main as diffbackbones_command
 from diffbackbones.screening import screen_samples, select_candidates, spearman
 from diffbackbones.segmentation.shapes import make_shapes_dataset
-
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / 'tools'))
-import screen as screen_tool  # noqa: E402  (tools/screen.py)
 
 G = torch.Generator().manual_seed(0)
 YY, XX = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing='ij')
@@ -86,11 +83,13 @@ def screened(tmp_path_factory):
     # DDPM-seg's layout: each image's .npy label map beside it, so --labels is the --images folder itself
     root = make_shapes_dataset(tmp_path_factory.mktemp('shapes') / 'shapes', n_train=6, n_val=6, layout='ddpm-seg')
     out = tmp_path_factory.mktemp('screen') / 'out'
-    report = screen_tool.main(['test_sd_tiny', '--images', str(root / 'real' / 'test'),
-                               '--labels', str(root / 'real' / 'test'), '--n-images', '3', '--seeds', '2',
-                               '--levels', 'up-level1,up-level2', '--rank', str(root), '--rank-pixels', '200',
-                               '--rank-epochs', '1', '--k', '3', '--per-stride', '1', '--validate', '--out', str(out)])
-    return out, report
+    report = diffbackbones.screen('test_sd_tiny', root / 'real' / 'test', labels=root / 'real' / 'test', n_images=3,
+                                  seeds=2, levels=['up-level1', 'up-level2'])
+    assert report.preset is None and not (out / 'preset.json').exists()
+    preset = report.rank(root, pixels=200, epochs=1, k=3, per_stride=1, validate=True)
+    assert preset is report.preset and preset.model == 'test_sd_tiny'
+    report.save(out)
+    return out, report.to_dict()
 
 
 def test_screen_writes_every_output_and_a_preset_the_backbone_loads(screened):
@@ -143,17 +142,38 @@ def test_a_preset_file_for_another_topology_or_missing_is_refused(tmp_path):
         DiffusionBackbone('test_sd_tiny', str(tmp_path / 'bad.json'), pretrained=False)
 
 
-def test_screen_refuses_an_earlier_run_and_bad_filters(screened, tmp_path):
-    out, _ = screened
+def test_a_preset_saves_and_loads_with_its_ranking(screened, tmp_path):
+    out, report = screened
+    preset = Preset.load(out)  # a folder reads its preset.json
+    assert [list(level) for level in preset.levels] == report['preset']['levels']
+    assert preset.info['ranking'] == report['preset']['ranking'] and preset.info['t'] == 50
+    again = Preset.load(preset.save(tmp_path / 'copy.json'))
+    assert again == preset and again.info == preset.info
+    backbone = DiffusionBackbone('test_sd_tiny', again, pretrained=False)
+    assert backbone.levels == preset.levels
+    with pytest.raises(ValueError, match="written for 'test_sdxl_tiny'"):
+        DiffusionBackbone('test_sd_tiny', Preset('test_sdxl_tiny', [['up-level1-upsampler-out']]), pretrained=False)
+
+
+def test_the_screen_command_end_to_end_and_its_refusals(tmp_path):
+    # DDPM-seg's layout: each image's .npy label map beside it, so --labels is the --images folder itself
+    root = make_shapes_dataset(tmp_path / 'shapes', n_train=2, n_val=2, layout='ddpm-seg')
+    out = tmp_path / 'cli'
+    images = str(root / 'real' / 'test')
+    status = diffbackbones_command(['screen', 'test_sd_tiny', '--images', images, '--labels', images,
+                                    '--n-images', '2', '--seeds', '2', '--levels', 'up-level2', '--out', str(out)])
+    assert status == 0
+    rows = list(csv.DictReader(open(out / 'screen.csv')))
+    assert rows and all(r['name'].startswith('up-level2') for r in rows) and any(r['li'] != 'nan' for r in rows)
+    assert (out / 'pca.png').is_file() and not (out / 'preset.json').exists()
     with pytest.raises(SystemExit, match='--overwrite'):
-        screen_tool.main(['test_sd_tiny', '--images', str(out), '--out', str(out)])
+        diffbackbones_command(['screen', 'test_sd_tiny', '--images', images, '--out', str(out)])
     empty = tmp_path / 'empty'
     empty.mkdir()
     with pytest.raises(SystemExit, match='holds no images'):
-        screen_tool.main(['test_sd_tiny', '--images', str(empty), '--out', str(tmp_path / 'o')])
+        diffbackbones_command(['screen', 'test_sd_tiny', '--images', str(empty), '--out', str(tmp_path / 'o')])
     (empty / 'broken.png').write_bytes(b'not a png')
-    with pytest.raises(SystemExit, match=f'cannot read image {empty / "broken.png"}'):
-        screen_tool.main(['test_sd_tiny', '--images', str(empty), '--out', str(tmp_path / 'o')])
-    with pytest.raises(SystemExit, match=r"--kinds \['nope'\] not in this model"):
-        screen_tool.screened_points(screen_tool.parse_args(['test_sd_tiny', '--images', 'x', '--kinds', 'nope']),
-                                    DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False).points)
+    with pytest.raises(ValueError, match=f'cannot read image {empty / "broken.png"}'):
+        diffbackbones.screen('test_sd_tiny', empty, pretrained=False)
+    with pytest.raises(ValueError, match=r"kinds \['nope'\] not in this model"):
+        diffbackbones.screen('test_sd_tiny', images, kinds=['nope'])

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from diffbackbones import DiffusionBackbone
+from diffbackbones.commands import main as diffbackbones_command
+from diffbackbones.diffusion_training import texture_energy, train_shapes_model
 from diffbackbones.zoo import MODELS
 
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / 'tools'))
 import linear_probe  # noqa: E402  (tools/linear_probe.py)
-import train_diffusion  # noqa: E402  (tools/train_diffusion.py)
 
 SPEC = MODELS['shapes_sd_tiny']
 # Measured on the shipped weights (README, "A diffusion model that has learned something"); the bounds
@@ -80,24 +81,25 @@ def test_learned_features_separate_shapes_that_random_ones_cannot(trained):
 
 @pytest.mark.slow
 def test_train_diffusion_writes_a_loadable_folder_reproducibly_and_never_overwrites(tmp_path):
-    """A smoke run of the recipe (a few steps, in this process): the folder loads as the backbone's weights,
-    the same command gives the same losses, and an existing folder is refused without --overwrite."""
+    """A smoke run of the recipe (a few steps, in this process), once through the `diffbackbones train-diffusion`
+    command and once through the library call: the folder loads as the backbone's weights, the two give the
+    same losses, the README's command is complete, and an existing folder is refused without --overwrite."""
     args = ['--vae-steps', '4', '--unet-steps', '3', '--images', '16', '--samples', '2', '--sample-steps', '3']
-    first, second = (train_diffusion.main(['--out', str(tmp_path / x), *args]) for x in 'ab')
+    assert diffbackbones_command(['train-diffusion', '--out', str(tmp_path / 'a'), *args]) == 0
+    first = json.loads((tmp_path / 'a' / 'training' / 'train_log.json').read_text())
+    second = train_shapes_model(tmp_path / 'b', vae_steps=4, unet_steps=3, images=16, samples=2, sample_steps=3)
     for key in ('vae_l1', 'vae_texture', 'unet_mse'):
         assert first[key] == second[key] and len(first[key]) > 0, key
-    logs = [json.loads((tmp_path / x / 'training' / 'train_log.json').read_text()) for x in 'ab']
-    assert logs[0]['vae_l1'] == logs[1]['vae_l1'] and logs[0]['unet_mse'] == logs[1]['unet_mse']
     for name in ('losses.png', 'samples.png', 'reconstructions.png'):
         assert (tmp_path / 'a' / 'training' / name).stat().st_size > 0
     readme = (tmp_path / 'a' / 'README.md').read_text()
-    assert 'python tools/train_diffusion.py --out ' + str(tmp_path / 'a') + ' --vae-steps 4' in readme
+    assert f'diffbackbones train-diffusion --out {tmp_path / "a"} --variant both --images 16 --vae-steps 4' in readme
     backbone = DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=str(tmp_path / 'a'))
     assert backbone.denoiser.dtype == torch.float32
     with torch.no_grad():
         assert all(torch.isfinite(f).all() for f in backbone(linear_probe.shapes_split(1, seed=5)[0]))
     with pytest.raises(SystemExit, match='--overwrite'):
-        train_diffusion.main(['--out', str(tmp_path / 'a'), *args])
+        diffbackbones_command(['train-diffusion', '--out', str(tmp_path / 'a'), *args])
     assert (tmp_path / 'a' / 'README.md').read_text() == readme  # nothing a user wrote is lost
 
 
@@ -108,9 +110,9 @@ def test_the_texture_term_is_phase_free_and_sees_what_l1_averages_away():
     stripes = torch.sign(torch.sin(2 * torch.pi * rows / 8))[None, None]
     shifted = torch.sign(torch.sin(2 * torch.pi * (rows + 4) / 8))[None, None]
     flat = torch.full_like(stripes, float(stripes.mean()))
-    energy = lambda x: torch.cat([e.flatten() for e in train_diffusion.texture_energy(x)])  # noqa: E731
+    energy = lambda x: torch.cat([e.flatten() for e in texture_energy(x)])  # noqa: E731
     assert torch.allclose(energy(stripes).mean(), energy(shifted).mean())
     assert (stripes - shifted).abs().mean() > (stripes - flat).abs().mean()  # L1 prefers the flat image...
     assert energy(flat).abs().max() == 0 and energy(stripes).mean() > 0.2      # ...which has no texture at all
-    dx, dy = train_diffusion.texture_energy(stripes)
+    dx, dy = texture_energy(stripes)
     assert dx.abs().max() == 0 and dy.mean() > 0  # horizontal stripes: vertical differences only

@@ -15,7 +15,7 @@ import statistics
 
 import torch
 
-from benchmark import machine, run_once  # tools/ is on sys.path when a script in it runs
+from diffbackbones.benchmarking import machine, run_once
 from diffbackbones import DiffusionBackbone
 from diffbackbones.zoo import MODELS
 

@@ -1,4 +1,4 @@
-"""What the texture-energy term costs a VAE training step of tools/train_diffusion.py, against the same step
+"""What the texture-energy term costs a VAE training step of diffbackbones train-diffusion, against the same step
 without it, timed alternately in one process (so a machine that is slower in one round cancels out).
 
     python tools/benchmark_vae_loss.py            # 5 rounds x 10 steps each way, the recipe's batch and crop
@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from train_diffusion import VAE_CONFIG, texture_loss
+from diffbackbones.diffusion_training import VAE_CONFIG, texture_loss
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,47 +1,7 @@
-"""Print the activation catalog of a zoo model: layer id, kind, channels, size and stride.
+"""``diffbackbones list``, as a script in the source tree (same flags): see ``diffbackbones list --help``."""
+import sys
 
-    python tools/list_activations.py sd15 --size 512
-    python tools/list_activations.py sdxl --size 1024 --kind cross-q
-    python tools/list_activations.py flux_dev --size 1024 | tail -3
-    python tools/list_activations.py sd3 --size 768x1344        # height x width
-
-The denoiser is built on the meta device from the embedded config: no weights, no forward (a 12 B
-parameter Flux lists in about a second).
-"""
-from __future__ import annotations
-
-import argparse
-
-from diffbackbones import list_activations
-from diffbackbones.loading import build_denoiser
-from diffbackbones.zoo import MODELS, get_model_spec
-
-
-def image_size(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition('x')
-    try:
-        return int(h), int(w or h)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'--size takes pixels as N or HxW, e.g. 1024 or 768x1344; got {text!r}')
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('model', choices=sorted(MODELS))
-    parser.add_argument('--size', type=image_size, help="image size in pixels, N or HxW (default: the model's own)")
-    parser.add_argument('--kind', help='only this kind (res-out, self-k, cross-q, vit-block-out, ...)')
-    args = parser.parse_args()
-    spec = get_model_spec(args.model)
-    h, w = args.size or (spec.image_size, spec.image_size)
-    vae_factor = spec.vae_factor
-    if h % vae_factor or w % vae_factor:
-        parser.error(f'--size must be a multiple of the VAE factor {vae_factor}; got {h}x{w}')
-    denoiser = build_denoiser(spec, 'meta')
-    print(f'{"layer id":<48} {"kind":<14} {"channels":>8}  {"h x w":>11}  stride')
-    for a in list_activations(denoiser, (h // vae_factor, w // vae_factor), n_text_tokens=spec.n_text_tokens or 77):
-        if args.kind is None or a.kind == args.kind:
-            print(f'{a.name:<48} {a.kind:<14} {a.channels:>8}  {a.size[0]:>5} x {a.size[1]:<5}  {h // a.size[0]}')
-
+from diffbackbones.commands.list_activations import main
 
 if __name__ == '__main__':
-    main()
+    main(sys.argv[1:])

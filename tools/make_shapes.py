@@ -1,32 +1,7 @@
-"""Write the embedded synthetic "shapes" segmentation set in mmseg's layout.
+"""``diffbackbones make-shapes``, as a script in the source tree (same flags): see ``diffbackbones make-shapes --help``."""
+import sys
 
-    python tools/make_shapes.py data/shapes [--train 200 --val 50]
-    python tools/make_shapes.py data/shapes-geometry --variant geometry   # only the outline names the class
-    python tools/make_shapes.py data/shapes-ddpm --layout ddpm-seg         # real/{train,test}, 30 / 20, .npy labels
-"""
-import argparse
-
-from diffbackbones.segmentation.shapes import LAYOUTS, VARIANTS, make_shapes_dataset
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('root', nargs='?', default='data/shapes')
-    parser.add_argument('--train', type=int, default=None, help='training images (default 200; ddpm-seg: 30)')
-    parser.add_argument('--val', type=int, default=None, help='validation / test images (default 50; ddpm-seg: 20)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--variant', choices=VARIANTS, default='texture',
-                        help='texture: class-specific texture and hue; geometry: appearance independent of the class')
-    parser.add_argument('--layout', choices=LAYOUTS, default='mmseg',
-                        help="mmseg: img_dir/ann_dir; ddpm-seg: real/{train,test} with .npy labels (diffbackbones.probe)")
-    args = parser.parse_args()
-    ddpm = args.layout == 'ddpm-seg'
-    n_train = args.train if args.train is not None else (30 if ddpm else 200)
-    n_val = args.val if args.val is not None else (20 if ddpm else 50)
-    root = make_shapes_dataset(args.root, n_train, n_val, seed=args.seed, variant=args.variant, layout=args.layout)
-    print(f'shapes dataset ({args.variant}, {args.layout} layout) ready in {root} '
-          f'({n_train} train / {n_val} {"test" if ddpm else "val"} images)')
-
+from diffbackbones.commands.make_shapes import main
 
 if __name__ == '__main__':
-    main()
+    main(sys.argv[1:])

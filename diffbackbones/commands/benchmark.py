@@ -1,0 +1,185 @@
+"""Time a DiffusionBackbone against the full forward it replaces and against the truncation floor.
+
+    diffbackbones benchmark --model test_sd_tiny --size 64 --reps 2
+    diffbackbones benchmark --model sd15 --preset practical --size 256
+    diffbackbones benchmark --model sdxl --size 512 --reps 3
+    diffbackbones benchmark --model sd21 --dift              # DIFT-style feature: up_blocks[1] output
+    diffbackbones benchmark --model flux_dev --size 256      # too big here: timed on test_flux_tiny,
+                                                             # parameters counted at full size (meta)
+
+Four variants, same input batch, same dtype, all without autograd:
+  (a) full      VAE encode + the COMPLETE denoiser forward + ActivationCapture hooks (no early stop):
+                what the original implementation does, with its VAE in the default memory format.
+  (b) floor     the backbone's VAE encode + the denoiser cut right after the deepest requested
+                activation by one hook that raises, with no capture machinery: the cheapest way to
+                get that far with the same kernels, so c/b is the cost of the capture machinery.
+  (c) backbone  DiffusionBackbone.forward itself.
+  (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
+  (e) compiled  with --compile: a second backbone, same weights, built with compile=True (torch.compile;
+                compiled during the untimed warm-up).
+Variants run interleaved, in alternating order (a, b, c, d, d, c, b, a, ...), so machine noise hits
+all alike. The table reports the median time over the rounds and the largest peak memory growth of a
+call; each ratio is the median of the per-round ratios (paired: slow and fast rounds cancel), with its
+range. FLOPs come from one extra counting pass per variant, and each variant's achieved FLOP/s is put
+against the dense matmul rate measured on the same device and dtype (the practical ceiling). Random
+weights by default (pretrained=False: the real architecture). The backbone is built with prune=False,
+since (a) needs the whole denoiser; the tail pruning would drop never runs in (b) and (c) anyway. It
+is pruned at the end, to report the memory users get.
+
+Parameters: the backbone's (pruned denoiser + VAE encoder) against the full pipeline's (denoiser + VAE
+with its decoder + every text encoder), both counted on the meta device at the model's real size, so
+Flux's 12 B and T5-XXL's 4.8 B are counted without being allocated. A model whose random weights would
+not fit in half of this machine's memory is timed on the tiny model of its family instead (said so).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+from ..backbone import DiffusionBackbone
+from ..benchmarking import (DIFT, LABELS, count_flops, fits_in_memory, machine, make_variants, matmul_rate,
+                            param_bytes, pipeline_param_bytes, pipeline_parts_on_meta, relative_error, run_once,
+                            size_str, tiny_of)
+from ..loading import build_denoiser
+from ..zoo import MODELS
+from .base import run_command
+
+
+def parameter_table(model: str, activations) -> None:
+    """Parameters held by the backbone against the full pipeline, at the real size, on the meta device."""
+    spec = MODELS[model]
+    with torch.device('meta'):
+        bb = DiffusionBackbone(model, activations, pretrained=False, prompt_cache=False)  # pruned at construction
+        denoiser = build_denoiser(spec, 'meta')
+    vae, encoders = pipeline_parts_on_meta(spec)
+    count = lambda *ms: sum(p.numel() for m in ms for p in m.parameters())
+    parts = [('denoiser', count(denoiser), count(bb.denoiser)), ('VAE (encoder + decoder)', count(vae), count(bb.vae))]
+    parts += [(f'{name} ({type(enc).__name__})', count(enc), 0) for name, enc in encoders.items()]
+    print(f'\nparameters of {model} at full size (meta device), backbone {activations!r} '
+          f'(stops after {bb.capture.last_point.name}):')
+    print(f'{"part":<44} {"pipeline":>14} {"backbone":>14}')
+    for name, full, held in parts:
+        print(f'{name:<44} {full / 1e6:>12.1f} M {held / 1e6:>12.1f} M')
+    total, held = sum(p[1] for p in parts), sum(p[2] for p in parts)
+    print(f'{"total":<44} {total / 1e6:>12.1f} M {held / 1e6:>12.1f} M   backbone / pipeline = {held / total:.3f}x')
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--model', default='test_sd_tiny', choices=sorted(MODELS))
+    parser.add_argument('--preset', help="preset (default: 'practical', or 'default' for transformers)")
+    parser.add_argument('--activations', help='comma-separated layer ids (overrides --preset)')
+    parser.add_argument('--dift', action='store_true', help=f'activations {DIFT} (DIFT on sd21; overrides both)')
+    parser.add_argument('--pretrained', default='false', help="'false' (random weights), 'true' or a local folder")
+    parser.add_argument('--size', type=int, default=None, help="square image side (default: the model's own)")
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--dtype', default='fp32', choices=['fp32', 'fp16', 'bf16'])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
+    parser.add_argument('--reps', type=int, default=5, help='timed rounds (median reported)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before the timed ones')
+    parser.add_argument('--compile', action='store_true', help='also time (e): the backbone with compile=True')
+    parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.reps < 1 or args.warmup < 1:
+        raise SystemExit('--reps and --warmup must be at least 1')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pretrained = {'false': False, 'true': True}.get(args.pretrained.lower(), args.pretrained)
+    preset = args.preset or ('practical' if 'practical' in MODELS[args.model].presets else 'default')
+    activations = DIFT if args.dift else args.activations.split(',') if args.activations else preset
+    device = torch.device(args.device)
+    timed = args.model
+    if not fits_in_memory(args.model, {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}[args.dtype]):
+        timed = tiny_of(args.model)
+        print(f"{args.model}: its random weights would not fit in half of this machine's memory; timing {timed} "
+              f"(the same denoiser class, its 'default' preset) instead; {args.model}'s parameters are counted "
+              'at full size on the meta device.')
+    if timed != args.model or MODELS[args.model].denoiser_component == 'transformer':
+        parameter_table(args.model, activations)
+        activations = activations if timed == args.model else 'default'
+
+    bb = DiffusionBackbone(timed, activations, pretrained=pretrained, dtype=args.dtype, prune=False).to(device)
+    size = args.size or bb.spec.image_size
+    if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
+        raise SystemExit(f'--size must be a multiple of {bb.pixel_multiple} for {timed}')
+    images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+    variants = make_variants(bb, images)
+    if args.compile:  # its own modules: compiling bb's would compile (a) and (b) too. Random init is seeded.
+        compiled = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype,
+                                     compile=True).to(device)
+        variants['e'] = lambda: compiled(images)
+    deepest = bb.capture.last_point
+
+    print(f'machine: {machine(device)}')
+    print(f'model {timed} (pretrained={pretrained}), {args.dtype}, batch {args.batch} x {size}x{size}, '
+          f'levels {[list(level) for level in bb.levels]}')
+    print(f'deepest activation: {deepest.name} (#{deepest.order + 1} of {len(bb.points)} in execution order)')
+
+    times = {name: [] for name, fn in variants.items() if fn}
+    peaks = dict.fromkeys(times, 0)
+    with torch.inference_mode():
+        for _ in range(args.warmup):  # also takes the first call's one-time allocations out of the peaks
+            outs = {name: run_once(variants[name], device)[0] for name in times}
+            # (a) and (c) must compute the same features, or the comparison means nothing.
+            acts, feats = outs['a'], outs['c']
+            err = max(relative_error(torch.cat([acts[n] for n in level], 1), f) for level, f in zip(bb.levels, feats))
+            if 'e' in outs:
+                err_e = max(relative_error(e, f) for e, f in zip(outs['e'], feats))
+            del outs, acts, feats
+        for round_ in range(args.reps):
+            # a, b, c, d then d, c, b, a: a drift of the machine's speed within a round hits all alike
+            for name in (list(times) if round_ % 2 == 0 else reversed(times)):
+                _, seconds, peak = run_once(variants[name], device)
+                times[name].append(seconds)
+                peaks[name] = max(peaks[name], peak)
+        # (e) runs (c)'s arithmetic; counting through compiled graphs would only recompile them
+        flops = {name: count_flops(variants[name]) for name in times if name != 'e'}
+        if 'e' in times:
+            flops['e'] = flops['c']
+        vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
+        rate, rate_n = matmul_rate(device, bb.dtype)
+        pipeline, unpruned = pipeline_param_bytes(bb), param_bytes(bb)
+        bb.prune_tail()  # what DiffusionBackbone(prune=True) does at construction
+    print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
+    if 'e' in times:
+        print(f'check: (e) vs (c) features, max relative L2 error {err_e:.2e}')
+
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    mem = 'peak RSS growth' if device.type == 'cpu' else 'peak allocated'
+    print(f'matmul rate: {rate / 1e12:.3g} TFLOP/s ({rate_n}x{rate_n} @ {rate_n}x{rate_n}, {args.dtype}, measured here)')
+    # Columns are joined by two spaces, whatever a value's width: the table stays machine-readable (split on 2+).
+    print('\n' + '  '.join([f'{"variant":<32}', f'{"images/s":>9}', f'{"latency ms":>11}', f'{mem + " MiB":>20}',
+                            f'{"TFLOP/image":>12}', f'{"TFLOP/s":>8}', f'{"% matmul":>9}']))
+    for name in variants:
+        if name not in times:
+            print(f'{LABELS[name]:<32}  n/a: attention maps need the unfused attention path, no hook-only floor')
+            continue
+        achieved = flops[name] / median[name]
+        print('  '.join([f'{LABELS[name]:<32}', f'{args.batch / median[name]:>9.3f}', f'{median[name] * 1e3:>11.1f}',
+                         f'{peaks[name] / 2 ** 20:>20.1f}', f'{flops[name] / args.batch / 1e12:>12.4g}',
+                         f'{achieved / 1e12:>8.3g}', f'{achieved / rate:>9.1%}']))
+    print(f'{"of which VAE encode":<32}  {vae_flops / args.batch / 1e12:>{9 + 11 + 20 + 12 + 3 * 2}.4g}')
+    def ratio(x: str, y: str) -> str:
+        """Median over rounds of the per-round time ratio x/y, with its range: a paired statistic, so a
+        machine that is slower in one round than in another cancels out."""
+        per_round = sorted(tx / ty for tx, ty in zip(times[x], times[y]))
+        return (f'{statistics.median(per_round):.3f}x (median of {len(per_round)} rounds, '
+                f'range {per_round[0]:.3f}-{per_round[-1]:.3f})')
+
+    print(f'\nc/a throughput: {ratio("a", "c")}')
+    print(f'd/a throughput: {ratio("a", "d")}: repeated images skip the VAE encoder')
+    if 'e' in times:
+        print(f'e/c throughput: {ratio("c", "e")}: torch.compile against eager')
+    if 'b' in times:
+        print(f'c/b time: {ratio("c", "b")}: the overhead of the backbone over the floor')
+        print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.3f}x (the most any early stop can gain here)')
+    print(f'loaded parameter memory: backbone {size_str(param_bytes(bb))} (pruned; {size_str(unpruned)} unpruned) '
+          f'vs full pipeline {size_str(pipeline)} (denoiser + full VAE + text encoders)')
+
+
+
+def main(argv=None) -> None:
+    return run_command(__name__, argv)
