@@ -13,6 +13,8 @@ setup(
     # Everything the package reads at run time ships inside it (wheel and sdist; MANIFEST.in for the
     # latter): the embedded architecture configs, and the shipped weights folder when there is one.
     package_data={'diffbackbones': ['model_configs/*/*.json', 'weights/*/*', 'weights/*/*/*']},
+    # `diffbackbones COMMAND`: the package's tasks (screen, probe, extract, ...), as `python -m diffbackbones` too
+    entry_points={'console_scripts': ['diffbackbones = diffbackbones.commands:main']},
     install_requires=[
         # torch is pinned by the Makefile (torch==2.14.1 torchvision==0.29.1); an unpinned
         # requirement here would let pip pull a multi-GB CUDA build on machines without it.
@@ -26,10 +28,12 @@ setup(
         'tqdm',
         'numpy',
         'pillow',
+        'matplotlib',  # the screen's plots (ScreenReport.plot)
     ],
     extras_require={
         'test': ['pytest>=7', 'pytest-timeout'],
         # mmcv 2.1.0 needs compiled ops; the Makefile installs it from ../shared/wheels or source.
         'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'ftfy', 'regex'],
+        'docs': ['mkdocs==1.6.1', 'mkdocs-material>=9.8.2', 'mkdocstrings[python]>=1.0.8'],
     },
 )

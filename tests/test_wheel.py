@@ -76,3 +76,20 @@ def test_wheel_and_sdist_carry_the_data_and_the_installed_package_runs(tmp_path)
     assert 'flux levels [(1, 16, 4, 6), (1, 16, 4, 6), (1, 16, 4, 6), (1, 16, 4, 6)]' in out
     assert 'flux_dev blocks 57' in out
     assert "correspondence pairs 3 ['pentagon', 'trapezoid', 'triangle']" in out
+
+    # The installed command (console script) and the library call, on embedded data, outside the tree.
+    command = [str(site / 'bin' / 'diffbackbones')]
+    assert 'diffbackbones screen test_sd_tiny --images' in _run(command + ['screen', '--help'], cwd=outside, env=env)
+    _run(command + ['make-shapes', 'work_dirs/s', '--train', '2', '--val', '3'], cwd=outside, env=env)
+    val = ['--images', 'work_dirs/s/img_dir/val']
+    _run(command + ['extract', '--model', 'test_sd_tiny', *val, '--out', 'work_dirs/features'], cwd=outside, env=env)
+    assert (outside / 'work_dirs' / 'features' / 'settings.json').is_file()
+    _run(command + ['screen', 'test_sd_tiny', *val, '--labels', 'work_dirs/s/ann_dir/val', '--n-images', '2',
+                    '--seeds', '2', '--levels', 'up-level2', '--out', 'work_dirs/screen'], cwd=outside, env=env)
+    from_python = ("import diffbackbones; r = diffbackbones.screen('test_sd_tiny', 'work_dirs/s/img_dir/val', "
+                   "labels='work_dirs/s/ann_dir/val', n_images=2, seeds=2, levels=['up-level2']); "
+                   "r.save('work_dirs/screen-py'); print(len(r.rows), len(r.candidates()))")
+    _run([sys.executable, '-c', from_python], cwd=outside, env=env)
+    for screen_dir in ('screen', 'screen-py'):
+        assert (outside / 'work_dirs' / screen_dir / 'screen.csv').read_text() == \
+            (outside / 'work_dirs' / 'screen' / 'screen.csv').read_text()  # the command is the library call
