@@ -202,13 +202,14 @@ def test_paper_config_is_the_papers_run_and_builds_at_real_size_on_meta(path):
         assert 'RandomResize' not in steps and tuple(steps['Resize'].scale) == (2048, 1024)
     # backbone: fresh noise, posterior samples, fp16, the effective t, square working size, working grid
     backbone = cfg.model.backbone
-    assert (backbone.noise_seed, backbone.sample_posterior, backbone.dtype) == (None, True, 'fp16')
-    assert (backbone.t, backbone.image_size, backbone.resize_features, backbone.antialias) == (t, size, False, False)
+    assert (backbone.noise.seed, backbone.vae.sample_posterior, backbone.dtype) == (None, True, 'fp16')
+    assert (backbone.noise.t, backbone.image.size, backbone.image.resize_features, backbone.image.antialias) == \
+        (t, size, False, False)
     assert backbone.fusion == 'paper'
     members = backbone.get('members', [backbone])
     assert len(members) == len(layer_sets)
     if len(members) > 1:
-        assert all(m.fusion == 'paper' and tuple(m.fusion_repeats) == (4, 2) for m in members)
+        assert all(m.fusion.style == 'paper' and tuple(m.fusion.repeats) == (4, 2) for m in members)
         assert [m.model for m in members] == ['sdxl', 'pgv2']
         for m in members:
             m.device = 'meta'  # the paper's cuda:1, here the meta device
@@ -220,6 +221,9 @@ def test_paper_config_is_the_papers_run_and_builds_at_real_size_on_meta(path):
     check_segmentor(model)
     built = list(model.backbone.members) if len(members) > 1 else [model.backbone]
     assert [{n for level in m.levels for n in level} for m in built] == layer_sets
+    # the nested config options arrive in the built stages (inherited dicts merged key by key)
+    assert all((m.stages.noise.t, m.stages.noise.seed, m.stages.vae.sample_posterior) == (t, None, True) for m in built)
+    assert all(m.stages.image.size == (size, size) and m.stages.fusion.style == 'paper' for m in built)
     assert [i['num_chs'] for i in model.backbone.feature_info] == c_per_level[::-1]
 
 

@@ -36,9 +36,9 @@ def _no_sync_bn(cfg):
 @pytest.mark.parametrize('path', RECOMMENDED_CONFIGS, ids=lambda p: p.name)
 def test_recommended_configs_build_at_real_size_on_the_meta_device(path):
     cfg = Config.fromfile(path)
-    assert cfg.model.backbone.t == 50 and cfg.optim_wrapper.optimizer.lr == 1.6e-4
+    assert cfg.model.backbone.noise.t == 50 and cfg.optim_wrapper.optimizer.lr == 1.6e-4
     assert cfg.train_dataloader.batch_size == 2 and cfg.train_cfg.max_iters == 80000
-    assert cfg.model.test_cfg.mode == 'slide' and cfg.model.backbone.prompt
+    assert cfg.model.test_cfg.mode == 'slide' and cfg.model.backbone.conditioning.prompt
     assert re.search(r'mIoU', path.read_text().splitlines()[0] + path.read_text().splitlines()[1])
     cfg.model.backbone.pretrained = False  # the real architecture, without weights
     _no_sync_bn(cfg)

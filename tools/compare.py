@@ -51,7 +51,7 @@ def train_once(config: Path, data_root: str, pretrained: bool, iters: int | None
                ('train_dataloader', 'val_dataloader', 'test_dataloader')]
     options.append(f'model.backbone.pretrained={pretrained}')
     if latent_scale is not None:
-        options.append(f'model.backbone.latent_scale={latent_scale:.6g}')
+        options.append(f'model.backbone.vae.scale={latent_scale:.6g}')
     if iters is not None:
         options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
                     f'default_hooks.checkpoint.interval={iters}', f'param_scheduler.0.end={iters}']

@@ -23,7 +23,7 @@ def parse_args():
                         help='resume from the latest checkpoint in the work_dir automatically')
     parser.add_argument('--amp', action='store_true', default=False, help='enable automatic-mixed-precision training')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings in the config, key=value pairs, e.g. model.backbone.t=100')
+                        help='override settings in the config, key=value pairs, e.g. model.backbone.noise.t=100')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()

@@ -13,8 +13,8 @@ model = dict(
     backbone=dict(
         model='sd15',
         activations='legacy',
-        image_size=None,
-        prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.'),
+        image=dict(size=None),
+        conditioning=dict(prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.')),
     decode_head=dict(in_channels=[960, 1280, 1280], in_index=[0, 1, 2], num_classes=19),
     auxiliary_head=dict(in_channels=1280, in_index=1, num_classes=19),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 683)))

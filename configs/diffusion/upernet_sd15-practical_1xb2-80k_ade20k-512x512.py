@@ -13,8 +13,8 @@ model = dict(
     backbone=dict(
         model='sd15',
         activations='practical',
-        image_size=None,
-        prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.'),
+        image=dict(size=None),
+        conditioning=dict(prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.')),
     decode_head=dict(in_channels=[320, 640, 2560], in_index=[0, 1, 2], num_classes=150),
     auxiliary_head=dict(in_channels=640, in_index=1, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

@@ -15,8 +15,8 @@ model = dict(
     backbone=dict(
         model='sdxl',
         activations='legacy',
-        image_size=(1024, 1024),
-        prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.'),
+        image=dict(size=(1024, 1024)),
+        conditioning=dict(prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.')),
     decode_head=dict(in_channels=[960, 1280], in_index=[0, 1], num_classes=150),
     auxiliary_head=dict(in_channels=1280, in_index=1, num_classes=150),
     test_cfg=dict(mode='slide', crop_size=crop_size, stride=(341, 341)))

@@ -13,9 +13,9 @@ model = dict(
     backbone=dict(
         model='sd15',
         activations='practical',
-        t=51,  # the paper's t=50 as the denoiser received it (its PNDM scheduler lands on 51 for strength 0.05)
-        image_size=512,
-        prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.'),
+        noise=dict(t=51),  # the paper's t=50 as the denoiser received it (its PNDM scheduler lands on 51 for strength 0.05)
+        image=dict(size=512),
+        conditioning=dict(prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.')),
     # coarse to fine, as the paper's c_per_level (the backbone returns fine to coarse)
     decode_head=dict(in_channels=[2560, 640, 320], in_index=[2, 1, 0], pool_scales=(1, 2, 3), num_classes=150),
     auxiliary_head=dict(in_channels=640, in_index=1, num_classes=150),

@@ -18,16 +18,16 @@ model = dict(
     backbone=dict(
         type='CombinedDiffusionBackbone',
         members=[
-            dict(model='sdxl', device='cuda:1', fusion='paper', fusion_repeats=(4, 2),
+            dict(model='sdxl', device='cuda:1', fusion=dict(style='paper', repeats=(4, 2)),
                  activations=[['up-level1-upsampler-out'],
                               ['up-level1-repeat0-vit-block0-cross-q', 'up-level1-repeat0-vit-block0-out'],
                               ['up-level0-repeat0-vit-block7-out', 'up-level0-repeat0-vit-block5-out']]),
-            dict(model='pgv2', device='cuda:1', fusion='paper', fusion_repeats=(4, 2), activations='practical'),
+            dict(model='pgv2', device='cuda:1', fusion=dict(style='paper', repeats=(4, 2)), activations='practical'),
         ],
         fusion='paper',  # one more all-zero ResBlock per combined level ('amalgemated' in the paper's code)
-        t=50,  # SDXL's scheduler lands on 50 for strength 0.05 (Playground v2: assumed the same)
-        image_size=1024,
-        prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.'),
+        noise=dict(t=50),  # SDXL's scheduler lands on 50 for strength 0.05 (Playground v2: assumed the same)
+        image=dict(size=1024),
+        conditioning=dict(prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.')),
     # coarse to fine, as the paper's c_per_level (the backbone returns fine to coarse)
     decode_head=dict(in_channels=[3840, 1920, 1280], in_index=[2, 1, 0], pool_scales=(1, 2, 3), num_classes=19),
     auxiliary_head=dict(in_channels=1920, in_index=1, num_classes=19),

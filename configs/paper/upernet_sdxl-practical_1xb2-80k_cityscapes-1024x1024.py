@@ -13,9 +13,9 @@ model = dict(
     backbone=dict(
         model='sdxl',
         activations='practical',
-        t=50,  # the paper's t=50 as the denoiser received it (its Euler scheduler lands on 50 for strength 0.05)
-        image_size=1024,
-        prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.'),
+        noise=dict(t=50),  # the paper's t=50 as the denoiser received it (its Euler scheduler lands on 50 for strength 0.05)
+        image=dict(size=1024),
+        conditioning=dict(prompt='An urban street scene with multiple lanes, various buildings, traffic lights, cars in the lanes, and pedestrians, highly realistic.')),
     # coarse to fine, as the paper's c_per_level (the backbone returns fine to coarse)
     decode_head=dict(in_channels=[2560, 1280], in_index=[1, 0], pool_scales=(1, 2), num_classes=19),
     auxiliary_head=dict(in_channels=1280, in_index=0, num_classes=19),

@@ -14,8 +14,8 @@ data_preprocessor = dict(size=crop_size, seg_pad_val=255)  # shapes images are n
 data_root = 'data/shapes-geometry'  # python tools/make_shapes.py data/shapes-geometry --variant geometry
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(model='shapes_sd_tiny', activations='practical', pretrained=True, dtype='fp32', t=51,
-                  image_size=128),
+    backbone=dict(model='shapes_sd_tiny', activations='practical', pretrained=True, dtype='fp32', noise=dict(t=51),
+                  image=dict(size=128)),
     decode_head=dict(in_channels=[128, 64, 32], in_index=[2, 1, 0], channels=64, num_classes=4, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, in_index=1, channels=64, num_classes=4, norm_cfg=norm_cfg),
     test_cfg=dict(mode='whole'))

@@ -6,7 +6,7 @@
 # Measured val mIoU: see the README ("A diffusion model that has learned something").
 _base_ = ['./upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py']
 data_root = 'data/shapes-geometry'  # python tools/make_shapes.py data/shapes-geometry --variant geometry
-model = dict(backbone=dict(model='shapes_sd_tiny', pretrained=True, image_size=None))
+model = dict(backbone=dict(model='shapes_sd_tiny', pretrained=True, image=dict(size=None)))
 train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader

@@ -12,7 +12,7 @@ crop_size = (128, 128)
 data_preprocessor = dict(size=crop_size)
 model = dict(
     data_preprocessor=data_preprocessor,
-    backbone=dict(model='test_sd_tiny', activations='practical', pretrained=False, image_size=256),
+    backbone=dict(model='test_sd_tiny', activations='practical', pretrained=False, image=dict(size=256)),
     decode_head=dict(in_channels=[32, 64, 128], channels=64, num_classes=4, norm_cfg=norm_cfg),
     auxiliary_head=dict(in_channels=64, channels=32, num_classes=4, norm_cfg=norm_cfg))
 optim_wrapper = dict(optimizer=dict(lr=2e-3))

@@ -9,4 +9,4 @@ model = dict(
         pretrained=False,
         frozen=True,  # the paper's setting; a timm entry trains its VAE and denoiser by default
         out_indices=(0, 1, 2),
-        image_size=256))
+        image=dict(size=256)))

@@ -15,9 +15,9 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         model='flux_dev',
-        image_size=(1024, 1024),
+        image=dict(size=(1024, 1024)),
         dtype='bf16',
-        prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.'),
+        conditioning=dict(prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.')),
     neck=dict(in_channels=[3072] * 4),
     decode_head=dict(num_classes=150),
     auxiliary_head=dict(num_classes=150),

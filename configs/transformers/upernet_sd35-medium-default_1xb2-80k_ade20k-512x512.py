@@ -15,8 +15,8 @@ model = dict(
     data_preprocessor=data_preprocessor,
     backbone=dict(
         model='sd35_medium',
-        image_size=(1024, 1024),
-        prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.'),
+        image=dict(size=(1024, 1024)),
+        conditioning=dict(prompt='a highly realistic photo of the real world. It can be an indoor scene, or an outdoor scene, or a photo of nature. high quality.')),
     neck=dict(in_channels=[1536] * 4),
     decode_head=dict(num_classes=150),
     auxiliary_head=dict(num_classes=150),

@@ -16,8 +16,8 @@ model = dict(
         model='sd15',
         activations='practical',
         pretrained=True,
-        t=50,
-        prompt='',
+        noise=dict(t=50),
+        conditioning=dict(prompt=''),
         fusion=True),  # zero-initialised residual fusion per activation and per level
     decode_head=dict(
         type='UPerHead',

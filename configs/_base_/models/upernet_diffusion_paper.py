@@ -19,13 +19,12 @@ model = dict(
         pretrained=True,
         # The paper's FeatureExtractor: an img2img call with strength t/1000, fresh noise on every forward
         # (training and test) and a sample of the VAE posterior; fp16 when the UNet is frozen.
-        noise_seed=None,
-        sample_posterior=True,
+        noise=dict(seed=None),
+        vae=dict(sample_posterior=True),
         dtype='fp16',
         # The input is resized (bilinear, no antialias) to the model's square working size, and the
         # features stay on that size's grid (not resized back to the crop).
-        resize_features=False,
-        antialias=False,
+        image=dict(resize_features=False, antialias=False),
         # One all-zero ResBlock (3x3 conv + BN, ReLU, 3x3 conv + BN) per activation and one per level.
         fusion='paper'),
     decode_head=dict(

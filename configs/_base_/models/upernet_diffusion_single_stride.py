@@ -6,7 +6,7 @@ _base_ = ['./upernet_diffusion.py']
 model = dict(
     backbone=dict(
         activations='default',
-        t=None),  # the model's default: 184 for flow matching (SD's t=50 noise level), 50 for DDPM
+        noise=dict(t=None)),  # the model's default: 184 for flow matching (SD's t=50 noise level), 50 for DDPM
     neck=dict(type='MultiLevelNeck', in_channels=[768] * 4, out_channels=768, scales=[4, 2, 1, 0.5]),
     decode_head=dict(in_channels=[768] * 4, in_index=[0, 1, 2, 3]),
     auxiliary_head=dict(in_channels=768, in_index=2))
