@@ -1,9 +1,14 @@
 """diffbackbones: diffusion-model activations as timm / MMSegmentation backbones."""
+import re
+
 from setuptools import find_packages, setup
+
+# one version, kept in the package (diffbackbones/version.py)
+VERSION = re.search(r"__version__ = '([^']+)'", open('diffbackbones/version.py').read()).group(1)
 
 setup(
     name='diffbackbones',
-    version='0.1.0',
+    version=VERSION,
     description='Any diffusers denoiser as a multi-scale feature backbone for timm and MMSegmentation',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',

@@ -3,12 +3,14 @@
     import timm, diffbackbones
     m = timm.create_model('sd15_practical', pretrained=True, features_only=True)
 """
+from .version import __version__
 from .backbone import DiffusionBackbone
 from .capture import ActivationCapture
 from .combined import CombinedDiffusionBackbone
 from .catalog import ActivationInfo, list_activations
 from .presets import Preset
 from .screener import ScreenReport, screen
+from .extraction import extract
 from .stages import Stages
 from .loading import WeightsNotFoundError
 from .store import FeatureStore
@@ -22,7 +24,6 @@ except ImportError:
 else:
     from . import segmentation  # noqa: F401
 
-__version__ = '0.1.0'
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',
-           'screen', 'ScreenReport', 'Stages']
+           'screen', 'ScreenReport', 'extract', 'Stages', '__version__']

@@ -11,7 +11,6 @@ loop spent outside the forward, timed inside the same loop (immune to the machin
 """
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import extract as extract_tool  # noqa: E402  (tools/extract.py)
-
-from diffbackbones import DiffusionBackbone  # noqa: E402
+from diffbackbones import DiffusionBackbone
+from diffbackbones.extraction import run_extraction
+from diffbackbones.images import read_image
 
 
 def main() -> None:
@@ -42,7 +40,7 @@ def main() -> None:
         for i in range(args.images):
             Image.fromarray(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)).save(folder / f'{i:03d}.png')
         backbone = DiffusionBackbone(args.model, args.activations, pretrained=False)
-        decoded = [extract_tool.read_image(p) for p in sorted(folder.glob('*.png'))]
+        decoded = [read_image(p) for p in sorted(folder.glob('*.png'))]
         with torch.no_grad():
             backbone(decoded[0][None])  # warm-up
         forward, extract, overhead = [], [], []
@@ -52,16 +50,13 @@ def main() -> None:
                 for image in decoded:
                     backbone(image[None])
             forward.append(args.images / (time.perf_counter() - start))
-            run_args = extract_tool.parse_args(['--model', args.model, '--activations', args.activations,
-                                                '--images', str(folder), '--out', str(work / f'out{r}'),
-                                                '--weights', 'random'])
-            result = extract_tool.extract(run_args, backbone)
+            result = run_extraction(args.model, folder, work / f'out{r}', pretrained=False, backbone=backbone).to_dict()
             extract.append(result['written'] / result['seconds'])
             overhead.append(1 - result['forward_seconds'] / result['seconds'])
         best_forward, best_extract = max(forward), max(extract)
         print(f'{args.model} {args.activations}, {args.size} px, {args.images} images, {torch.get_num_threads()} threads')
         print(f'forward alone : {best_forward:.3f} images/s   (rounds: {", ".join(f"{v:.3f}" for v in forward)})')
-        print(f'tools/extract : {best_extract:.3f} images/s   (rounds: {", ".join(f"{v:.3f}" for v in extract)})')
+        print(f'extract       : {best_extract:.3f} images/s   (rounds: {", ".join(f"{v:.3f}" for v in extract)})')
         print(f'extract / forward = {best_extract / best_forward:.3f}  (target >= 0.95; rounds on a noisy machine '
               f'differ by more than the overhead itself)')
         print(f'time outside the forward in the extraction loop (decode, cast, shard writes): '
