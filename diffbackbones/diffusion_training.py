@@ -199,11 +199,17 @@ def train_shapes_model(out: str | Path, *, variant: str = 'both', images: int = 
             unless ``overwrite``.
         variant: Shapes variant(s) to train on: ``'texture'``, ``'geometry'`` or ``'both'``.
         images: Training images rendered in memory.
-        vae_steps / vae_batch / vae_crop / vae_lr: VAE training (square crops of ``vae_crop`` pixels).
+        vae_steps: VAE training steps.
+        vae_batch: VAE batch size.
+        vae_crop: Side of the square crops the VAE trains on (pixels).
+        vae_lr: VAE learning rate.
         kl_weight: Weight of the per-dimension KL term.
         texture_weight: Weight of the texture-energy term (phase-free local gradient statistics); 0: L1 + KL.
-        unet_steps / unet_batch / unet_lr: UNet training.
-        samples / sample_steps: The DDIM sample grid.
+        unet_steps: UNet training steps.
+        unet_batch: UNet batch size.
+        unet_lr: UNet learning rate.
+        samples: Images in the DDIM sample grid.
+        sample_steps: DDIM steps for the sample grid.
         seed: The one seed of the run (bit-identical on rerun).
         overwrite: Replace an existing output folder.
         progress: Show progress bars.

@@ -30,9 +30,11 @@ class RankingProbe:
         pretrained: As ``DiffusionBackbone``'s.
         backbone_options: Further ``DiffusionBackbone`` options (the screen's: t, prompt, working size).
         resolution: Side the images and labels are resized to.
-        n_train / n_test: Images used from each split.
+        n_train: Training images used.
+        n_test: Test images used.
         pixels: Labelled pixels sampled per training image.
-        models / epochs: Classifiers per score and their epochs.
+        models: Classifiers per score.
+        epochs: Their epochs.
         ignore: Ignore label.
         progress: Show progress bars.
     """

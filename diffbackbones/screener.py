@@ -179,8 +179,13 @@ class ScreenReport:
             per_stride: At most this many per stride.
             validate: Also measure the Spearman correlation of DNI/GI/LI with the probe mIoU, and the preset's
                 probe mIoU against the best single activation and the model's legacy preset.
-            models / epochs / resolution / n_train / n_test / pixels / ignore: The probe's fast setting
-                (``RankingProbe``).
+            models: Classifiers per score (the probe's fast setting, ``RankingProbe``).
+            epochs: Their epochs.
+            resolution: Side the images and labels are resized to.
+            n_train: Training images used.
+            n_test: Test images used.
+            pixels: Labelled pixels sampled per training image.
+            ignore: Ignore label.
             progress: Show progress bars.
 
         Returns:
