@@ -11,6 +11,7 @@ from .catalog import ActivationInfo, list_activations
 from .presets import Preset
 from .screener import ScreenReport, screen
 from .extraction import extract
+from .label_scarce import ProbeResult, evaluate_probe
 from .stages import Stages
 from .loading import WeightsNotFoundError
 from .store import FeatureStore
@@ -26,4 +27,5 @@ else:
 
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',
-           'screen', 'ScreenReport', 'extract', 'Stages', '__version__']
+           'screen', 'ScreenReport', 'extract', 'evaluate_probe', 'ProbeResult',
+           'Stages', '__version__']

@@ -1,12 +1,19 @@
-"""Label-scarce segmentation (DDPM-seg protocol): metric, features, classifier rules, data, end to end."""
+"""Label-scarce segmentation (DDPM-seg protocol): metric, features, classifier rules, data, the library call
+(``diffbackbones.label_scarce.evaluate_probe``) end to end, and the ``diffbackbones probe`` command."""
+import contextlib
+import importlib.util
+import io
 import json
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from diffbackbones.commands import main as diffbackbones_command
+from diffbackbones.commands.probe import main as probe_command
+from diffbackbones.label_scarce import ProbeResult, evaluate_probe, palette
 from diffbackbones.probe import (EarlyStop, PixelClassifier, PixelFeatures, StackedClassifiers, clean_labels,
                                  compute_iou, find_split, label_map_of, load_pair, majority_vote, predict,
                                  read_label_map, redraw_split, train_ensemble)
@@ -14,8 +21,9 @@ from diffbackbones.segmentation.shapes import make_shapes_dataset
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / 'tools'))
-import probe as probe_tool  # noqa: E402  (tools/probe.py)
+# the fast setting of the end-to-end runs: 64 px labels, 3 classifiers, 3 epochs, 256-pixel batches
+FAST = dict(resolution=64, models=3, max_epochs=3, batch_size=256)
+FAST_FLAGS = ['--resolution', '64', '--models', '3', '--max-epochs', '3', '--batch-size', '256']
 
 
 def test_miou_on_hand_made_predictions_counts_an_absent_class_as_zero():
@@ -197,19 +205,115 @@ def test_redrawn_splits_keep_sizes_and_depend_on_the_seed():
     assert a != b and a == redraw_split(30, 20, seed=0)
 
 
+@pytest.fixture(scope='module')
+def probed(tmp_path_factory):
+    """One library run on a small embedded set (6 train / 4 test, DDPM-seg's layout), two redrawn splits."""
+    data = make_shapes_dataset(tmp_path_factory.mktemp('probe') / 'shapes-ddpm', n_train=6, n_val=4,
+                               layout='ddpm-seg')
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        result = evaluate_probe('shapes_sd_tiny', data, splits=2, **FAST)
+    assert printed.getvalue() == ''  # a library call: no prints, no progress bars unless progress=True
+    return data, result
+
+
 @pytest.mark.slow
-def test_probe_tool_end_to_end_beats_chance_clearly(tmp_path):
-    data = make_shapes_dataset(tmp_path / 'shapes-ddpm', n_train=6, n_val=4, layout='ddpm-seg')
-    report = probe_tool.main(['--model', 'shapes_sd_tiny', '--data', str(data), '--out', str(tmp_path / 'out'),
-                              '--resolution', '64', '--models', '3', '--max-epochs', '3', '--batch-size', '256',
-                              '--splits', '2'])
+def test_evaluate_probe_beats_chance_clearly(probed):
+    data, result = probed
+    assert isinstance(result, ProbeResult)
     # chance: labelling every pixel background gives IoU(background) ~ its share and 0 elsewhere
     labels = [torch.from_numpy(np.load(p)) for p in sorted((data / 'real' / 'test').glob('*.npy'))]
     chance = compute_iou([torch.zeros_like(lbl) for lbl in labels], labels, 4)['miou']
-    assert report['miou_mean'] / 100 > chance + 0.2, (report['miou_mean'], chance)
-    assert len(report['splits']) == 2 and report['splits'][0]['test'] != report['splits'][1]['test']
-    saved = json.loads((tmp_path / 'out' / 'probe.json').read_text())
-    assert saved['miou_mean'] == pytest.approx(report['miou_mean'])
-    assert len(list((tmp_path / 'out' / 'pictures').glob('*.png'))) == 4
-    picture = Image.open(next((tmp_path / 'out' / 'pictures').glob('*.png')))
-    assert picture.size == (3 * 64, 64)  # image | labels | prediction
+    assert result.miou_mean / 100 > chance + 0.2, (result.miou_mean, chance)
+    assert len(result.splits) == 2 and result.splits[0]['test'] != result.splits[1]['test']
+    mious = [100 * split['miou'] for split in result.splits]
+    assert result.miou_mean == pytest.approx(np.mean(mious)) and result.miou_std == pytest.approx(np.std(mious, ddof=1))
+    assert result.miou_present_mean == pytest.approx(np.mean([100 * s['miou_present'] for s in result.splits]))
+    for k, split in enumerate(result.splits):  # redrawn splits of the published sizes, seeds seed + k
+        assert split['seed'] == k and len(split['train']) == 6 and len(split['test']) == 4
+        assert sorted(split['train'] + split['test']) == sorted(map(str, (data / 'real').glob('*/*.png')))
+        assert len(split['classifiers']) == 3 and all(log['epochs'] == 3 for log in split['classifiers'])
+    settings = result.settings
+    assert settings['n_classes'] == 4 and settings['model'] == 'shapes_sd_tiny' and settings['splits'] == 2
+    assert settings['backbone_options']['image_size'] == 128 and settings['backbone_options']['resize_features'] is False
+    assert settings['t'] == 50 and len(settings['levels']) == len(settings['channels']) == 3
+    assert result.features['channels'] == sum(settings['channels']) == sum(c for c, _, _ in result.features['level_shapes'])
+    # split 1's test images, with the predictions its IoUs were computed from
+    assert [p.name for p in result.pictures] == [f'{Path(p).parent.name}-{Path(p).stem}.png'
+                                                 for p in result.splits[0]['test']]
+    again = compute_iou([p.pred for p in result.pictures], [p.label for p in result.pictures], 4)
+    assert again['iou'] == result.splits[0]['iou']
+    assert all(p.image.shape == (3, 64, 64) and p.pred.shape == p.label.shape == (64, 64) for p in result.pictures)
+    table = result.table().splitlines()
+    assert table[0].split() == ['class', 'split', '1', 'split', '2'] and len(table) == 1 + 4 + 1
+    assert table[-1].split() == ['mIoU'] + [f'{m:.2f}' for m in mious]
+    assert table[2].split() == ['1'] + [f'{100 * s["iou"][1]:.2f}' for s in result.splits]
+
+
+@pytest.mark.slow
+def test_a_probe_result_saves_its_report_and_pictures_and_keeps_an_earlier_run(probed, tmp_path):
+    _, result = probed
+    out = result.save(tmp_path / 'out', pictures=3)
+    saved = json.loads((out / 'probe.json').read_text())
+    assert saved == json.loads(json.dumps(result.to_dict(), default=str))
+    assert set(saved) == {'settings', 'splits', 'miou_mean', 'miou_std', 'miou_present_mean', 'peak_rss_gb', 'seconds'}
+    assert saved['miou_mean'] == pytest.approx(result.miou_mean) and saved['splits'][1]['iou']['2'] == result.splits[1]['iou'][2]
+    drawn = sorted((out / 'pictures').glob('*.png'))
+    assert [p.name for p in drawn] == sorted(p.name for p in result.pictures[:3])
+    first = result.pictures[0]
+    picture = np.asarray(Image.open(out / 'pictures' / first.name))
+    assert picture.shape == (64, 3 * 64, 3)  # image | labels | prediction
+    assert np.array_equal(picture[:, 64:128], palette(4)[first.label.numpy()])
+    assert np.array_equal(picture[:, 128:], palette(4)[first.pred.numpy()])
+    rgb = ((first.image.permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
+    assert np.array_equal(picture[:, :64], rgb)
+    with pytest.raises(FileExistsError, match=r'probe.json holds an earlier run; choose another folder or pass overwrite=True'):
+        result.save(out)
+    assert json.loads((out / 'probe.json').read_text()) == saved  # kept
+    result.save(out, pictures=8, overwrite=True)  # every test image of split 1 (4 of them)
+    assert len(list((out / 'pictures').glob('*.png'))) == 4
+
+
+def test_evaluate_probe_refuses_bad_settings_and_data(tmp_path):
+    data = make_shapes_dataset(tmp_path / 'shapes-ddpm', n_train=2, n_val=1, layout='ddpm-seg')
+    with pytest.raises(ValueError, match='splits must be a positive integer; got 0'):
+        evaluate_probe('test_sd_tiny', data, splits=0)
+    with pytest.raises(ValueError, match="Unknown diffusion model 'nope'"):
+        evaluate_probe('nope', data)
+    with pytest.raises(FileNotFoundError, match=r"No 'train' split under .*nowhere"):
+        evaluate_probe('test_sd_tiny', tmp_path / 'nowhere')
+    with pytest.raises(ValueError, match=r'\.npy holds class id 3, beyond num_classes=2'):
+        evaluate_probe('test_sd_tiny', data, num_classes=2, resolution=32)
+
+
+@pytest.mark.slow
+def test_the_probe_command_end_to_end_and_its_refusals(tmp_path, capsys):
+    # the command's plumbing, on the smallest set (1 train / 1 test image): the accuracy is the library's test
+    data = make_shapes_dataset(tmp_path / 'shapes-ddpm', n_train=1, n_val=1, layout='ddpm-seg')
+    out = tmp_path / 'cli'
+    status = diffbackbones_command(['probe', '--model', 'shapes_sd_tiny', '--data', str(data), '--out', str(out),
+                                    '--pictures', '1', *FAST_FLAGS])
+    assert status == 0
+    printed = capsys.readouterr().out.splitlines()
+    saved = json.loads((out / 'probe.json').read_text())
+    assert printed[0].startswith('features: 224 channels per pixel from levels [(32, 16, 16), (64, 8, 8), (128, 4, 4)]')
+    assert printed[1] == (f'split 1: mIoU {100 * saved["splits"][0]["miou"]:.2f} '
+                          f'(present classes: {100 * saved["splits"][0]["miou_present"]:.2f})')
+    assert printed[2] == '' and printed[3].split() == ['class', 'split', '1']
+    assert printed[-2] == (f'mIoU {saved["miou_mean"]:.2f} +- 0.00 over 1 split(s) (absent classes count 0; '
+                           f'over present classes: {saved["miou_present_mean"]:.2f})')
+    assert printed[-1].startswith('peak memory ') and printed[-1].endswith(f'pictures in {out / "pictures"}')
+    # probe.json records the flags, as the tool always did, with what the backbone resolved
+    assert saved['settings']['weights'] is None and saved['settings']['out'] == str(out)
+    assert saved['settings']['resolution'] == 64 and saved['settings']['n_classes'] == 4
+    assert 'command' not in saved['settings'] and len(saved['settings']['levels']) == 3
+    assert [p.name for p in (out / 'pictures').iterdir()] == ['test-00000.png']
+    # an earlier run is refused before any work: the data is not even looked at (tools/probe.py, same flags)
+    spec = importlib.util.spec_from_file_location('probe_tool', REPO / 'tools' / 'probe.py')
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main is probe_command
+    with pytest.raises(SystemExit, match=r'probe.json holds an earlier run; choose another folder or pass .*--overwrite'):
+        tool.main(['--model', 'shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out)])
+    with pytest.raises(SystemExit, match=r"No 'train' split under .*nowhere"):  # the library's errors, as messages
+        tool.main(['--model', 'shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out), '--overwrite'])

@@ -7,7 +7,7 @@ This measures that phase alone at real size without weights or data: levels of t
 SD1.5's ``practical`` preset gives at its 512 px working size (from the catalog, on the meta device),
 filled with random values; a capped number of ensemble steps (memory does not grow with steps) and a
 full prediction of every test image. It prints the peak RSS and what full upsampling would need. The
-backbone itself runs before this phase and is released (``tools/probe.py`` deletes it), so a run's
+backbone itself runs before this phase and is released (``evaluate_probe`` deletes it), so a run's
 peak is the larger of this and the backbone's own (printed from its parameter count).
 """
 import argparse
