@@ -12,6 +12,7 @@ from .presets import Preset
 from .screener import ScreenReport, screen
 from .extraction import extract
 from .label_scarce import ProbeResult, evaluate_probe
+from .correspondence import CorrespondenceResult, evaluate_correspondence
 from .stages import Stages
 from .loading import WeightsNotFoundError
 from .store import FeatureStore
@@ -28,4 +29,5 @@ else:
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',
            'screen', 'ScreenReport', 'extract', 'evaluate_probe', 'ProbeResult',
+           'evaluate_correspondence', 'CorrespondenceResult',
            'Stages', '__version__']

@@ -114,6 +114,9 @@ def resolve_levels(spec: ModelSpec, activations: ActivationsArg, points: Sequenc
     if isinstance(activations, Preset):
         activations.check_model(spec)
         levels = activations.levels
+    elif isinstance(activations, str) and not activations.endswith('.json') and activations not in spec.presets \
+            and activations in {p.name for p in points}:  # one layer id, not a preset name
+        levels = ((activations,),)
     elif isinstance(activations, str):
         levels = _named_preset(spec, activations)
     elif activations and all(isinstance(a, str) for a in activations):

@@ -1,24 +1,23 @@
 """Semantic correspondence (SPair-71k protocols): PCK, matching, both data formats, the embedded set,
-the trained head, per-category prompts and the tool end to end."""
+the trained head, per-category prompts, ``evaluate_correspondence`` (both protocols, presets) and the
+``diffbackbones correspondence`` command end to end."""
 import json
 import re
 import shutil
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.correspondence import (CorrespondenceHead, FeatureSource, PCKTable, clip_loss, evaluate_pairs,
-                                          find_pairs, keypoint_index, load_pair_list, make_correspondence_dataset,
-                                          match_points, pck_correct, train_steps, training_schedule)
-
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / 'tools'))
-import correspondence as corr_tool  # noqa: E402  (tools/correspondence.py)
+from diffbackbones.commands import main as diffbackbones_main
+from diffbackbones.commands.correspondence import parse_args
+from diffbackbones.correspondence import (DIFT_PROMPT, CorrespondenceHead, CorrespondenceResult, FeatureSource,
+                                          PCKTable, clip_loss, evaluate_correspondence, evaluate_pairs, find_pairs,
+                                          keypoint_index, load_pair_list, make_correspondence_dataset, match_points,
+                                          pck_correct, train_steps, training_schedule)
 
 
 @pytest.fixture(scope='session')
@@ -68,24 +67,44 @@ def test_matching_equals_full_upsampling_and_cosine_argmax():
     assert predicted.tolist() == torch.stack([best % 23, best // 23], 1).tolist()
 
 
-def test_identity_pairs_give_pck_100_with_any_backbone(pairs_root, tiny_backbone, tmp_path):
-    pairs = find_pairs(pairs_root, 'test')
-    identity = [{'source_path': f'{p.category}/{p.source.name}', 'target_path': f'{p.category}/{p.source.name}',
-                 'source_points': p.source_points.tolist(), 'target_points': p.source_points.tolist(),
-                 'category': p.category, 'source_bounding_box': list(p.source_bbox),
-                 'target_bounding_box': list(p.source_bbox)} for p in pairs]
-    listing = pairs_root / 'JPEGImages' / 'identity.json'
-    listing.write_text(json.dumps(identity))
-    same = load_pair_list(listing)
+def _pair_list(root, split: str, n: int | None = None, identity: bool = False) -> str:
+    """A list-of-pairs JSON (the paper's format) in ``root``/JPEGImages: the first ``n`` pairs of ``split``, or
+    with ``identity`` each source image matched with itself. Returns its name."""
+    entries = [{'source_path': f'{p.category}/{p.source.name}', 'category': p.category,
+                'target_path': f'{p.category}/{(p.source if identity else p.target).name}',
+                'source_points': p.source_points.tolist(),
+                'target_points': (p.source_points if identity else p.target_points).tolist(),
+                'source_bounding_box': list(p.source_bbox),
+                'target_bounding_box': list(p.source_bbox if identity else p.target_bbox)}
+               for p in find_pairs(root, split)[:n]]
+    name = f'{"identity" if identity else split}-{n or "all"}.json'
+    (root / 'JPEGImages' / name).write_text(json.dumps(entries))
+    return name
+
+
+def test_identity_pairs_give_pck_100_with_any_backbone(pairs_root, tiny_backbone):
+    listing = _pair_list(pairs_root, 'test', identity=True)
+    same = load_pair_list(pairs_root / 'JPEGImages' / listing)
     features = FeatureSource(tiny_backbone, (64, 64), 'a photo of a {category}')
     for grid in (None, 96):  # DIFT's grid (each image's size) and the paper's square grid
         table, _ = evaluate_pairs(same, features, grid=grid)
         s = table.summary()['all']
         assert s['bbox_per_point'] == 100 and s['img_per_point'] == 100
-    other = DiffusionBackbone('test_sdxl_tiny', ['up-level1-upsampler-out'], pretrained=False, image_size=64,
-                              resize_features=False, prompt='a photo')  # another family, one activation
-    table, _ = evaluate_pairs(same, FeatureSource(other, (64, 64), 'a photo'))
-    assert table.summary()['all']['bbox_per_point'] == 100
+    # another family, one activation: DIFT's preset (up-level1-upsampler-out, t=261, its prompt, zero-shot)
+    # through evaluate_correspondence on the tiny SDXL. The call's own values win and the preset fills in the
+    # rest; its ensemble_size=8 yields to noise=dict(ensemble=1) (given both ways, the backbone refuses)
+    result = evaluate_correspondence(preset='dift', data=pairs_root, test=listing, model='test_sdxl_tiny',
+                                     pretrained=False, image_size=64, noise=dict(ensemble=1))
+    assert result.pck['all']['bbox_per_point'] == 100 and result.pck['all']['pairs'] == len(same)
+    assert (result.model, result.protocol, result.split, result.training) == \
+           ('test_sdxl_tiny', 'zero-shot', 'test', None)
+    assert result.levels == [['up-level1-upsampler-out']] and result.pair_counts == {'test': len(same)}
+    assert result.settings['prompt'] == DIFT_PROMPT and result.settings['pretrained'] is False
+    assert result.settings['backbone_options'] == dict(image_size=64, noise=dict(ensemble=1), t=261,
+                                                       resize_features=False)
+    assert [r['pair'] for r in result.pairs] == [p.name for p in same]
+    assert all(r['correct_bbox'] == [True] * len(r['predicted']) for r in result.pairs)
+    assert 'training' not in result.table() and result.table().endswith(result.pck_table.format())
 
 
 def test_embedded_set_reads_flips_and_similarity_transforms(pairs_root):
@@ -214,27 +233,88 @@ def test_prompts_per_category_condition_the_features(pairs_root, tiny_backbone):
 
 
 def test_dift_preset_sets_its_configuration_and_yields_to_explicit_options():
-    args = corr_tool.parse_args(['--preset', 'dift', '--data', 'x'])
+    args = parse_args(['--preset', 'dift', '--data', 'x'])
     assert (args.model, args.activations, args.t, args.ensemble, args.image_size, args.protocol) == \
            ('sd21', 'up-level1-upsampler-out', 261, 8, 768, 'zero-shot')
     assert args.prompt == 'a photo of a {category}' and args.weights == 'stabilityai/stable-diffusion-2-1'
-    assert corr_tool.parse_args(['--preset', 'dift', '--data', 'x', '--t', '100']).t == 100
-    assert corr_tool.parse_args(['--model', 'sd15', '--data', 'x']).prompt.startswith('a highly realistic photo')
+    assert parse_args(['--preset', 'dift', '--data', 'x', '--t', '100']).t == 100
+    assert parse_args(['--preset', 'dift', '--data', 'x', '--ensemble=1']).ensemble == 1  # given, though the default
+    assert parse_args(['--model', 'sd15', '--data', 'x']).prompt.startswith('a highly realistic photo')
+    with pytest.raises(SystemExit):
+        parse_args(['--data', 'x'])   # no --model and no --preset
 
 
-def test_correspondence_tool_end_to_end(pairs_root, tmp_path, capsys):
-    out = tmp_path / 'run'
-    report = corr_tool.main(['--model', 'test_sd_tiny', '--data', str(pairs_root), '--out', str(out),
-                             '--steps-per-epoch', '8', '--epochs', '2', '--val-every', '10', '--feature-size', '32',
-                             '--load-size', '64', '--pictures', '2', '--levels', '0,2'])
-    printed = capsys.readouterr().out
-    assert 'PCK@0.1 bbox' in printed and 'all' in printed
-    assert report['split'] == 'test' and report['pck']['all']['pairs'] == 6
-    assert report['levels'] == [['up-level3-repeat0-vit-block0-self-k'],   # levels 0 and 2 of the preset
-                                ['up-level1-repeat1-vit-block0-cross-q', 'up-level1-repeat2-res-out']]
-    assert [v['step'] for v in report['training']['validations']] == [11, 16]   # step 10 (paper's rule) and the last
+@pytest.fixture(scope='module')
+def trained_result(pairs_root):
+    # the one training run of this file: 4 training pairs x 4 epochs, validated on 3 pairs (list-of-pairs
+    # JSONs) at step 10 (the paper's rule) and the last; the whole test split
+    return evaluate_correspondence('test_sd_tiny', pairs_root, protocol='trained',
+                                   train=_pair_list(pairs_root, 'trn', 4), val=_pair_list(pairs_root, 'val', 3),
+                                   steps_per_epoch=4, epochs=4, val_every=10, feature_size=32, load_size=64,
+                                   pictures=2, levels=[0, 2])
+
+
+def test_trained_protocol_reports_the_test_split_and_saves(trained_result, tmp_path):
+    result = trained_result
+    assert isinstance(result, CorrespondenceResult) and result.protocol == 'trained'
+    assert result.split == 'test' and result.pck['all']['pairs'] == 6
+    assert result.pair_counts == {'train': 4, 'val': 3, 'test': 6}
+    assert result.levels == [['up-level3-repeat0-vit-block0-self-k'],   # levels 0 and 2 of the preset
+                             ['up-level1-repeat1-vit-block0-cross-q', 'up-level1-repeat2-res-out']]
+    training = result.training
+    assert [v['step'] for v in training['validations']] == [11, 16]   # step 10 (paper's rule) and the last
+    assert training['steps'] == len(training['losses']) == 16 and training['selected_step'] in (11, 16)
+    text = result.table()
+    assert 'PCK@0.1 bbox' in text and 'all' in text and 'step 11: val PCK@0.1' in text
+    assert f'weights of step {training["selected_step"]} selected on val' in text
+    out = result.save(tmp_path / 'run')
     saved = json.loads((out / 'correspondence.json').read_text())
+    assert saved == json.loads(json.dumps(result.to_dict(), default=str))
     assert saved['pck']['all']['keypoints'] == sum(len(p['predicted']) for p in saved['pairs'])
-    assert len(list((out / 'pictures').glob('*.png'))) == 2
+    pictures = sorted((out / 'pictures').glob('*.png'))
+    assert [p.stem for p in pictures] == sorted(p['pair'].replace(':', '_') for p in saved['pairs'][:2])
+    pair = result.matched[0]
+    (sw, sh), (tw, th) = pair.source_size, pair.target_size
+    zoom = round(384 / max(sh, th))   # source | target, small images drawn larger
+    with Image.open(out / 'pictures' / f'{pair.name.replace(":", "_")}.png') as picture:
+        assert zoom > 1 and picture.size == (zoom * (sw + tw), zoom * max(sh, th))
+    with pytest.raises(FileExistsError, match='--overwrite'):   # an earlier run is never overwritten silently
+        result.save(out)
+    assert result.save(out, overwrite=True) == out
+
+
+def test_evaluate_correspondence_explains_bad_arguments(pairs_root):
+    with pytest.raises(ValueError, match=r'model \(or preset\) is required'):
+        evaluate_correspondence(data=pairs_root)
+    with pytest.raises(ValueError, match="unknown correspondence preset 'difft'.*'dift'"):
+        evaluate_correspondence(preset='difft', data=pairs_root)
+    with pytest.raises(ValueError, match='protocol must be one of'):
+        evaluate_correspondence('test_sd_tiny', pairs_root, protocol='supervised')
+    (pairs_root / 'JPEGImages' / 'empty.json').write_text('[]')
+    with pytest.raises(ValueError, match=r"the test split \('empty.json'\) of .* has no pairs"):
+        evaluate_correspondence('test_sd_tiny', pairs_root, test='empty.json')
+
+
+def test_correspondence_command_end_to_end(pairs_root, tmp_path, capsys):
+    out = tmp_path / 'run'
+    # the console script's entry; DIFT's preset (zero-shot, its one activation, t and prompt) yields to the
+    # flags given; two test pairs from a list-of-pairs JSON, each image matched with itself: every keypoint
+    # is found (as with the same settings from Python in test_identity_pairs_give_pck_100_with_any_backbone)
+    argv = ['correspondence', '--preset', 'dift', '--model', 'test_sdxl_tiny', '--weights', 'random', '--image-size',
+            '64', '--ensemble', '1', '--data', str(pairs_root), '--test',
+            _pair_list(pairs_root, 'test', 2, identity=True), '--out', str(out), '--pictures', '1']
+    assert diffbackbones_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith('test_sdxl_tiny zero-shot: levels') and 'PCK@0.1 bbox' in printed
+    assert re.search(r'\n +all +2 +\d+ +100\.00 +100\.00 +100\.00 +100\.00\n', printed)
+    assert f'pictures in {out / "pictures"}' in printed
+    saved = json.loads((out / 'correspondence.json').read_text())
+    settings = saved['settings']   # the command's flags, the preset applied
+    assert (settings['protocol'], settings['prompt'], settings['t'], settings['ensemble'], settings['weights']) == \
+           ('zero-shot', DIFT_PROMPT, 261, 1, 'random')
+    assert saved['split'] == 'test' and saved['pck']['all']['pairs'] == 2 and saved['training'] is None
+    assert saved['pck']['all']['bbox_per_point'] == 100
+    assert saved['levels'] == [['up-level1-upsampler-out']]   # the preset's one layer id
+    assert len(list((out / 'pictures').glob('*.png'))) == 1
     with pytest.raises(SystemExit, match='--overwrite'):   # an earlier run is never overwritten silently
-        corr_tool.main(['--model', 'test_sd_tiny', '--data', str(pairs_root), '--out', str(out)])
+        diffbackbones_main(argv)

@@ -6,9 +6,10 @@
 - ``trained``: the paper's protocol, one 3x3 convolution trained with a symmetric CLIP loss.
 - ``synthetic``: the embedded shapes pairs (known similarity transforms) in SPair-71k's layout.
 
-``tools/correspondence.py`` runs both protocols end to end.
+``evaluate_correspondence`` (``evaluate.py``; the ``diffbackbones correspondence`` command) runs both protocols end to end.
 """
 from .data import Pair, find_pairs, load_pair_list, load_spair
+from .evaluate import CorrespondenceResult, evaluate_correspondence
 from .features import DIFT_PROMPT, PAPER_PROMPT, FeatureSource, load_image
 from .matching import PCKTable, evaluate_pairs, match_points, pck_correct, rescale_points
 from .synthetic import make_correspondence_dataset
@@ -17,4 +18,4 @@ from .trained import CorrespondenceHead, clip_loss, keypoint_index, train_steps,
 __all__ = ['Pair', 'find_pairs', 'load_pair_list', 'load_spair', 'DIFT_PROMPT', 'PAPER_PROMPT', 'FeatureSource',
            'load_image', 'PCKTable', 'evaluate_pairs', 'match_points', 'pck_correct', 'rescale_points',
            'make_correspondence_dataset', 'CorrespondenceHead', 'clip_loss', 'keypoint_index', 'train_steps',
-           'training_schedule']
+           'training_schedule', 'evaluate_correspondence', 'CorrespondenceResult']

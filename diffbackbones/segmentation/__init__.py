@@ -12,17 +12,23 @@ default since torch 2.6) learns the few globals mmengine writes into every check
 ``init_model`` and ``MMSegInferencer`` read checkpoints unchanged. It only adds to the allow-list, with
 ``getattr`` narrowed to HistoryBuffer's statistics methods: the loader stays safe for every other file.
 """
-from mmseg.registry import MODELS
+try:
+    import mmseg  # noqa: F401
+except ImportError:  # the shapes set (segmentation/shapes.py) needs no mmseg; only the registration does
+    __all__ = []
+else:
+    from mmseg.registry import MODELS
 
-from ..backbone import DiffusionBackbone
-from ..combined import CombinedDiffusionBackbone
-from .datasets import ShapesDataset
-from .hooks import LeanCheckpointHook
-from .runtime import allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed, load_tool_config
+    from ..backbone import DiffusionBackbone
+    from ..combined import CombinedDiffusionBackbone
+    from .datasets import ShapesDataset
+    from .hooks import LeanCheckpointHook
+    from .runtime import (allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed,
+                          load_tool_config)
 
-MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
-MODELS.register_module('CombinedDiffusionBackbone', module=CombinedDiffusionBackbone)
-allow_mmengine_checkpoints()
+    MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
+    MODELS.register_module('CombinedDiffusionBackbone', module=CombinedDiffusionBackbone)
+    allow_mmengine_checkpoints()
 
-__all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor', 'init_cpu_distributed',
-           'load_tool_config']
+    __all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor',
+               'init_cpu_distributed', 'load_tool_config']
