@@ -10,7 +10,7 @@ from . import images
 from .images import IMAGE_SUFFIXES
 from .zoo import ModelSpec, default_weights
 
-__all__ = ['IMAGE_SUFFIXES', 'pretrained_option', 'activations_option', 'read_image']
+__all__ = ['IMAGE_SUFFIXES', 'pretrained_option', 'activations_option', 'given_options', 'read_image']
 
 
 def pretrained_option(spec: ModelSpec, weights: str | None) -> bool | str:
@@ -22,6 +22,11 @@ def pretrained_option(spec: ModelSpec, weights: str | None) -> bool | str:
 def activations_option(text: str) -> str | list[str]:
     """``--activations``: a preset name (or preset file), or comma-separated layer ids."""
     return text.split(',') if ',' in text else text
+
+
+def given_options(args, names=('t', 'image_size')) -> dict:
+    """The backbone options among ``names`` that a command's flags set (None: left to the library's default)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def read_image(path: Path) -> torch.Tensor:

@@ -49,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import activations_option, pretrained_option
+from ..cli import activations_option, given_options, pretrained_option
 from ..correspondence.evaluate import CORRESPONDENCE_PRESETS, check_free, evaluate_correspondence
 from ..correspondence.features import DIFT_PROMPT, PAPER_PROMPT
 from ..zoo import get_model_spec
@@ -142,11 +142,7 @@ def run(args: argparse.Namespace) -> dict:
             resolve(args)
         out = Path(args.out)
         check_free(out, args.overwrite)  # before the long part
-        options = dict(dtype=args.dtype, ensemble_size=args.ensemble)
-        if args.t is not None:
-            options['t'] = args.t
-        if args.image_size is not None:
-            options['image_size'] = args.image_size
+        options = dict(dtype=args.dtype, ensemble_size=args.ensemble, **given_options(args))
         result = evaluate_correspondence(
             args.model, args.data, protocol=args.protocol, activations=activations_option(args.activations),
             levels=_levels(args.levels),

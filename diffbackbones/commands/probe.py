@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import activations_option, pretrained_option
+from ..cli import activations_option, given_options, pretrained_option
 from ..label_scarce import check_free, evaluate_probe
 from ..zoo import get_model_spec
 from .base import run_command
@@ -64,11 +64,7 @@ def run(args: argparse.Namespace) -> dict:
     out = Path(args.out)
     try:
         check_free(out, args.overwrite)  # before the long part
-        options = dict(prompt=args.prompt, dtype=args.dtype)
-        if args.t is not None:
-            options['t'] = args.t
-        if args.image_size is not None:
-            options['image_size'] = args.image_size
+        options = dict(prompt=args.prompt, dtype=args.dtype, **given_options(args))
         result = evaluate_probe(args.model, args.data, activations=activations_option(args.activations),
                                 pretrained=pretrained_option(get_model_spec(args.model), args.weights),
                                 splits=args.splits, seed=args.seed, resolution=args.resolution, models=args.models,
