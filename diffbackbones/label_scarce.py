@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import resource
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from .presets import ActivationsArg
 from .probe import (PixelFeatures, clean_labels, compute_iou, extract_levels, find_split, load_pair, predict,
                     redraw_split, train_ensemble)
 from .stages import set_default_option
+from .outputs import peak_rss_gb, refuse_earlier_run
 from .zoo import default_weights, get_model_spec
 
 __all__ = ['evaluate_probe', 'ProbeResult', 'ProbePicture']
@@ -129,10 +129,7 @@ class ProbeResult:
 
 def check_free(out_dir: str | Path, overwrite: bool) -> None:
     """Refuse to write over an earlier run's ``probe.json`` unless asked to (``FileExistsError``)."""
-    path = Path(out_dir) / 'probe.json'
-    if path.exists() and not overwrite:
-        raise FileExistsError(f'{path} holds an earlier run; choose another folder or pass overwrite=True '
-                              '(--overwrite).')
+    refuse_earlier_run(Path(out_dir) / 'probe.json', overwrite)
 
 
 def palette(n: int) -> np.ndarray:
@@ -253,7 +250,7 @@ def evaluate_probe(model: str, data: str | Path, *, activations: ActivationsArg 
     return ProbeResult(settings=settings, splits=results, miou_mean=statistics.mean(mious),
                        miou_std=statistics.stdev(mious) if len(mious) > 1 else 0.0,
                        miou_present_mean=statistics.mean(100 * r['miou_present'] for r in results),
-                       peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                       peak_rss_gb=peak_rss_gb(),
                        seconds=time.time() - start, features=feature_info, pictures=pictures)
 
 

@@ -37,6 +37,7 @@ from .probe import label_map_of, read_label_map
 from .ranking import RankingProbe, build_preset, rank_candidates, validate_ranking
 from .screening import ActivationStats, screen_samples, select_candidates
 from .stages import set_default_option
+from .outputs import refuse_earlier_run
 from .zoo import default_weights, get_model_spec
 
 __all__ = ['screen', 'ScreenReport']
@@ -287,6 +288,4 @@ class ScreenReport:
 
 def check_free(folder: str | Path, overwrite: bool) -> None:
     """Refuse to write over an earlier screen unless asked to."""
-    if (Path(folder) / 'screen.csv').exists() and not overwrite:
-        raise FileExistsError(f'{Path(folder) / "screen.csv"} holds an earlier screen; choose another folder or '
-                              'pass overwrite=True (--overwrite).')
+    refuse_earlier_run(Path(folder) / 'screen.csv', overwrite, 'screen')

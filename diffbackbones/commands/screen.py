@@ -26,12 +26,12 @@ and mmseg's ``backbone=dict(type='DiffusionBackbone', activations='preset.json')
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 
 from ..cli import pretrained_option
 from ..screener import check_free, screen
+from ..outputs import peak_rss_gb
 from ..zoo import get_model_spec
 from .base import run_command
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict:
               ', '.join(f'{m.upper()} {v:+.2f}' for m, v in check['spearman'].items()))
         for label, value in check['miou'].items():
             print(f'{label:>28}: probe mIoU {value:.2f}  {check["choices"][label]}')
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    peak_gb = peak_rss_gb()
     print(f'{time.time() - start:.0f} s; peak memory {peak_gb:.2f} GB (RSS)')
     return report.to_dict()
 

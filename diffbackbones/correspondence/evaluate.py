@@ -50,12 +50,8 @@ from ..zoo import default_weights, get_model_spec
 from .data import Pair, find_pairs
 from .features import DIFT_PROMPT, PAPER_PROMPT, FeatureSource
 from .matching import PCKTable, evaluate_pairs, pck_correct
+from ..outputs import peak_rss_gb, refuse_earlier_run
 from .trained import CorrespondenceHead, train_steps, training_schedule
-
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
 
 __all__ = ['evaluate_correspondence', 'CorrespondenceResult', 'CORRESPONDENCE_PRESETS', 'PROTOCOLS', 'REPORTS',
            'train_head', 'draw_pair', 'check_free']
@@ -224,7 +220,7 @@ def evaluate_correspondence(model: str | None = None, data: str | Path | None = 
         settings=settings, model=model, protocol=protocol, levels=[list(level) for level in backbone.levels],
         channels=channels, working_size=(w, h), pair_counts={name: len(v) for name, v in pairs.items()},
         split=split, pck=summary, pairs=records, training=training, alpha=alpha, pictures=pictures,
-        peak_rss_gb=_peak_rss_gb(), seconds=time.time() - start, pck_table=table, matched=list(matched))
+        peak_rss_gb=peak_rss_gb(), seconds=time.time() - start, pck_table=table, matched=list(matched))
 
 
 def train_head(features: FeatureSource, channels: int, train_pairs: Sequence[Pair], val_pairs: Sequence[Pair], *,
@@ -318,13 +314,7 @@ def draw_pair(path: str | Path, pair: Pair, predicted: np.ndarray, correct: np.n
 
 def check_free(folder: str | Path, overwrite: bool) -> None:
     """Refuse to write over an earlier run's ``correspondence.json`` unless asked to."""
-    if (Path(folder) / RESULT_FILE).exists() and not overwrite:
-        raise FileExistsError(f'{Path(folder) / RESULT_FILE} holds an earlier run; choose another folder or '
-                              'pass overwrite=True (--overwrite).')
-
-
-def _peak_rss_gb() -> float:
-    return float('nan') if resource is None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    refuse_earlier_run(Path(folder) / RESULT_FILE, overwrite)
 
 
 @dataclass
