@@ -34,6 +34,8 @@ setup(
         'numpy',
         'pillow',
         'matplotlib',  # the screen's plots (ScreenReport.plot)
+        'peft',  # LoRA adapters (lora=), through diffusers' own loaders
+        'opencv-python-headless',  # the ControlNet's built-in canny preprocessor (control=dict(image='canny'))
     ],
     extras_require={
         'test': ['pytest>=7', 'pytest-timeout'],

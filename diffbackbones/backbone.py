@@ -11,6 +11,7 @@ Returns a tuple of (B, C_i, ceil(H/s_i), ceil(W/s_i)), fine to coarse (the mmseg
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Any, Callable, Sequence
@@ -72,8 +73,10 @@ class DiffusionBackbone(nn.Module):
             ``noise=dict(t=50, seed=0, ensemble=4)``.
         conditioning: Conditioning stage options (``ConditioningStage``): ``prompt``, ``cache``,
             ``class_label``.
+        control: ControlNet stage options (``ControlStage``): ``model``, ``image``, ``scale``; e.g.
+            ``control=dict(model='lllyasviel/sd-controlnet-canny', image='canny')``.
         denoiser: Denoise-and-capture stage options (``DenoiserStage``): ``trainable``, ``prune``,
-            ``compile``.
+            ``compile``, ``lora``.
         fusion: Levels stage (``FusionStage``): False concatenates a level's activations; True or
             ``'residual'`` adds learnable, zero-initialised residual blocks per activation and per level
             (identity at the start of training); ``'paper'`` the paper code's block, exactly;
@@ -81,7 +84,7 @@ class DiffusionBackbone(nn.Module):
         **flat: The flat keywords of earlier releases, each one option of a stage: ``t``, ``noise_seed``,
             ``ensemble_size``, ``prompt``, ``prompt_cache``, ``class_label``, ``image_size``,
             ``resize_features``, ``antialias``, ``strict_input``, ``sample_posterior``, ``latent_cache``,
-            ``latent_scale``, ``trainable_vae``, ``trainable_denoiser``, ``prune``, ``compile``,
+            ``latent_scale``, ``trainable_vae``, ``trainable_denoiser``, ``prune``, ``compile``, ``lora``,
             ``fusion_repeats`` (``stages.FLAT_KEYWORDS``).
 
     ``state_dict()`` is complete, as torch, timm and EMA users expect. Checkpoints can still leave the
@@ -93,11 +96,12 @@ class DiffusionBackbone(nn.Module):
     def __init__(self, model: str = 'sd15', activations: ActivationsArg = 'practical', *,
                  pretrained: bool | str = True, dtype: str | torch.dtype = torch.float32,
                  channels_last: bool | None = None, image: Any = None, vae: Any = None, noise: Any = None,
-                 conditioning: Any = None, denoiser: Any = None, fusion: Any = None, **flat: Any):
+                 conditioning: Any = None, control: Any = None, denoiser: Any = None, fusion: Any = None,
+                 **flat: Any):
         super().__init__()
         self.spec = spec = get_model_spec(model)
         self.stages = stages = build_stages(dict(image=image, vae=vae, noise=noise, conditioning=conditioning,
-                                                 denoiser=denoiser, fusion=fusion), flat)
+                                                 control=control, denoiser=denoiser, fusion=fusion), flat)
         if channels_last not in (None, True, False):
             raise ValueError(f'channels_last must be None (channels-last VAE on the CPU), True or False; '
                              f'got {channels_last!r}')
@@ -112,6 +116,7 @@ class DiffusionBackbone(nn.Module):
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
         self.family = family_of(self.denoiser)
+        self.lora = stages.denoiser.load_lora(self.denoiser, self.family)
         stages.vae.bind(spec, pretrained, self.vae, self.vae_dtype)
         self.conditioning = stages.conditioning.build(spec, parts.source, self.dtype)
 
@@ -122,7 +127,9 @@ class DiffusionBackbone(nn.Module):
                           for name, p in catalog_index(self.points).items()}
         self._set_levels(resolve_levels(spec, activations, self.points, self.stride_of))
         self.fusion = stages.fusion.build([[self._channels[n] for n in level] for level in self.levels])
-        self.pruned = self.prune_tail() if stages.denoiser.prune else []
+        self.control = stages.control.build(spec, pretrained, self.dtype, self.denoiser, self.capture)
+        # a noise variant that runs the whole denoiser (DDIM inversion) needs the modules pruning would drop
+        self.pruned = self.prune_tail() if stages.denoiser.prune and not stages.noise.runs_denoiser else []
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
         self.compiled = stages.denoiser.compile_parts(self.denoiser, self.capture) if stages.denoiser.compile else []
@@ -228,7 +235,7 @@ class DiffusionBackbone(nn.Module):
         """Every requested activation by name, on the working size's grid (ceil(h / stride) for the
         working size h): resize, pad, encode, noise, the denoiser up to the last one, crop."""
         images, work_hw = self.working_input(images)
-        acts = self.extract((encode or self.encode)(images), work_hw)
+        acts = self.extract((encode or self.encode)(images), work_hw, images)
         cropped = {}
         for name, value in acts.items():  # the padding's rows and columns go
             h, w = self.grid_of(name, work_hw)
@@ -250,16 +257,25 @@ class DiffusionBackbone(nn.Module):
         Every (timestep, noise sample) member gets a copy of the batch, member-major, so the call has
         ``stages.noise.members * B`` rows; ``self.denoiser(**kwargs)`` runs it (the family decides the names).
         """
-        noisy, timesteps = self.stages.noise(latents)
+        noisy, timesteps = self.stages.noise(latents, functools.partial(self.predict, image_hw=image_hw))
         # Explicit both ways: a channels-last latent from the VAE must not switch the denoiser's format.
         noisy = noisy.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         return self.family.inputs(self.denoiser, noisy, timesteps, self.conditioning, image_hw)
 
-    def extract(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Run the denoiser on all members up to the last requested activation; member-averaged activations."""
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+        """The whole denoiser's prediction (epsilon, v or velocity, as the model was trained) for noisy
+        latents at integer ``timesteps``, in the latents' layout; no capture, no early exit."""
+        kwargs = self.family.inputs(self.denoiser, noisy.to(self.dtype), timesteps, self.conditioning, image_hw)
+        return self.family.prediction(self.denoiser(**kwargs), noisy)
+
+    def extract(self, latents: torch.Tensor, image_hw: tuple[int, int], images: torch.Tensor | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Run the denoiser on all members up to the last requested activation; member-averaged activations.
+
+        ``images``: the working-size input, for a ControlNet's control image (``control=``)."""
         trains = self.stages.denoiser.trainable or self.stages.vae.trainable
-        return self.stages.denoiser(self.denoiser, self.capture, self.denoiser_inputs(latents, image_hw),
-                                    self.stages.noise.members, keep_graph=trains)
+        kwargs = self.control(self.denoiser_inputs(latents, image_hw), images)  # + ControlNet residuals, if any
+        return self.stages.denoiser(self.denoiser, self.capture, kwargs, self.stages.noise.members, keep_graph=trains)
 
     def grid_of(self, name: str, work_hw: tuple[int, int]) -> tuple[int, int]:
         """The grid of activation ``name`` for working size ``work_hw``: ceil(h / stride) x ceil(w / stride)."""

@@ -7,7 +7,7 @@ activation, with the parts it never needs pruned and, optionally, the parts with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -29,16 +29,25 @@ class DenoiserStage:
             probe forward at construction); they are never computed anyway.
         compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward stops by an
             exception at the last activation, which compiled graphs must not contain).
+        lora: LoRA adapters applied to the denoiser: one file, folder or hub id, or a list of them, each
+            alone or as ``(path, scale)``; e.g. ``lora=[('style.safetensors', 0.8)]``.
     """
 
     trainable: bool = False
     prune: bool = True
     compile: bool = False
+    lora: Any = ()
 
     def __post_init__(self):
         for name in ('trainable', 'prune', 'compile'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'denoiser {name} must be True or False; got {getattr(self, name)!r}')
+
+    def load_lora(self, denoiser: nn.Module, family) -> list:
+        """Apply the ``lora`` adapters to ``denoiser`` (in place); what was applied."""
+        if not self.lora:
+            return []
+        raise NotImplementedError('LoRA support is being built')
 
     def __call__(self, denoiser: nn.Module, capture: ActivationCapture, kwargs: dict, members: int,
                  keep_graph: bool) -> dict[str, torch.Tensor]:

@@ -53,6 +53,11 @@ class DenoiserFamily:
         """Keyword arguments of one denoiser call on ``noisy`` (B, C, h, w) at integer ``timesteps`` (B,)."""
         raise NotImplementedError
 
+    def prediction(self, output, noisy: torch.Tensor) -> torch.Tensor:
+        """The model's prediction from a whole forward's ``output``, in the layout of ``noisy`` (B, C, h, w)."""
+        sample = output.sample if hasattr(output, 'sample') else output[0]
+        return sample[:, :noisy.shape[1]]  # learned-sigma models (PixArt, DiT, IF) append a variance
+
 
 def _text(conditioning, batch: int, dtype: torch.dtype) -> torch.Tensor:
     return conditioning.prompt_embeds.to(dtype).expand(batch, -1, -1)

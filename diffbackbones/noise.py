@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 
@@ -92,6 +92,10 @@ class NoiseStage:
     seed: int | None = 0
     ensemble: int = 1
 
+    # True for a variant that runs the whole denoiser to make its noisy input (the backbone then keeps
+    # the modules that pruning would drop)
+    runs_denoiser: ClassVar[bool] = False
+
     def __post_init__(self):
         if not (isinstance(self.ensemble, int) and self.ensemble >= 1):
             raise ValueError(f'noise ensemble (ensemble_size) must be a positive integer; got {self.ensemble!r}')
@@ -124,8 +128,12 @@ class NoiseStage:
         noise = torch.randn((e, 1, *chw), generator=generator).to(device)
         return noise.expand(e, b, *chw).reshape(e * b, *chw)
 
-    def __call__(self, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noisy latents of every member (member-major, fp32) and their timesteps."""
+    def __call__(self, latents: torch.Tensor, predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noisy latents of every member (member-major, fp32) and their timesteps.
+
+        ``predict(noisy, timesteps)``: the whole denoiser's prediction, for variants that walk the latent
+        with the model (DDIM inversion); sampled noise does not use it."""
         b = latents.shape[0]
         timesteps = torch.tensor(self.timesteps, device=latents.device).repeat_interleave(self.ensemble * b)
         noisy = self.schedule.add_noise(latents.float().repeat(self.members, 1, 1, 1),

@@ -1,6 +1,6 @@
 """The backbone's options, grouped by the stage of the data flow they belong to.
 
-    image -> vae (encode) -> noise -> conditioning -> denoiser (denoise and capture) -> fusion (levels)
+    image -> vae (encode) -> noise -> conditioning -> control -> denoiser (denoise and capture) -> fusion (levels)
 
 Each stage is a small dataclass that checks its own options where it is defined (``encoding.py``,
 ``noise.py``, ``conditioning.py``, ``denoising.py``, ``fusion.py``); ``DiffusionBackbone`` composes them.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .conditioning import ConditioningStage
+from .control import ControlStage
 from .denoising import DenoiserStage
 from .encoding import ImageStage, VaeStage
 from .fusion import FusionStage
@@ -34,6 +35,7 @@ STAGE_VARIANTS: dict[str, dict[str, type]] = {
     'vae': {'encode': VaeStage},
     'noise': {'sampled': NoiseStage},
     'conditioning': {'prompt': ConditioningStage},
+    'control': {'controlnet': ControlStage},
     'denoiser': {'capture': DenoiserStage},
     'fusion': {'blocks': FusionStage},
 }
@@ -48,7 +50,7 @@ FLAT_KEYWORDS: dict[str, tuple[str, str]] = {
     'prompt': ('conditioning', 'prompt'), 'prompt_cache': ('conditioning', 'cache'),
     'class_label': ('conditioning', 'class_label'),
     'trainable_denoiser': ('denoiser', 'trainable'), 'prune': ('denoiser', 'prune'),
-    'compile': ('denoiser', 'compile'), 'fusion_repeats': ('fusion', 'repeats'),
+    'compile': ('denoiser', 'compile'), 'lora': ('denoiser', 'lora'), 'fusion_repeats': ('fusion', 'repeats'),
 }
 
 
@@ -65,12 +67,13 @@ def register_stage(kind: str, name: str):
 
 @dataclass
 class Stages:
-    """The six stages of one backbone, in the order the data flows through them."""
+    """The seven stages of one backbone, in the order the data flows through them."""
 
     image: ImageStage
     vae: VaeStage
     noise: NoiseStage
     conditioning: ConditioningStage
+    control: ControlStage
     denoiser: DenoiserStage
     fusion: FusionStage
 
@@ -78,6 +81,8 @@ class Stages:
 def _short_form(kind: str, value: Any) -> Any:
     if kind == 'fusion' and (isinstance(value, bool) or value is None or isinstance(value, str)):
         return dict(style=value or None) if value is not True else dict(style='residual')
+    if kind == 'control' and isinstance(value, str):  # control='<ControlNet hub id or folder>'
+        return dict(model=value)
     if isinstance(value, str):  # a variant by name: noise='ddim-inversion'
         return dict(type=value)
     return value
