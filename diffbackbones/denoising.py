@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .capture import ActivationCapture
+from .lora import AppliedLora, apply_lora, normalize_lora
 from .pruning import prune_unexecuted
 
 __all__ = ['DenoiserStage']
@@ -29,8 +30,11 @@ class DenoiserStage:
             probe forward at construction); they are never computed anyway.
         compile: ``torch.compile`` the denoiser parts that hold no capture point (the forward stops by an
             exception at the last activation, which compiled graphs must not contain).
-        lora: LoRA adapters applied to the denoiser: one file, folder or hub id, or a list of them, each
-            alone or as ``(path, scale)``; e.g. ``lora=[('style.safetensors', 0.8)]``.
+        lora: LoRA adapters fused into the denoiser weights once, at construction (``lora.py``): one file,
+            folder or hub id, or a list of them, each alone or as ``(source, scale)``; e.g.
+            ``lora=[('style.safetensors', 0.8)]``. Normalised to a tuple of ``(source, scale)``. With
+            ``trainable=True`` the fused weights are where training starts (the whole denoiser trains, with
+            the plain model's parameters). ``lora=dict(...)`` (trainable adapters) is reserved.
     """
 
     trainable: bool = False
@@ -42,12 +46,12 @@ class DenoiserStage:
         for name in ('trainable', 'prune', 'compile'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'denoiser {name} must be True or False; got {getattr(self, name)!r}')
+        self.lora = normalize_lora(self.lora)
 
-    def load_lora(self, denoiser: nn.Module, family) -> list:
-        """Apply the ``lora`` adapters to ``denoiser`` (in place); what was applied."""
-        if not self.lora:
-            return []
-        raise NotImplementedError('LoRA support is being built')
+    def load_lora(self, denoiser: nn.Module, family, model_name: str = '') -> list[AppliedLora]:
+        """Fuse the ``lora`` adapters into ``denoiser`` (in place, no peft layers left); what was applied.
+        ``model_name`` (the zoo name) makes error messages name the model."""
+        return apply_lora(denoiser, family, self.lora, model_name)
 
     def __call__(self, denoiser: nn.Module, capture: ActivationCapture, kwargs: dict, members: int,
                  keep_graph: bool) -> dict[str, torch.Tensor]:
