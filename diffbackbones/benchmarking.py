@@ -1,6 +1,7 @@
 """What ``diffbackbones benchmark`` measures with: the variants it times (the full forward the backbone
 replaces, the truncation floor, the backbone, cached and compiled), timing and peak memory of one call,
-FLOP counts, the matmul ceiling, and parameter counts at full size on the meta device.
+FLOP counts, the matmul ceiling, and parameter counts at full size on the meta device. With
+``inversion_steps``, also (i): the backbone with DDIM inversion in place of sampled noise.
 
 See ``diffbackbones benchmark --help`` for the protocol.
 """
@@ -20,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import DiffusionBackbone
 from .cache import LatentCache
+from .inversion import DdimInversionStage
 from .capture import ActivationCapture
 from .loading import build_denoiser
 from .text import build_text_encoder
@@ -27,7 +29,8 @@ from .zoo import MODELS, load_config
 
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
 LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward',
-          'd': '(d) (c) + warm latent cache', 'e': '(e) (c) with compile=True'}
+          'd': '(d) (c) + warm latent cache', 'e': '(e) (c) with compile=True',
+          'i': '(i) (c) with DDIM inversion'}
 
 
 class _Cut(Exception):
@@ -38,8 +41,12 @@ def _raise(*_) -> None:
     raise _Cut
 
 
-def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Callable[[], object] | None]:
-    """The measured callables by key ('a', 'b', 'c'); 'b' is None when it has no hook-only definition."""
+def make_variants(bb: DiffusionBackbone, images: torch.Tensor, inversion_steps: int | None = None
+                  ) -> dict[str, Callable[[], object] | None]:
+    """The measured callables by key ('a', 'b', 'c', 'd'); 'b' is None when it has no hook-only definition.
+
+    ``inversion_steps``: also 'i', the backbone with ``noise=dict(type='ddim-inversion', t=<its t>,
+    inversion_steps=...)`` in place of its sampled noise, on the same weights (``bb`` must be unpruned)."""
     capture = ActivationCapture(bb.denoiser, [p.name for p in bb.capture.points], stop_early=False, catalog=bb.points)
     deepest = bb.capture.last_point
     hw = tuple(images.shape[-2:])
@@ -79,7 +86,25 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor) -> dict[str, Call
 
     # Attention maps need the unfused attention path: there is no hook-only floor for them.
     has_maps = any(p.layout == 'attn-map' for p in bb.capture.points)
-    return {'a': full, 'b': None if has_maps else floor, 'c': lambda: bb(images), 'd': cached}
+    variants = {'a': full, 'b': None if has_maps else floor, 'c': lambda: bb(images), 'd': cached}
+    if inversion_steps is not None:
+        inversion = inversion_stage(bb, inversion_steps)
+
+        def inverted() -> tuple[torch.Tensor, ...]:
+            sampled, bb.stages.noise = bb.stages.noise, inversion
+            try:
+                return bb(images)
+            finally:
+                bb.stages.noise = sampled
+        variants['i'] = inverted
+    return variants
+
+
+def inversion_stage(bb: DiffusionBackbone, inversion_steps: int) -> DdimInversionStage:
+    """The DDIM-inversion noise stage at ``bb``'s timesteps, bound to its model."""
+    stage = DdimInversionStage(t=bb.stages.noise.t, inversion_steps=inversion_steps)
+    stage.bind(bb.spec)
+    return stage
 
 
 def _rss_kib(field: str) -> int:

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .points import ActivationPoint, _Points, walk_unet
 
-__all__ = ['DenoiserFamily', 'FAMILIES', 'family_of', 'family_by_class', 'pack_latents', 'image_ids']
+__all__ = ['DenoiserFamily', 'FAMILIES', 'family_of', 'family_by_class', 'pack_latents', 'unpack_latents', 'image_ids']
 
 
 def _ceil_div(hw: tuple[int, int], p: int) -> tuple[int, int]:
@@ -218,6 +218,13 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, (h // 2) * (w // 2), c * 4)
 
 
+def unpack_latents(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """(B, h/2 * w/2, 4C) -> (B, C, h, w) of ``shape``: the inverse of ``pack_latents``."""
+    b, c, h, w = shape
+    x = tokens.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, h, w)
+
+
 def image_ids(grid: tuple[int, int], device, dtype) -> torch.Tensor:
     """(h*w, 3) position ids [0, row, col] of a row-major token grid (Flux's ``img_ids``)."""
     rows = torch.arange(grid[0], device=device, dtype=dtype).repeat_interleave(grid[1])
@@ -283,6 +290,9 @@ class FluxFamily(DenoiserFamily):
         if denoiser.config.guidance_embeds:
             kwargs['guidance'] = torch.full((b,), conditioning.guidance, device=noisy.device, dtype=dtype)
         return kwargs
+
+    def prediction(self, output, noisy):
+        return unpack_latents(output.sample if hasattr(output, 'sample') else output[0], noisy.shape)
 
 
 FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(),

@@ -15,7 +15,7 @@ from conftest import REPO
 @pytest.fixture(scope='module')
 def report() -> str:
     cmd = [sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--model', 'test_sd_tiny', '--size', '64',
-           '--reps', '1', '--threads', '1']
+           '--reps', '1', '--threads', '1', '--inversion']
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, 'HF_HUB_OFFLINE': '1'},
                           timeout=600)
     assert done.returncode == 0, done.stderr
@@ -23,10 +23,10 @@ def report() -> str:
 
 
 def _table(report: str) -> dict[str, list[float]]:
-    """Variant key ('a'..'d') -> its numeric columns: images/s, latency, memory, TFLOP/image, TFLOP/s, % matmul."""
+    """Variant key ('a'..'d', 'i') -> its numeric columns: images/s, latency, memory, TFLOP/image, TFLOP/s, % matmul."""
     rows = {}
     for line in report.splitlines():
-        if m := re.match(r'\(([abcd])\) ', line):
+        if m := re.match(r'\(([abcdi])\) ', line):
             cells = re.split(r'\s{2,}', line.strip())[1:]
             rows[m.group(1)] = [float(c.rstrip('%')) for c in cells]
     return rows
@@ -44,12 +44,23 @@ def test_backbone_computes_the_full_forwards_features(report):
 
 def test_flop_counts_show_the_early_exit_and_the_cache(report):
     rows = _table(report)
-    assert set(rows) == set('abcd'), report
+    assert set(rows) == set('abcdi'), report
     flops = {k: v[3] for k, v in rows.items()}
     vae = _number(report, r'of which VAE encode\s+([0-9.e+-]+)')
     assert flops['c'] == flops['b'] < flops['a']  # the backbone does exactly the floor's arithmetic
     assert flops['d'] == pytest.approx(flops['c'] - vae, rel=1e-3)  # a warm cache skips just the VAE encoder
     assert _number(report, r'FLOP bound a/b: ([0-9.]+)x') == pytest.approx(flops['a'] / flops['b'], abs=0.01)
+
+
+def test_inversion_costs_its_whole_denoiser_forwards(report):
+    """(i), DDIM inversion to t=50 on the 100-step schedule: (c)'s arithmetic plus 5 whole-denoiser forwards,
+    each what (a) computes beyond the VAE encoder."""
+    flops = {k: v[3] for k, v in _table(report).items()}
+    vae = _number(report, r'of which VAE encode\s+([0-9.e+-]+)')
+    assert _number(report, r'against sampled noise, (\d+) extra whole-denoiser forwards') == 5
+    assert flops['i'] == pytest.approx(flops['c'] + 5 * (flops['a'] - vae), rel=2e-3)  # 4 printed digits
+    assert _number(report, r'FLOP ratio i/c ([0-9.]+)x') == pytest.approx(flops['i'] / flops['c'], abs=0.01)
+    assert _number(report, r'i/c time: ([0-9.]+)x') > 0
 
 
 def test_rates_are_put_against_the_measured_matmul_rate(report):

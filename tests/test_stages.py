@@ -44,8 +44,8 @@ def test_option_mistakes_are_named_with_the_fix():
         build(noise=dict(sed=1))
     with pytest.raises(TypeError, match="'noise_sed' \\(did you mean 'noise_seed'"):
         build(noise_sed=1)
-    with pytest.raises(ValueError, match=r"unknown noise type 'ddim-inversion'; available: \['sampled'\]"):
-        build(noise='ddim-inversion')
+    with pytest.raises(ValueError, match=r"unknown noise type 'ddim'; available: \['sampled', 'ddim-inversion'\]"):
+        build(noise='ddim')
     with pytest.raises(ValueError, match='noise ensemble .* must be a positive integer'):
         build(noise=dict(ensemble=0))
     with pytest.raises(ValueError, match="fusion_repeats apply to fusion='paper' blocks"):

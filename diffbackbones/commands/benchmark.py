@@ -4,6 +4,7 @@
     diffbackbones benchmark --model sd15 --preset practical --size 256
     diffbackbones benchmark --model sdxl --size 512 --reps 3
     diffbackbones benchmark --model sd21 --dift              # DIFT-style feature: up_blocks[1] output
+    diffbackbones benchmark --model sd15 --inversion         # + (i): DDIM inversion against sampled noise
     diffbackbones benchmark --model flux_dev --size 256      # too big here: timed on test_flux_tiny,
                                                              # parameters counted at full size (meta)
 
@@ -17,6 +18,9 @@ Four variants, same input batch, same dtype, all without autograd:
   (d) cached    (c) with a warm in-memory latent cache (evaluation, sweeps over layers or timesteps).
   (e) compiled  with --compile: a second backbone, same weights, built with compile=True (torch.compile;
                 compiled during the untimed warm-up).
+  (i) inversion with --inversion: (c) with noise=dict(type='ddim-inversion', t=<t>, inversion_steps=N)
+                in place of sampled noise, on the same weights: the latent is walked to t with the whole
+                denoiser first (ceil(t / (1000 // N)) forwards: 5 at t=50, N=100), so i/c is its cost.
 Variants run interleaved, in alternating order (a, b, c, d, d, c, b, a, ...), so machine noise hits
 all alike. The table reports the median time over the rounds and the largest peak memory growth of a
 call; each ratio is the median of the per-round ratios (paired: slow and fast rounds cancel), with its
@@ -39,9 +43,9 @@ import statistics
 import torch
 
 from ..backbone import DiffusionBackbone
-from ..benchmarking import (DIFT, LABELS, count_flops, fits_in_memory, machine, make_variants, matmul_rate,
-                            param_bytes, pipeline_param_bytes, pipeline_parts_on_meta, relative_error, run_once,
-                            size_str, tiny_of)
+from ..benchmarking import (DIFT, LABELS, count_flops, fits_in_memory, inversion_stage, machine, make_variants,
+                            matmul_rate, param_bytes, pipeline_param_bytes, pipeline_parts_on_meta, relative_error,
+                            run_once, size_str, tiny_of)
 from ..loading import build_denoiser
 from ..zoo import MODELS
 from .base import run_command
@@ -80,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--warmup', type=int, default=1, help='untimed rounds before the timed ones')
     parser.add_argument('--compile', action='store_true', help='also time (e): the backbone with compile=True')
     parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
+    parser.add_argument('--inversion', action='store_true',
+                        help="also time (i): the backbone with noise='ddim-inversion' against sampled noise (c)")
+    parser.add_argument('--inversion-steps', type=int, default=100,
+                        help='DDIM schedule steps of (i) over the training range (default: 100, the paper code\'s)')
 
 
 def run(args: argparse.Namespace) -> None:
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
     if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
         raise SystemExit(f'--size must be a multiple of {bb.pixel_multiple} for {timed}')
     images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
-    variants = make_variants(bb, images)
+    variants = make_variants(bb, images, args.inversion_steps if args.inversion else None)
     if args.compile:  # its own modules: compiling bb's would compile (a) and (b) too. Random init is seeded.
         compiled = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype,
                                      compile=True).to(device)
@@ -173,6 +181,11 @@ def run(args: argparse.Namespace) -> None:
     print(f'd/a throughput: {ratio("a", "d")}: repeated images skip the VAE encoder')
     if 'e' in times:
         print(f'e/c throughput: {ratio("c", "e")}: torch.compile against eager')
+    if 'i' in times:
+        inversion = inversion_stage(bb, args.inversion_steps)
+        print(f'i/c time: {ratio("i", "c")}: DDIM inversion to t={inversion.t} ({args.inversion_steps}-step schedule) '
+              f'against sampled noise, {inversion.forwards} extra whole-denoiser forwards; '
+              f'FLOP ratio i/c {flops["i"] / flops["c"]:.3f}x')
     if 'b' in times:
         print(f'c/b time: {ratio("c", "b")}: the overhead of the backbone over the floor')
         print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.3f}x (the most any early stop can gain here)')
