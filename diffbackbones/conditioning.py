@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterator, Literal, Sequence
 
 import torch
 import torch.nn as nn
 
-from .text import PromptEmbedding, encode_prompts
+from .text import LONG_PROMPT_MODES, PromptEmbedding, encode_prompts
 from .zoo import ModelSpec
 
 __all__ = ['PromptConditioning', 'ConditioningStage']
@@ -54,14 +54,17 @@ class PromptConditioning(nn.Module):
 
     @classmethod
     def encode(cls, spec: ModelSpec, source: str | None, prompt: str | Sequence[str], dtype: torch.dtype,
-               cache: bool | str = True, class_label: int | None = None) -> 'PromptConditioning':
+               cache: bool | str = True, class_label: int | None = None,
+               long_prompt: str = 'truncate') -> 'PromptConditioning':
         """Encode ``prompt`` (one or a list) with the model's text encoders (``text.encode_prompts``:
-        one at a time, or none when the embeddings are cached) from ``source`` (None: random weights)."""
+        one at a time, or none when the embeddings are cached) from ``source`` (None: random weights);
+        ``long_prompt`` as ``ConditioningStage``'s."""
         from .loading import from_pretrained
         prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
-        return cls(spec, prompts, encode_prompts(spec, source, prompts, dtype, from_pretrained, cache), class_label)
+        embeddings = encode_prompts(spec, source, prompts, dtype, from_pretrained, cache, long_prompt)
+        return cls(spec, prompts, embeddings, class_label)
 
     @property
     def prompt(self) -> str:
@@ -96,6 +99,8 @@ class PromptConditioning(nn.Module):
 
     @property
     def n_tokens(self) -> int:
+        """Tokens of the text sequence (the cross-attention context): the zoo's count, or more for a
+        long prompt with ``long_prompt='chunks'`` / ``'rewrap'``."""
         return self.embeds_table.shape[1]
 
 
@@ -108,20 +113,32 @@ class ConditioningStage:
             and released. A list of prompts encodes them all; the first is active until
             ``backbone.conditioning.using(p)`` selects another (per-category prompts, as DIFT's protocol).
         cache: Cache the prompt embeddings on disk (True: ``$DIFFBACKBONES_CACHE/prompts``, or a folder),
-            keyed by model, weights source, dtype and prompt: a second build with the same ones loads no
-            text encoder. False: always encode.
+            keyed by model, weights source, dtype, prompt and long-prompt mode: a second build with the
+            same ones loads no text encoder. False: always encode.
         class_label: Class-conditioned models (DiT): the ImageNet class, 1000 (the null class) by default.
+        long_prompt: A prompt longer than a CLIP encoder's window (77 tokens): ``'truncate'`` cuts it
+            there, as the diffusers pipelines do; ``'chunks'`` encodes its ids in consecutive windows of 77
+            and joins them along tokens (the paper's ``encode_long_prompt.py``: 200 tokens give 200);
+            ``'rewrap'`` puts BOS/EOS around each 75 tokens and pads each window to 77 (A1111/compel: 200
+            tokens give 231). The pooled embedding (SDXL) is the first window's; every prompt of a list
+            is encoded to the longest one's count. T5/mT5/BERT encoders always cut at their own limit.
+            A ``LongPromptWarning`` names each cut, once per prompt.
     """
 
     prompt: str | Sequence[str] = ''
     cache: bool | str = True
     class_label: int | None = None
+    long_prompt: Literal['truncate', 'chunks', 'rewrap'] = 'truncate'
 
     def __post_init__(self):
         prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt or ())
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f'prompt must be a string or a non-empty list of strings; got {self.prompt!r}')
+        if self.long_prompt not in LONG_PROMPT_MODES:
+            raise ValueError(f'long_prompt must be one of {list(LONG_PROMPT_MODES)} (chunks: the paper\'s '
+                             f'encode_long_prompt.py); got {self.long_prompt!r}')
 
     def build(self, spec: ModelSpec, source: str | None, dtype: torch.dtype) -> PromptConditioning:
         """Encode the prompts with the model's text encoders from ``source`` (None: random weights)."""
-        return PromptConditioning.encode(spec, source, self.prompt, dtype, self.cache, self.class_label)
+        return PromptConditioning.encode(spec, source, self.prompt, dtype, self.cache, self.class_label,
+                                         self.long_prompt)

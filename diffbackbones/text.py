@@ -5,6 +5,14 @@ the backbone's dtype, run on every prompt, and released before the next is loade
 embeddings are written to a cache keyed by model, weights source, dtype and prompt, so building the
 same backbone again loads no text encoder at all.
 
+Prompts longer than an encoder's window (77 tokens for CLIP): ``long_prompt='truncate'`` cuts them
+there, as the pipelines do; ``'chunks'`` encodes a CLIP encoder's untruncated ids in consecutive slices
+of its window and joins the slices along tokens (the paper's ``encode_long_prompt.py``, after diffusers
+issue #2136); ``'rewrap'`` wraps each run of 75 tokens in BOS/EOS and pads it to 77 (the A1111 / compel
+convention). T5, mT5 and BERT encoders are always cut at their own limit. Wherever a prompt is cut, a
+``LongPromptWarning`` says so, once per process, model and prompt; the cache file records the cut, so
+a cached prompt warns too.
+
 How a pipeline combines its encoders is data (``TextEncoderSpec``): encoders of one group are joined
 along channels (SDXL's two CLIPs), groups along tokens after zero-padding to the widest (SD3's
 [CLIP-L + CLIP-G; T5]); pooled embeddings are joined along channels (SD3: CLIP-L's and CLIP-G's).
@@ -19,9 +27,12 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
 import os
 import re
+import sys
 import uuid
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,12 +44,20 @@ import torch.nn.functional as F
 from .zoo import ModelSpec, TextEncoderSpec, load_config
 
 __all__ = ['PromptEmbedding', 'encode_prompts', 'prompt_cache_dir', 'TEXT_ENCODER_LOADS', 'HashTokenizer',
-           'RANDOM_ENCODER_LIMIT', 'build_text_encoder', 'encoder_parameters']
+           'RANDOM_ENCODER_LIMIT', 'build_text_encoder', 'encoder_parameters', 'LONG_PROMPT_MODES',
+           'LongPromptWarning']
 
 RANDOM_ENCODER_LIMIT = 1_000_000_000
 RANDOM_INIT_SEED = 0
 # Every text encoder built or loaded, by (model, subfolder): tests count these to prove the cache works.
 TEXT_ENCODER_LOADS: list[tuple[str, str]] = []
+# How a prompt longer than a CLIP encoder's window is encoded (see the module docstring).
+LONG_PROMPT_MODES = ('truncate', 'chunks', 'rewrap')
+_WARNED: set[tuple[str, str, str]] = set()  # (model, mode, prompt) already warned about in this process
+
+
+class LongPromptWarning(UserWarning):
+    """A prompt was cut at a text encoder's token limit."""
 
 
 @dataclass
@@ -48,6 +67,7 @@ class PromptEmbedding:
     embeds: torch.Tensor
     pooled: torch.Tensor | None
     mask: torch.Tensor | None
+    cut: tuple[tuple[str, int], ...] = ()  # (encoder subfolder, the prompt's token count) where it was cut
 
 
 class HashTokenizer:
@@ -62,29 +82,60 @@ class HashTokenizer:
         self.vocab_size, self.model_max_length = vocab_size, model_max_length
         self.bos, self.eos = vocab_size - 2, vocab_size - 1  # as CLIP: eos is the largest id
 
-    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def pad_id(self) -> int:
+        return self.eos
+
+    def full(self, prompt: str) -> list[int]:
+        """All the prompt's ids, BOS and EOS included, not truncated."""
         words = [zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in re.findall(r"\w+|[^\w\s]", prompt.lower())]
+        return [self.bos] + words + [self.eos]
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, model_max_length) ids, truncated and padded, and their mask."""
+        words = self.full(prompt)[1:-1]
         ids = [self.bos] + words[: self.model_max_length - 2] + [self.eos]
         mask = [1] * len(ids) + [0] * (self.model_max_length - len(ids))
         ids += [self.eos] * (self.model_max_length - len(ids))
         return torch.tensor([ids]), torch.tensor([mask])
 
 
+class _PipelineTokenizer:
+    """A pipeline's own tokenizer with ``HashTokenizer``'s interface: ``(ids, mask) = tok(prompt)``
+    truncated and padded to ``max_length`` as the pipelines call it; ``tok.full(prompt)`` all ids."""
+
+    def __init__(self, tok, max_length: int):
+        self.tok, self.model_max_length = tok, max_length
+        self.bos, self.eos, self.pad_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+
+    def full(self, prompt: str) -> list[int]:
+        return self.tok(prompt, truncation=False, verbose=False).input_ids  # verbose: no length warning
+
+    def __call__(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.tok(prompt, padding='max_length', max_length=self.model_max_length, truncation=True,
+                       return_tensors='pt')
+        return out.input_ids, out.attention_mask
+
+
 def prompt_cache_dir() -> Path:
     return Path(os.environ.get('DIFFBACKBONES_CACHE', Path.home() / '.cache' / 'diffbackbones')) / 'prompts'
 
 
-def _cache_key(spec: ModelSpec, source: str, dtype: torch.dtype, prompt: str) -> str:
-    return hashlib.sha256(f'{spec.name}|{source}|{dtype}|{prompt}'.encode()).hexdigest()[:32]
+def _cache_key(spec: ModelSpec, source: str, dtype: torch.dtype, prompt: str, layout: str = '') -> str:
+    # layout: '' for long_prompt='truncate' (the keys of earlier releases stay valid), else the mode and,
+    # for several prompts, a digest of them all (they share one token count)
+    return hashlib.sha256(f'{spec.name}|{source}|{dtype}|{prompt}{layout}'.encode()).hexdigest()[:32]
 
 
 def _read_cached(path: Path) -> PromptEmbedding | None:
-    from safetensors.torch import load_file
+    from safetensors import safe_open
     try:
-        data = load_file(path)
+        with safe_open(path, 'pt') as f:
+            data = {k: f.get_tensor(k) for k in f.keys()}
+            cut = json.loads((f.metadata() or {}).get('cut', '[]'))  # files of earlier releases have none
     except Exception:  # absent, truncated or corrupted: encode again
         return None
-    return PromptEmbedding(data['embeds'], data.get('pooled'), data.get('mask'))
+    return PromptEmbedding(data['embeds'], data.get('pooled'), data.get('mask'), tuple(map(tuple, cut)))
 
 
 def _write_cached(path: Path, emb: PromptEmbedding) -> None:
@@ -93,7 +144,7 @@ def _write_cached(path: Path, emb: PromptEmbedding) -> None:
     tensors = {k: v.contiguous() for k, v in (('embeds', emb.embeds), ('pooled', emb.pooled), ('mask', emb.mask))
                if v is not None}
     tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')
-    save_file(tensors, tmp)
+    save_file(tensors, tmp, metadata={'cut': json.dumps(emb.cut)})  # so a cached prompt still warns
     tmp.replace(path)  # atomic: a concurrent reader never sees half a file
 
 
@@ -126,12 +177,27 @@ def encoder_parameters(spec: ModelSpec, te: TextEncoderSpec, config=None) -> int
         return sum(p.numel() for p in build_text_encoder(spec, te, config).parameters())
 
 
+def _tokenizer(spec: ModelSpec, te: TextEncoderSpec, source: str | None) -> HashTokenizer | _PipelineTokenizer:
+    """The encoder's tokenizer: the pipeline's own, or ``HashTokenizer`` for random weights."""
+    if source is None:
+        return HashTokenizer(_config(spec, te).vocab_size, te.max_length)
+    from transformers import AutoTokenizer, CLIPTokenizer
+    try:  # CLIP's slow tokenizer, as the pipelines (and earlier versions of this package) use it
+        tok = (CLIPTokenizer if te.kind == 'clip' else AutoTokenizer).from_pretrained(
+            source, subfolder=te.tokenizer_subfolder)
+    except (OSError, ValueError) as e:
+        from .loading import WeightsNotFoundError
+        raise WeightsNotFoundError(f'Could not load the tokenizer {te.tokenizer_subfolder!r} of {spec.name!r} '
+                                   f'from {source!r}: {e}') from e
+    return _PipelineTokenizer(tok, te.max_length)
+
+
 class _Loaded:
-    """One text encoder and its tokenizer: ``(ids, mask) = tokenize(prompt)``; ``run(prompt, seed)`` encodes."""
+    """One text encoder and its tokenizer; ``run(prompt, seed, mode, length)`` encodes."""
 
     def __init__(self, spec: ModelSpec, te: TextEncoderSpec, source: str | None, dtype: torch.dtype,
-                 load: Callable | None):
-        self.te, self.random_shape = te, None
+                 load: Callable | None, tokenizer: HashTokenizer | _PipelineTokenizer):
+        self.te, self.tokenize, self.random_shape = te, tokenizer, None
         if source is None:  # random weights
             config = _config(spec, te)
             # On the meta device (a backbone built to count or catalog) nothing holds values to run
@@ -146,34 +212,26 @@ class _Loaded:
                     torch.manual_seed(RANDOM_INIT_SEED)
                     self.model = build_text_encoder(spec, te, config).to(dtype).eval()
                 TEXT_ENCODER_LOADS.append((spec.name, te.subfolder))
-            self.tokenize = HashTokenizer(config.vocab_size, te.max_length)
         else:
             self.model = load(_encoder_class(te), source, te.subfolder, spec, torch_dtype=dtype).eval()
             TEXT_ENCODER_LOADS.append((spec.name, te.subfolder))
-            from transformers import AutoTokenizer, CLIPTokenizer
-            try:  # CLIP's slow tokenizer, as the pipelines (and earlier versions of this package) use it
-                tok = (CLIPTokenizer if te.kind == 'clip' else AutoTokenizer).from_pretrained(
-                    source, subfolder=te.tokenizer_subfolder)
-            except (OSError, ValueError) as e:
-                from .loading import WeightsNotFoundError
-                raise WeightsNotFoundError(f'Could not load the tokenizer {te.tokenizer_subfolder!r} of {spec.name!r} '
-                                           f'from {source!r}: {e}') from e
 
-            def tokenize(prompt):
-                out = tok(prompt, padding='max_length', max_length=te.max_length, truncation=True,
-                          return_tensors='pt')
-                return out.input_ids, out.attention_mask
-            self.tokenize = tokenize
+    def _pieces(self, prompt: str, mode: str, length: int) -> list[tuple[list[int], list[int]]]:
+        """The windows (ids, mask) that encode ``prompt`` to ``length`` tokens in ``mode``."""
+        tok, window = self.tokenize, self.te.max_length
+        full = tok.full(prompt)
+        if mode == 'chunks':  # the paper's: consecutive slices of the window; the last may be shorter
+            ids = full + [tok.pad_id] * (length - len(full))
+            mask = [1] * len(full) + [0] * (length - len(full))
+            return [(ids[i:i + window], mask[i:i + window]) for i in range(0, length, window)]
+        body, run, pieces = full[1:-1], window - 2, []  # 'rewrap': BOS + 75 tokens + EOS, padded
+        for start in range(0, length // window * run, run):
+            piece = [tok.bos] + body[start:start + run] + [tok.eos]
+            pad = window - len(piece)
+            pieces.append((piece + [tok.pad_id] * pad, [1] * len(piece) + [0] * pad))
+        return pieces
 
-    @torch.no_grad()
-    def run(self, prompt: str, seed: int) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
-        """(1, L, D) hidden states (None when not part of the sequence), (1, P) pooled or None, (1, L) mask."""
-        ids, mask = self.tokenize(prompt)
-        if self.model is None:  # an oversized random encoder (or meta): seeded values of the right shape
-            g = torch.Generator().manual_seed(seed)
-            hidden = torch.randn(1, self.te.max_length, self.random_shape, generator=g)
-            pooled = torch.randn(1, self.pooled_width, generator=g) if self.te.pooled else None
-            return (hidden if self.te.sequence else None), pooled, mask
+    def _encode(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         device = next(self.model.parameters()).device
         kwargs = {'attention_mask': mask.to(device)} if self.te.mask else {}
         out = self.model(ids.to(device), output_hidden_states=True, **kwargs)
@@ -183,7 +241,31 @@ class _Loaded:
             pooled = out.text_embeds
         elif self.te.pooled == 'pooler':
             pooled = out.pooler_output
-        return (hidden.float() if self.te.sequence else None), (None if pooled is None else pooled.float()), mask
+        return hidden, pooled
+
+    @torch.no_grad()
+    def run(self, prompt: str, seed: int, mode: str = 'truncate', length: int | None = None
+            ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+        """(1, L, D) hidden states (None when not part of the sequence), (1, P) pooled or None, (1, L) mask.
+
+        ``length``: the tokens to encode a long prompt to in ``mode`` (``'chunks'``, ``'rewrap'``); None:
+        the window, the prompt cut there. The pooled embedding is always the window's (the prompt cut
+        at the window, which is also the first chunk of ``'rewrap'``): one window is what it was trained on.
+        """
+        ids, mask = self.tokenize(prompt)
+        pieces = None if length is None else self._pieces(prompt, mode, length)
+        full_mask = mask if pieces is None else torch.tensor([[m for _, piece in pieces for m in piece]])
+        if self.model is None:  # an oversized random encoder (or meta): seeded values of the right shape
+            g = torch.Generator().manual_seed(seed)
+            hidden = torch.randn(1, full_mask.shape[1], self.random_shape, generator=g)
+            pooled = torch.randn(1, self.pooled_width, generator=g) if self.te.pooled else None
+            return (hidden if self.te.sequence else None), pooled, full_mask
+        hidden = pooled = None
+        if pieces is None or self.te.pooled:
+            hidden, pooled = self._encode(ids, mask)
+        if pieces is not None:
+            hidden = torch.cat([self._encode(torch.tensor([i]), torch.tensor([m]))[0] for i, m in pieces], dim=1)
+        return (hidden.float() if self.te.sequence else None), (None if pooled is None else pooled.float()), full_mask
 
 
 def _assemble(spec: ModelSpec, parts: Sequence[tuple]) -> PromptEmbedding:
@@ -210,8 +292,62 @@ def _assemble(spec: ModelSpec, parts: Sequence[tuple]) -> PromptEmbedding:
     return PromptEmbedding(embeds, torch.cat(pooled, dim=-1) if pooled else None, mask)
 
 
+def _long_prompt_lengths(spec: ModelSpec, counts: Sequence[Sequence[int]], mode: str) -> list[int | None]:
+    """Per encoder, the tokens every prompt is encoded to (None: its window, the prompt cut there).
+
+    ``counts[e][p]``: prompt p's token count under encoder e's tokenizer. Only the CLIP encoders of the
+    sequence are lengthened; all encoders of one group get one length (SDXL joins its two CLIPs along
+    channels), and so do all prompts (one conditioning table; a shorter prompt is padded with its
+    tokenizer's pad token before it is encoded, as the paper pads its negative prompt).
+    """
+    if mode == 'truncate':
+        return [None] * len(spec.text_encoders)
+    need: dict[int, int] = {}
+    for te, c in zip(spec.text_encoders, counts):
+        if _extends(spec, te):
+            window = te.max_length
+            n = max(c) if mode == 'chunks' else window * max(1, -(-(max(c) - 2) // (window - 2)))
+            need[te.group] = max(need.get(te.group, window), n)
+    return [need[te.group] if _extends(spec, te) and need[te.group] > te.max_length else None
+            for te in spec.text_encoders]
+
+
+def _extends(spec: ModelSpec, te: TextEncoderSpec) -> bool:
+    """A long-prompt mode can lengthen this encoder: a CLIP encoder of the sequence in a group of CLIPs."""
+    return te.kind == 'clip' and te.sequence and all(
+        o.kind == 'clip' for o in spec.text_encoders if o.group == te.group and o.sequence)
+
+
+def _warn_cut(spec: ModelSpec, prompt: str, mode: str, cut: Sequence[tuple[str, int]]) -> None:
+    """Say once per process, model, mode and prompt where ``prompt`` was cut, and what avoids it."""
+    if not cut or (spec.name, mode, prompt) in _WARNED:
+        return
+    _WARNED.add((spec.name, mode, prompt))
+    encoders = {te.subfolder: te for te in spec.text_encoders}
+    parts, avoidable = [], False
+    for subfolder, count in cut:
+        te = encoders[subfolder]
+        what = f'{subfolder} ({te.kind.upper()}{"" if te.sequence else ", pooled embedding only"})'
+        parts.append(f'{what} reads at most {te.max_length} tokens and keeps the first {te.max_length} of {count}')
+        avoidable |= _extends(spec, te)
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + '...'
+    advice = (" Pass conditioning=dict(prompt=..., long_prompt='chunks') to encode all of it in windows of "
+              f"{max(encoders[s].max_length for s, _ in cut)} tokens (the paper's encode_long_prompt.py), or "
+              "long_prompt='rewrap' (BOS/EOS around each 75 tokens, A1111/compel)." if avoidable else '')
+    others = [s for s, _ in cut if not _extends(spec, encoders[s])]
+    if others:
+        advice += (f" {', '.join(others)}: no long-prompt mode lengthens it (only CLIP encoders of the token "
+                   'sequence are chunked); shorten the prompt to keep all of it.')
+    level, frame, package = 1, sys._getframe(), str(Path(__file__).parent)
+    while frame is not None and frame.f_code.co_filename.startswith(package):  # point at the caller's code
+        frame, level = frame.f_back, level + 1
+    warnings.warn(f'{spec.name}: the prompt {shown!r} is cut: ' + '; '.join(parts) + '.' + advice,
+                  LongPromptWarning, stacklevel=level)
+
+
 def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], dtype: torch.dtype,
-                   load: Callable | None = None, cache: bool | str | Path = True) -> list[PromptEmbedding]:
+                   load: Callable | None = None, cache: bool | str | Path = True,
+                   long_prompt: str = 'truncate') -> list[PromptEmbedding]:
     """Embeddings of ``prompts``: from the cache, else from the text encoders, one loaded at a time.
 
     Args:
@@ -221,27 +357,43 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
         dtype: Encoder dtype (the backbone's).
         load: ``load(cls, source, subfolder, spec, torch_dtype=...)`` for pretrained encoders.
         cache: True (``prompt_cache_dir()``), a folder, or False.
+        long_prompt: A prompt over a CLIP encoder's window: ``'truncate'`` (cut, as the pipelines),
+            ``'chunks'`` (the paper's consecutive windows) or ``'rewrap'`` (BOS/EOS around each 75
+            tokens). Every prompt is encoded to the longest one's token count.
     """
+    if long_prompt not in LONG_PROMPT_MODES:
+        raise ValueError(f'long_prompt must be one of {LONG_PROMPT_MODES}; got {long_prompt!r}')
     folder = None if cache is False else prompt_cache_dir() if cache is True else Path(cache)
     source_key = 'random' if source is None else source
-    paths = [None if folder is None else folder / f'{_cache_key(spec, source_key, dtype, p)}.safetensors'
+    # The key holds what the embedding depends on: the mode, and (several prompts) the others, since
+    # all are encoded to the longest one's length. 'truncate' keeps the keys of earlier releases.
+    layout = '' if long_prompt == 'truncate' else f'|{long_prompt}' + (
+        '' if len(prompts) == 1 else '|' + hashlib.sha256('\n'.join(sorted(prompts)).encode()).hexdigest())
+    paths = [None if folder is None else folder / f'{_cache_key(spec, source_key, dtype, p, layout)}.safetensors'
              for p in prompts]
     found = [None if path is None else _read_cached(path) for path in paths]
     missing = [i for i, emb in enumerate(found) if emb is None]
     if missing and spec.text_encoders:
+        tokenizers = [_tokenizer(spec, te, source) for te in spec.text_encoders]
+        counts = [[len(tok.full(p)) for p in prompts] for tok in tokenizers]
+        lengths = _long_prompt_lengths(spec, counts, long_prompt)
         outputs: list[list[tuple]] = [[] for _ in missing]
         for index, te in enumerate(spec.text_encoders):
-            encoder = _Loaded(spec, te, source, dtype, load)
+            encoder = _Loaded(spec, te, source, dtype, load, tokenizers[index])
             for slot, i in enumerate(missing):
                 seed = zlib.crc32(f'{spec.name}|{index}|{prompts[i]}'.encode())
-                outputs[slot].append(encoder.run(prompts[i], seed))
+                outputs[slot].append(encoder.run(prompts[i], seed, long_prompt, lengths[index]))
             del encoder  # released before the next encoder is loaded
             gc.collect()
         for slot, i in enumerate(missing):
             found[i] = _assemble(spec, outputs[slot])
+            found[i].cut = tuple((te.subfolder, c[i]) for te, c, n in zip(spec.text_encoders, counts, lengths)
+                                 if n is None and c[i] > te.max_length)
             if paths[i] is not None and not found[i].embeds.is_meta:  # built on the meta device: no values
                 _write_cached(paths[i], found[i])
     elif missing:
         for i in missing:
             found[i] = _assemble(spec, [])
+    for prompt, emb in zip(prompts, found):
+        _warn_cut(spec, prompt, long_prompt, emb.cut)
     return found
