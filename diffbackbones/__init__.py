@@ -11,6 +11,7 @@ from .catalog import ActivationInfo, list_activations
 from .presets import Preset
 from .screener import ScreenReport, screen
 from .extraction import extract
+from .generation import capture_generation
 from .label_scarce import ProbeResult, evaluate_probe
 from .correspondence import CorrespondenceResult, evaluate_correspondence
 from .stages import Stages
@@ -28,6 +29,6 @@ else:
 
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',
-           'screen', 'ScreenReport', 'extract', 'evaluate_probe', 'ProbeResult',
+           'screen', 'ScreenReport', 'extract', 'capture_generation', 'evaluate_probe', 'ProbeResult',
            'evaluate_correspondence', 'CorrespondenceResult',
            'Stages', '__version__']

@@ -31,6 +31,7 @@ COMMANDS = {
     'train-diffusion': ('train_diffusion', 'train the tiny latent diffusion model shipped as shapes_sd_tiny'),
     'make-shapes': ('make_shapes', 'draw the embedded shapes segmentation set (mmseg or DDPM-seg layout)'),
     'make-correspondence': ('make_correspondence', 'draw the embedded synthetic correspondence set'),
+    'generate-labelled': ('generate_labelled', 'generate images and label them from features captured while generating'),
 }
 
 
