@@ -3,7 +3,8 @@
     image -> vae (encode) -> noise -> conditioning -> control -> denoiser (denoise and capture) -> fusion (levels)
 
 Each stage is a small dataclass that checks its own options where it is defined (``encoding.py``,
-``noise.py``, ``conditioning.py``, ``denoising.py``, ``fusion.py``); ``DiffusionBackbone`` composes them.
+``noise.py``, ``conditioning.py``, ``control.py``, ``denoising.py``, ``fusion.py``); ``DiffusionBackbone``
+composes them.
 A stage option is given as a dict (what mmengine configs write), as the stage object itself, or as a
 short form: ``noise=dict(t=50, seed=0, ensemble=4)``, ``vae=dict(cache='memory')``, ``fusion='paper'``.
 
@@ -25,6 +26,7 @@ from .control import ControlStage
 from .denoising import DenoiserStage
 from .encoding import ImageStage, VaeStage
 from .fusion import FusionStage
+from .inversion import DdimInversionStage
 from .noise import NoiseStage
 
 __all__ = ['Stages', 'FLAT_KEYWORDS', 'STAGE_VARIANTS', 'register_stage', 'build_stages', 'set_default_option']
@@ -33,7 +35,7 @@ __all__ = ['Stages', 'FLAT_KEYWORDS', 'STAGE_VARIANTS', 'register_stage', 'build
 STAGE_VARIANTS: dict[str, dict[str, type]] = {
     'image': {'resize': ImageStage},
     'vae': {'encode': VaeStage},
-    'noise': {'sampled': NoiseStage},
+    'noise': {'sampled': NoiseStage, 'ddim-inversion': DdimInversionStage},
     'conditioning': {'prompt': ConditioningStage},
     'control': {'controlnet': ControlStage},
     'denoiser': {'capture': DenoiserStage},
