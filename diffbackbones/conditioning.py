@@ -46,11 +46,13 @@ class PromptConditioning(nn.Module):
             raise ValueError(f'class_label must be an ImageNet class in [0, 1000) or {NULL_CLASS} (the null class); '
                              f'got {class_label!r}')
         self.class_label = label
-        self.register_buffer('embeds_table', torch.cat([e.embeds for e in embeddings]), persistent=False)
-        pooled = None if embeddings[0].pooled is None else torch.cat([e.pooled for e in embeddings])
-        self.register_buffer('pooled_table', pooled, persistent=False)
-        mask = None if embeddings[0].mask is None else torch.cat([e.mask for e in embeddings])
-        self.register_buffer('mask_table', mask, persistent=False)
+        # On the device the model is built on: embeddings read from the prompt cache are CPU tensors, and
+        # a backbone built under `with torch.device('meta')` (or 'cuda') needs them beside its weights.
+        device = torch.get_default_device()
+        table = lambda parts: None if parts[0] is None else torch.cat(parts).to(device)  # noqa: E731
+        self.register_buffer('embeds_table', table([e.embeds for e in embeddings]), persistent=False)
+        self.register_buffer('pooled_table', table([e.pooled for e in embeddings]), persistent=False)
+        self.register_buffer('mask_table', table([e.mask for e in embeddings]), persistent=False)
 
     @classmethod
     def encode(cls, spec: ModelSpec, source: str | None, prompt: str | Sequence[str], dtype: torch.dtype,

@@ -328,3 +328,14 @@ def test_pixels_to_input_maps_0_255_onto_the_vae_range():
     assert x.shape == (1, 3, 2, 4) and x.dtype == torch.float32
     assert x[0, 0].eq(-1).all() and x[0, 1].eq(1).all() and torch.allclose(x[0, 2], torch.tensor(127 / 127.5 - 1))
     assert pixels_to_input(pixels[None].expand(3, 2, 4, 3)).shape == (3, 3, 2, 4)
+
+
+def test_meta_build_after_a_cpu_build_of_the_same_prompt():
+    # The second build reads the prompt's embeddings from the cache (CPU tensors); on the meta device they
+    # must land beside the meta weights, or the first attention call mixes devices.
+    prompt = 'a prompt built on the CPU, then on the meta device'
+    DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, prompt=prompt)
+    with torch.device('meta'):
+        meta = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, prompt=prompt)
+    assert meta.conditioning.prompt_embeds.is_meta
+    assert [i['num_chs'] for i in meta.feature_info] == [32, 64, 128]
