@@ -111,6 +111,25 @@ def test_features_equal_those_of_weights_merged_by_hand(loras, base):
     assert backbone.state_dict().keys() == base.state_dict().keys()
 
 
+
+def test_a_lean_checkpoint_of_a_lora_backbone_loads_into_a_rebuilt_one(loras):
+    """Lean checkpoints leave the frozen (fused) denoiser out: a backbone rebuilt with the same lora= fuses
+    it again, so the checkpoint loads strictly and gives the same features."""
+    root, _ = loras
+    options = dict(pretrained=False, lora=[(root / 'a', 0.7)], fusion=True)
+    first = DiffusionBackbone('test_sd_tiny', **options)
+    with torch.no_grad():
+        for p in first.fusion.parameters():
+            p.add_(0.01)  # trained fusion weights, so the checkpoint holds something of its own
+    lean = {k: v for k, v in first.state_dict().items() if not k.startswith(first.frozen_prefixes)}
+    assert lean and not any(k.startswith('denoiser.') for k in lean)
+    rebuilt = DiffusionBackbone('test_sd_tiny', **options)
+    rebuilt.load_state_dict(lean, strict=True)
+    images = random_images(1, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(first(images), rebuilt(images)):
+            torch.testing.assert_close(a, b)
+
 def test_scale_zero_is_the_base_model(loras):
     root, _ = loras
     _assert_same_weights(_fused((root / 'a', 0.0)), build_denoiser(MODELS['test_sd_tiny']))
