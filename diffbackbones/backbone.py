@@ -70,9 +70,10 @@ class DiffusionBackbone(nn.Module):
         image: Input stage options (``ImageStage``): ``size``, ``resize_features``, ``antialias``, ``strict``.
         vae: Encode stage options (``VaeStage``): ``sample_posterior``, ``cache``, ``scale``, ``trainable``.
         noise: Noise stage options (``NoiseStage``): ``t``, ``seed``, ``ensemble``; e.g.
-            ``noise=dict(t=50, seed=0, ensemble=4)``.
+            ``noise=dict(t=50, seed=0, ensemble=4)``. ``noise='ddim-inversion'`` (``DdimInversionStage``,
+            option ``inversion_steps``) walks the clean latent to ``t`` with the denoiser instead.
         conditioning: Conditioning stage options (``ConditioningStage``): ``prompt``, ``cache``,
-            ``class_label``.
+            ``class_label``, ``long_prompt`` (``'truncate'``, ``'chunks'``: the paper code's, ``'rewrap'``).
         control: ControlNet stage options (``ControlStage``): ``model``, ``image``, ``scale``; e.g.
             ``control=dict(model='lllyasviel/sd-controlnet-canny', image='canny')``.
         denoiser: Denoise-and-capture stage options (``DenoiserStage``): ``trainable``, ``prune``,
@@ -116,7 +117,7 @@ class DiffusionBackbone(nn.Module):
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
         self.family = family_of(self.denoiser)
-        self.lora = stages.denoiser.load_lora(self.denoiser, self.family)
+        self.lora = stages.denoiser.load_lora(self.denoiser, self.family, spec.name)
         stages.vae.bind(spec, pretrained, self.vae, self.vae_dtype)
         self.conditioning = stages.conditioning.build(spec, parts.source, self.dtype)
 
@@ -141,8 +142,12 @@ class DiffusionBackbone(nn.Module):
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
-        """State-dict prefixes of the diffusion parts that are not trained (lean checkpoints leave them out)."""
-        return tuple(f'{part}.' for part in ('vae', 'denoiser') if not getattr(self.stages, part).trainable)
+        """State-dict prefixes of the diffusion parts that are not trained (lean checkpoints leave them out);
+        a ControlNet (``control.``) is always frozen."""
+        parts = [part for part in ('vae', 'denoiser') if not getattr(self.stages, part).trainable]
+        if next(self.control.parameters(), None) is not None:
+            parts.append('control')
+        return tuple(f'{part}.' for part in parts)
 
     def _set_levels(self, levels: Levels) -> None:
         self._channels = {name: p.channels for name, p in catalog_index(self.points).items()}
@@ -179,6 +184,7 @@ class DiffusionBackbone(nn.Module):
         if not indices or indices[0] < 0 or indices[-1] >= len(self.levels):
             raise ValueError(f'level indices must be in [0, {len(self.levels)}); got {indices}')
         self._set_levels(tuple(self.levels[i] for i in indices))
+        self.control.follow(self.capture)  # a ControlNet whose residuals are no longer consumed stops running
         if self.fusion is not None:
             self.fusion = nn.ModuleList(self.fusion[i] for i in indices)
 
@@ -188,6 +194,7 @@ class DiffusionBackbone(nn.Module):
             self.vae.eval()
         if not self.stages.denoiser.trainable:
             self.denoiser.eval()  # frozen means eval too: no dropout, whatever the caller's mode
+        self.control.eval()  # a ControlNet is always frozen
         return self
 
     @property
