@@ -1,7 +1,8 @@
 """What ``diffbackbones benchmark`` measures with: the variants it times (the full forward the backbone
 replaces, the truncation floor, the backbone, cached and compiled), timing and peak memory of one call,
 FLOP counts, the matmul ceiling, and parameter counts at full size on the meta device. With
-``inversion_steps``, also (i): the backbone with DDIM inversion in place of sampled noise.
+``inversion_steps``, also (i): the backbone with DDIM inversion in place of sampled noise; with ``control``,
+also (k): the backbone with a ControlNet.
 
 See ``diffbackbones benchmark --help`` for the protocol.
 """
@@ -21,6 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .backbone import DiffusionBackbone
 from .cache import LatentCache
+from .control import ControlNet, ControlStage
 from .inversion import DdimInversionStage
 from .capture import ActivationCapture
 from .loading import build_denoiser
@@ -30,7 +32,7 @@ from .zoo import MODELS, load_config
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
 LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward',
           'd': '(d) (c) + warm latent cache', 'e': '(e) (c) with compile=True',
-          'i': '(i) (c) with DDIM inversion'}
+          'i': '(i) (c) with DDIM inversion', 'k': '(k) (c) with a ControlNet'}
 
 
 class _Cut(Exception):
@@ -41,12 +43,15 @@ def _raise(*_) -> None:
     raise _Cut
 
 
-def make_variants(bb: DiffusionBackbone, images: torch.Tensor, inversion_steps: int | None = None
-                  ) -> dict[str, Callable[[], object] | None]:
+def make_variants(bb: DiffusionBackbone, images: torch.Tensor, inversion_steps: int | None = None,
+                  control: ControlNet | None = None) -> dict[str, Callable[[], object] | None]:
     """The measured callables by key ('a', 'b', 'c', 'd'); 'b' is None when it has no hook-only definition.
 
     ``inversion_steps``: also 'i', the backbone with ``noise=dict(type='ddim-inversion', t=<its t>,
-    inversion_steps=...)`` in place of its sampled noise, on the same weights (``bb`` must be unpruned)."""
+    inversion_steps=...)`` in place of its sampled noise, on the same weights (``bb`` must be unpruned).
+    ``control`` (``control_stage(bb)``): also 'k', the backbone with that ControlNet in place of its (absent)
+    control stage, on the same denoiser: the ControlNet whole, then the denoiser to the last activation
+    (or (c)'s arithmetic alone when ``control.consumed`` is False)."""
     capture = ActivationCapture(bb.denoiser, [p.name for p in bb.capture.points], stop_early=False, catalog=bb.points)
     deepest = bb.capture.last_point
     hw = tuple(images.shape[-2:])
@@ -97,6 +102,14 @@ def make_variants(bb: DiffusionBackbone, images: torch.Tensor, inversion_steps: 
             finally:
                 bb.stages.noise = sampled
         variants['i'] = inverted
+    if control is not None:
+        def controlled() -> tuple[torch.Tensor, ...]:
+            plain, bb.control = bb.control, control
+            try:
+                return bb(images)
+            finally:
+                bb.control = plain
+        variants['k'] = controlled
     return variants
 
 
@@ -105,6 +118,28 @@ def inversion_stage(bb: DiffusionBackbone, inversion_steps: int) -> DdimInversio
     stage = DdimInversionStage(t=bb.stages.noise.t, inversion_steps=inversion_steps)
     stage.bind(bb.spec)
     return stage
+
+
+def control_stage(bb: DiffusionBackbone, model: str = 'random') -> ControlNet:
+    """The ControlNet stage ``DiffusionBackbone(..., control=model)`` would build (by default the denoiser's
+    ControlNet architecture with seeded random weights), bound to ``bb``'s denoiser and capture, on its
+    device: one extra module beside ``bb``, not a second backbone."""
+    if next(bb.control.parameters(), None) is not None:
+        raise ValueError('control_stage needs a backbone built without a ControlNet (control=None)')
+    stage = ControlStage(model=model).build(bb.spec, False, bb.dtype, bb.denoiser, bb.capture)
+    return stage.to(next(bb.denoiser.parameters()).device)
+
+
+def controlnet_flops(bb: DiffusionBackbone, control: ControlNet, images: torch.Tensor) -> int:
+    """FLOPs of one ControlNet call on ``bb``'s denoiser inputs for ``images`` (counted whether or not
+    ``control.consumed`` lets it run in the backbone; its canny preprocessing is OpenCV, not counted)."""
+    work, hw = bb.working_input(images)
+    kwargs = bb.denoiser_inputs(bb.encode(work), hw)
+    consumed, control.consumed = control.consumed, True
+    try:
+        return count_flops(lambda: control(kwargs, work))
+    finally:
+        control.consumed = consumed
 
 
 def _rss_kib(field: str) -> int:

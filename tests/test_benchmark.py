@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -15,7 +16,7 @@ from conftest import REPO
 @pytest.fixture(scope='module')
 def report() -> str:
     cmd = [sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--model', 'test_sd_tiny', '--size', '64',
-           '--reps', '1', '--threads', '1', '--inversion']
+           '--reps', '1', '--threads', '1', '--inversion', '--control']
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, 'HF_HUB_OFFLINE': '1'},
                           timeout=600)
     assert done.returncode == 0, done.stderr
@@ -23,10 +24,10 @@ def report() -> str:
 
 
 def _table(report: str) -> dict[str, list[float]]:
-    """Variant key ('a'..'d', 'i') -> its numeric columns: images/s, latency, memory, TFLOP/image, TFLOP/s, % matmul."""
+    """Variant key ('a'..'d', 'i', 'k') -> its numeric columns: images/s, latency, memory, TFLOP/image, TFLOP/s, % matmul."""
     rows = {}
     for line in report.splitlines():
-        if m := re.match(r'\(([abcdi])\) ', line):
+        if m := re.match(r'\(([abcdik])\) ', line):
             cells = re.split(r'\s{2,}', line.strip())[1:]
             rows[m.group(1)] = [float(c.rstrip('%')) for c in cells]
     return rows
@@ -44,7 +45,7 @@ def test_backbone_computes_the_full_forwards_features(report):
 
 def test_flop_counts_show_the_early_exit_and_the_cache(report):
     rows = _table(report)
-    assert set(rows) == set('abcdi'), report
+    assert set(rows) == set('abcdik'), report
     flops = {k: v[3] for k, v in rows.items()}
     vae = _number(report, r'of which VAE encode\s+([0-9.e+-]+)')
     assert flops['c'] == flops['b'] < flops['a']  # the backbone does exactly the floor's arithmetic
@@ -61,6 +62,35 @@ def test_inversion_costs_its_whole_denoiser_forwards(report):
     assert flops['i'] == pytest.approx(flops['c'] + 5 * (flops['a'] - vae), rel=2e-3)  # 4 printed digits
     assert _number(report, r'FLOP ratio i/c ([0-9.]+)x') == pytest.approx(flops['i'] / flops['c'], abs=0.01)
     assert _number(report, r'i/c time: ([0-9.]+)x') > 0
+
+
+def test_controlnet_variant_runs_the_controlnet_whole(report):
+    """(k), a random ControlNet on the practical preset (up blocks: its residuals are consumed): (c)'s arithmetic
+    plus exactly one ControlNet call, counted on its own; and the residuals change the features."""
+    flops = {k: v[3] for k, v in _table(report).items()}
+    call = _number(report, r'one ControlNet call ([0-9.e+-]+) TFLOP/image')
+    assert 'ControlNet consumed: True' in report
+    assert call > 0 and flops['k'] > flops['c']
+    assert flops['k'] == pytest.approx(flops['c'] + call, rel=2e-3)  # 4 printed digits
+    assert _number(report, r'FLOP ratio k/c ([0-9.]+)x') == pytest.approx(flops['k'] / flops['c'], abs=0.01)
+    assert _number(report, r'k/c time: ([0-9.]+)x') > 0
+    assert _number(report, r'\(k\) vs \(c\) features, max relative L2 difference ([0-9.e+-]+)') > 1e-3
+
+
+def test_controlnet_variant_is_skipped_for_down_and_mid_activations():
+    """Activations in the down blocks / mid block never see the residuals: (k) does (c)'s arithmetic."""
+    from diffbackbones import DiffusionBackbone
+    from diffbackbones.benchmarking import control_stage, count_flops, make_variants
+    bb = DiffusionBackbone('test_sd_tiny', ['down-level1-downsampler-out', 'mid-repeat1-res-out'],
+                           pretrained=False, prune=False)
+    control = control_stage(bb)
+    assert not control.consumed
+    images = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    variants = make_variants(bb, images, control=control)
+    with torch.inference_mode():
+        assert count_flops(variants['k']) == count_flops(variants['c'])
+        assert all(torch.equal(k, c) for k, c in zip(variants['k'](), variants['c']()))
+    assert not control.consumed and next(bb.control.parameters(), None) is None  # restored after each call
 
 
 def test_rates_are_put_against_the_measured_matmul_rate(report):

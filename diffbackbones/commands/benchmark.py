@@ -5,6 +5,7 @@
     diffbackbones benchmark --model sdxl --size 512 --reps 3
     diffbackbones benchmark --model sd21 --dift              # DIFT-style feature: up_blocks[1] output
     diffbackbones benchmark --model sd15 --inversion         # + (i): DDIM inversion against sampled noise
+    diffbackbones benchmark --model sd15 --control           # + (k): a ControlNet against none
     diffbackbones benchmark --model flux_dev --size 256      # too big here: timed on test_flux_tiny,
                                                              # parameters counted at full size (meta)
 
@@ -21,6 +22,12 @@ Four variants, same input batch, same dtype, all without autograd:
   (i) inversion with --inversion: (c) with noise=dict(type='ddim-inversion', t=<t>, inversion_steps=N)
                 in place of sampled noise, on the same weights: the latent is walked to t with the whole
                 denoiser first (ceil(t / (1000 // N)) forwards: 5 at t=50, N=100), so i/c is its cost.
+  (k) control   with --control: (c) with a ControlNet (control='random': the denoiser's ControlNet
+                architecture, seeded random weights, canny control image) swapped into the same backbone,
+                same denoiser: the ControlNet runs whole, then the denoiser with its early exit, so k/c
+                is its cost (its time includes the OpenCV canny, its FLOPs do not). When every requested
+                activation lies in the down blocks / mid block, which never see its residuals, the backbone
+                skips it (control.consumed False): k/c ~1.
 Variants run interleaved, in alternating order (a, b, c, d, d, c, b, a, ...), so machine noise hits
 all alike. The table reports the median time over the rounds and the largest peak memory growth of a
 call; each ratio is the median of the per-round ratios (paired: slow and fast rounds cancel), with its
@@ -43,9 +50,9 @@ import statistics
 import torch
 
 from ..backbone import DiffusionBackbone
-from ..benchmarking import (DIFT, LABELS, count_flops, fits_in_memory, inversion_stage, machine, make_variants,
-                            matmul_rate, param_bytes, pipeline_param_bytes, pipeline_parts_on_meta, relative_error,
-                            run_once, size_str, tiny_of)
+from ..benchmarking import (DIFT, LABELS, control_stage, controlnet_flops, count_flops, fits_in_memory,
+                            inversion_stage, machine, make_variants, matmul_rate, param_bytes, pipeline_param_bytes,
+                            pipeline_parts_on_meta, relative_error, run_once, size_str, tiny_of)
 from ..loading import build_denoiser
 from ..zoo import MODELS
 from .base import run_command
@@ -88,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also time (i): the backbone with noise='ddim-inversion' against sampled noise (c)")
     parser.add_argument('--inversion-steps', type=int, default=100,
                         help='DDIM schedule steps of (i) over the training range (default: 100, the paper code\'s)')
+    parser.add_argument('--control', action='store_true',
+                        help="also time (k): the backbone with a ControlNet (control='random') against none (c)")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -114,7 +123,13 @@ def run(args: argparse.Namespace) -> None:
     if size % bb.pixel_multiple:  # (a) and (b) feed the denoiser directly: no padding path
         raise SystemExit(f'--size must be a multiple of {bb.pixel_multiple} for {timed}')
     images = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
-    variants = make_variants(bb, images, args.inversion_steps if args.inversion else None)
+    control = None
+    if args.control:  # one ControlNet module beside bb, swapped in by (k): same denoiser, no second backbone
+        try:
+            control = control_stage(bb)
+        except ValueError as e:
+            raise SystemExit(f'--control: {e}')
+    variants = make_variants(bb, images, args.inversion_steps if args.inversion else None, control)
     if args.compile:  # its own modules: compiling bb's would compile (a) and (b) too. Random init is seeded.
         compiled = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype,
                                      compile=True).to(device)
@@ -136,6 +151,8 @@ def run(args: argparse.Namespace) -> None:
             err = max(relative_error(torch.cat([acts[n] for n in level], 1), f) for level, f in zip(bb.levels, feats))
             if 'e' in outs:
                 err_e = max(relative_error(e, f) for e, f in zip(outs['e'], feats))
+            if 'k' in outs:  # how far the ControlNet's residuals move the features (0 when it is skipped)
+                diff_k = max(relative_error(k, f) for k, f in zip(outs['k'], feats))
             del outs, acts, feats
         for round_ in range(args.reps):
             # a, b, c, d then d, c, b, a: a drift of the machine's speed within a round hits all alike
@@ -148,12 +165,17 @@ def run(args: argparse.Namespace) -> None:
         if 'e' in times:
             flops['e'] = flops['c']
         vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
+        if control is not None:  # one ControlNet call, counted even when (k) skips it
+            control_flops = controlnet_flops(bb, control, images)
         rate, rate_n = matmul_rate(device, bb.dtype)
         pipeline, unpruned = pipeline_param_bytes(bb), param_bytes(bb)
         bb.prune_tail()  # what DiffusionBackbone(prune=True) does at construction
     print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
     if 'e' in times:
         print(f'check: (e) vs (c) features, max relative L2 error {err_e:.2e}')
+    if 'k' in times:
+        print(f'check: (k) vs (c) features, max relative L2 difference {diff_k:.2e} '
+              f'({"the ControlNet residuals reach them" if control.consumed else "ControlNet skipped: identical"})')
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
     mem = 'peak RSS growth' if device.type == 'cpu' else 'peak allocated'
@@ -186,6 +208,20 @@ def run(args: argparse.Namespace) -> None:
         print(f'i/c time: {ratio("i", "c")}: DDIM inversion to t={inversion.t} ({args.inversion_steps}-step schedule) '
               f'against sampled noise, {inversion.forwards} extra whole-denoiser forwards; '
               f'FLOP ratio i/c {flops["i"] / flops["c"]:.3f}x')
+    if 'k' in times:
+        n_control = sum(p.numel() for p in control.parameters())
+        call = f'one ControlNet call {control_flops / args.batch / 1e12:.4g} TFLOP/image, {n_control / 1e6:.1f} M parameters'
+        if control.consumed:
+            print(f'ControlNet consumed: True (an activation lies after the down/mid blocks): it runs whole, before '
+                  f'the denoiser; {call}')
+            print(f'k/c time: {ratio("k", "c")}: ControlNet run whole + the denoiser with early exit after '
+                  f'{deepest.name}, against no ControlNet; FLOP ratio k/c {flops["k"] / flops["c"]:.3f}x')
+        else:
+            print(f'ControlNet consumed: False (every activation lies in the down blocks / mid block, which never '
+                  f'see its residuals): skipped, (k) does (c)\'s arithmetic; {call}, not run')
+            print(f'k/c time: {ratio("k", "c")}: ControlNet skipped (not consumed by these activations), the '
+                  f'denoiser with early exit after {deepest.name}, against no ControlNet (~1 expected); '
+                  f'FLOP ratio k/c {flops["k"] / flops["c"]:.3f}x')
     if 'b' in times:
         print(f'c/b time: {ratio("c", "b")}: the overhead of the backbone over the floor')
         print(f'FLOP bound a/b: {flops["a"] / flops["b"]:.3f}x (the most any early stop can gain here)')
