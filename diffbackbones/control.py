@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .families import family_of
-from .loading import RANDOM_INIT_SEED, WeightsNotFoundError
+from .loading import RANDOM_INIT_SEED, WeightsNotFoundError, offline_note
 
 __all__ = ['ControlStage', 'NoControl', 'ControlNet', 'PREPROCESSORS', 'register_preprocessor', 'canny',
            'load_controlnet', 'consumes_residuals']
@@ -188,10 +188,8 @@ def load_controlnet(model: str | os.PathLike | nn.Module, denoiser: nn.Module) -
     try:
         return ControlNetModel.from_pretrained(source, subfolder=subfolder)
     except (OSError, ValueError) as e:  # hub/cache misses surface as OSError subclasses or ValueError
-        offline = os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', 'false', 'False', '')
         raise WeightsNotFoundError(
-            f'Could not load the ControlNet {source!r}'
-            f'{" (HF_HUB_OFFLINE is set, so only the local cache is searched)" if offline else ""}: {e}\n'
+            f'Could not load the ControlNet {source!r}{offline_note()}: {e}\n'
             f'Fix: download it once (`huggingface-cli download {source}`) into the Hugging Face cache, or pass '
             "control=dict(model='/path/to/folder') (a folder written by ControlNetModel.save_pretrained), or "
             "control=dict(model='random') for seeded random weights (tests).") from e

@@ -102,14 +102,22 @@ def resolve_source(spec: ModelSpec, pretrained: bool | str) -> str:
         'DiffusionPipeline.save_pretrained / huggingface-cli download.')
 
 
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE is set: hub ids then resolve from the local cache only."""
+    return os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', 'false', 'False', '')
+
+
+def offline_note() -> str:
+    """What a 'not found' message adds when the hub is off."""
+    return ' (HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched)' if hub_offline() else ''
+
+
 def from_pretrained(cls, source: str, subfolder: str, spec: ModelSpec, **kwargs):
     try:
         return cls.from_pretrained(source, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as e:  # hub/cache misses surface as OSError subclasses or ValueError
-        offline = os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', 'false', 'False', '')
         raise WeightsNotFoundError(
-            f'Could not load {subfolder!r} of {spec.name!r} from {source!r}'
-            f'{" (HF_HUB_OFFLINE is set, so only the local cache is searched)" if offline else ""}: {e}\n'
+            f'Could not load {subfolder!r} of {spec.name!r} from {source!r}{offline_note()}: {e}\n'
             f'Fix: download the model once (`huggingface-cli download {spec.hub_id or source}`) into the Hugging '
             f'Face cache, or pass pretrained="/path/to/local/diffusers/folder" (a folder with {spec.denoiser_component}/, '
             'vae/ and the text encoder and tokenizer subfolders), or pretrained=False for random weights. Text '

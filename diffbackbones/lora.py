@@ -24,6 +24,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from .loading import WeightsNotFoundError, build_denoiser, hub_offline, offline_note
+from .zoo import MODELS
+
 __all__ = ['LoraLoader', 'LORA_LOADERS', 'AppliedLora', 'normalize_lora', 'apply_lora', 'lora_loader']
 
 
@@ -189,7 +192,6 @@ _HUB = re.compile(r'([\w.-]+/[\w.-]+)(?:/(.+))?')
 
 def _read(mixin, loader: LoraLoader, denoiser: nn.Module, source: str):
     """(state dict with the denoiser's prefix, network alphas or None, adapter metadata or None)."""
-    from .loading import WeightsNotFoundError
     path = Path(source).expanduser()
     hub = None if path.exists() else _HUB.fullmatch(source)
     if hub is not None and hub.group(2) is None and source.endswith(_WEIGHT_SUFFIXES):
@@ -204,7 +206,7 @@ def _read(mixin, loader: LoraLoader, denoiser: nn.Module, source: str):
         options[loader.config_keyword] = denoiser.config
     if hub is not None:
         target, options['weight_name'] = hub.group(1), hub.group(2)
-        if hub.group(2) is None and _offline():  # diffusers guesses the file name online only: use the cached copy
+        if hub.group(2) is None and hub_offline():  # diffusers guesses the file name online only: use the cached copy
             target = _cached_snapshot(hub.group(1), source)
     else:
         target = str(path)
@@ -223,15 +225,10 @@ def _read(mixin, loader: LoraLoader, denoiser: nn.Module, source: str):
 _WEIGHT_SUFFIXES = ('.safetensors', '.bin', '.pt', '.pth', '.ckpt')
 
 
-def _offline() -> bool:
-    return os.environ.get('HF_HUB_OFFLINE', '0') not in ('0', 'false', 'False', '')
-
-
 def _not_on_hub(source: str, repo: str, error: Exception) -> Exception:
-    from .loading import WeightsNotFoundError
     return WeightsNotFoundError(
         f'LoRA {source!r} is not a local file or folder, and loading it as a hub id failed'
-        f'{" (HF_HUB_OFFLINE is set, so only the local Hugging Face cache is searched)" if _offline() else ""}: '
+        f'{offline_note()}: '
         f'{type(error).__name__}: {error}\nFix: download it once (`huggingface-cli download {repo}`) or give the '
         'path of the .safetensors file.')
 
@@ -310,14 +307,11 @@ def _weight_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=None)
 def _zoo_weight_shapes(model: str) -> dict[str, tuple[int, ...]]:
-    from .loading import build_denoiser
-    from .zoo import MODELS
     return _weight_shapes(build_denoiser(MODELS[model], 'meta'))
 
 
 def _fitting_zoo_models(layers: dict) -> list[str]:
     """The zoo models every layer of a LoRA fits (built on the meta device: shapes only)."""
-    from .zoo import MODELS
     fits = []
     for name in MODELS:
         try:
