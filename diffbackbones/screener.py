@@ -135,9 +135,11 @@ def _screen_images(backbone: DiffusionBackbone, names: list[str], paths: list[Pa
                 labels_on[grid] = F.interpolate(label[None, None].float(), size=grid, mode='nearest')[0, 0].long()
             return screen_samples(value[..., :grid[0], :grid[1]].float(), labels_on.get(grid), ignore, with_pca=n == 0)
         with torch.no_grad():
-            kwargs = backbone.denoiser_inputs(backbone.encode(image), work)   # one row per seed
-            with ActivationCapture(backbone.denoiser, names, stop_early=True, detach=True, catalog=backbone.points,
-                                   reduce=reduce) as cap:
+            cap = ActivationCapture(backbone.denoiser, names, stop_early=True, detach=True, catalog=backbone.points,
+                                    reduce=reduce)
+            backbone.control.follow(cap)  # a ControlNet (control=) runs if any screened activation sees its residuals
+            kwargs = backbone.control(backbone.denoiser_inputs(backbone.encode(image), work), image)  # a row per seed
+            with cap:
                 backbone.denoiser(**kwargs)
         for name, numbers in cap.activations.items():
             stats[name].add(numbers)

@@ -227,3 +227,20 @@ def test_controlnet_takes_the_backbone_dtype(controlnet_folder):
     assert bb.control.controlnet.dtype == torch.bfloat16
     features = bb(pixels_to_input(smooth_pixels(1, 64, 64)))
     assert all(f.dtype == torch.bfloat16 and f.isfinite().all() for f in features)
+
+
+def test_the_screen_runs_the_controlnet_for_the_activations_that_see_it(controlnet_folder, tmp_path):
+    import PIL.Image
+
+    import diffbackbones
+    for i, pixels in enumerate(smooth_pixels(2, 64, 64)):
+        PIL.Image.fromarray(pixels.numpy()).save(tmp_path / f'{i}.png')
+    options = dict(pretrained=False, n_images=2, seeds=2, kinds=['res-out'], progress=False)
+    plain = {r['name']: r for r in diffbackbones.screen('test_sd_tiny', tmp_path, **options).rows}
+    controlled = {r['name']: r for r in diffbackbones.screen('test_sd_tiny', tmp_path, control=controlnet_folder,
+                                                             **options).rows}
+    before = [n for n in plain if n.startswith(('down-', 'mid-'))]
+    after = [n for n in plain if n.startswith('up-')]
+    assert before and after
+    assert all(controlled[n]['dni'] == plain[n]['dni'] for n in before)  # residuals join after the mid block
+    assert any(abs(controlled[n]['dni'] - plain[n]['dni']) > 1e-6 for n in after)
