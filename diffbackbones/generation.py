@@ -7,7 +7,10 @@
 
 A step is one call of the pipeline's denoiser (``pipe.unet`` or ``pipe.transformer``), counted from 0:
 with classifier-free guidance the pipelines batch both halves into one call, so calls and sampling steps
-coincide (``steps=[-1]`` is the last one). The capture hooks sit on the denoiser only during the chosen
+coincide (``steps=[-1]`` is the last one); a pipeline that calls it more than once per step (Flux with
+``true_cfg_scale``, SD3 with ``skip_guidance_layers``) gets a warning, and steps still count calls. Tested
+on SD, SDXL, PixArt-alpha / Sigma, SD3 and Flux pipelines (Flux's packed tokens are put back on their
+grid from ``img_ids``). The capture hooks sit on the denoiser only during the chosen
 calls: the capture is armed at the end of the call before (or on entering, for step 0) and disarmed
 right after, so every other call runs untouched and the generation is the one the pipeline makes
 without it (no early stop: the pipeline needs every call's full output). Attention maps (``*-map``) are
@@ -21,8 +24,10 @@ chosen step's timestep) labels the images a pipeline generates, from the feature
 """
 from __future__ import annotations
 
+import inspect
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -75,12 +80,16 @@ class GenerationCapture:
 
     Attributes:
         levels_ids: The activations as levels of layer ids, fine to coarse (as a backbone's ``levels``).
-        feature_info: Per level, ``num_chs`` and ``reduction`` (pixel stride), as a backbone's.
+        feature_info: Per level, ``num_chs`` and ``reduction`` (pixel stride), as a backbone's; after
+            the run ``num_chs`` is what was captured (a cross-map has as many channels as the pipeline
+            passed text tokens, which only the run tells).
         steps: The chosen steps, resolved (a negative step counted from the last call), sorted.
         activations: Step -> layer id -> (B, C, h, w) CPU tensor of the kept half.
-        timesteps: Step -> the timestep the denoiser was called with (a float; the first, if per sample).
+        timesteps: Step -> the timestep the denoiser was called with (a float; the first, if per sample;
+            Flux's pipeline passes sigma, t / 1000).
         kept: Step -> which part of the batch was kept: ``'cond'``, ``'uncond'``, ``'both'`` (unconditional
-            half first, as the pipelines batch them) or ``'all'`` (no classifier-free guidance in that call).
+            half first, as the pipelines batch them) or ``'all'`` (no classifier-free guidance in that call;
+            always for Flux, whose guidance is an embedding).
         calls: Denoiser calls seen (the last generation's).
     """
 
@@ -121,10 +130,26 @@ class GenerationCapture:
         self._negatives: dict[int, int] = {}
         self._capture: ActivationCapture | None = None
         self._handles: list = []
+        self._total: int | None = None
+        self._encoded_guidance: bool | None = None
+        self._encode_prompt: tuple | None = None
 
     # -- the hooks on the denoiser ----------------------------------------------------------------
     def _arm(self) -> None:
         self._capture = ActivationCapture(self.denoiser, self.names, detach=True, catalog=self.points).__enter__()
+        self._hook_root()
+
+    def _hook_root(self) -> None:
+        """(Re-)register ``_before`` / ``_after`` on the denoiser, after every hook the capture put there.
+
+        Transformers' captures hook the denoiser itself (a pre-hook reads the token grid); torch runs a
+        module's hooks in registration order from a snapshot, so ours must come last: ``_before`` may
+        disarm (at call 0) only after the capture's pre-hooks ran, and ``_after`` collects only after its
+        forward hooks ran."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = [self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True),
+                         self.denoiser.register_forward_hook(self._after, with_kwargs=True, always_call=True)]
 
     def _disarm(self) -> dict[str, torch.Tensor]:
         capture, self._capture = self._capture, None
@@ -137,6 +162,10 @@ class GenerationCapture:
         """At the first call: the pipeline has set its timesteps, so negative steps resolve and steps
         beyond the last call are refused before any work is wasted."""
         total = getattr(self.pipe, 'num_timesteps', None)  # diffusers pipelines set it before their loop
+        if total is None:  # PixArt: not stored, but its scheduler's timesteps are set before the loop
+            timesteps = getattr(getattr(self.pipe, 'scheduler', None), 'timesteps', None)
+            total = len(timesteps) if timesteps is not None else None
+        self._total = total
         if total is None and any(s < 0 for s in self.requested):
             raise ValueError(f'steps {self.requested} count from the end, but {type(self.pipe).__name__} does not say '
                              'how many steps it runs (no num_timesteps): pass non-negative steps.')
@@ -171,9 +200,7 @@ class GenerationCapture:
             self._arm()
 
     def _select(self, captured: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-        # diffusers' text-conditioned pipelines batch [unconditional; conditional] in one call and say so
-        # with do_classifier_free_guidance (read now: it depends on this call's guidance_scale).
-        guided = bool(getattr(self.pipe, 'do_classifier_free_guidance', False))
+        guided = self._guided()
         if not guided:
             if self.keep == 'uncond':
                 raise ValueError("keep='uncond', but this call ran without classifier-free guidance (guidance_scale "
@@ -186,22 +213,75 @@ class GenerationCapture:
             kept[name] = part.cpu().clone()  # clone: a slice would hold the whole batch's storage
         return kept, self.keep
 
+    def _guided(self) -> bool:
+        """Whether this call batches [unconditional; conditional] (classifier-free guidance).
+
+        SD, SDXL and SD3 pipelines say so with ``do_classifier_free_guidance`` (read now: it depends on
+        this generation's ``guidance_scale``). PixArt decides it in a local variable that it passes to its
+        ``encode_prompt``, which is watched during the context for it. Otherwise (Flux: guidance is an
+        embedding, and its ``true_cfg_scale`` runs a separate unconditional call) the batch is all conditional.
+        """
+        said = getattr(self.pipe, 'do_classifier_free_guidance', None)
+        if said is not None:
+            return bool(said)
+        return bool(self._encoded_guidance)
+
+    def _watch_encode_prompt(self) -> None:
+        pipe = self.pipe
+        original = getattr(pipe, 'encode_prompt', None)
+        if original is None or hasattr(type(pipe), 'do_classifier_free_guidance'):
+            return
+        try:
+            signature = inspect.signature(original)
+        except (TypeError, ValueError):
+            return
+        parameter = signature.parameters.get('do_classifier_free_guidance')
+        if parameter is None:
+            return
+
+        def encode_prompt(*args, **kwargs):
+            try:
+                bound = signature.bind(*args, **kwargs).arguments
+                self._encoded_guidance = bool(bound.get('do_classifier_free_guidance', parameter.default))
+            except TypeError:
+                self._encoded_guidance = None
+            return original(*args, **kwargs)
+        # on this instance only, through its __dict__ (DiffusionPipeline.__setattr__ writes its config)
+        self._encode_prompt = (pipe, vars(pipe).get('encode_prompt'), 'encode_prompt' in vars(pipe))
+        vars(pipe)['encode_prompt'] = encode_prompt
+
+    def _unwatch_encode_prompt(self) -> None:
+        if self._encode_prompt is None:
+            return
+        pipe, before, had = self._encode_prompt
+        self._encode_prompt = None
+        if had:
+            vars(pipe)['encode_prompt'] = before
+        else:
+            vars(pipe).pop('encode_prompt', None)
+
     # -- the context ------------------------------------------------------------------------------
     def __enter__(self) -> 'GenerationCapture':
         self.steps, self.activations, self.timesteps, self.kept, self.calls = [], {}, {}, {}, 0
-        self._negatives = {}
-        self._handles = [self.denoiser.register_forward_pre_hook(self._before, with_kwargs=True),
-                         self.denoiser.register_forward_hook(self._after, with_kwargs=True, always_call=True)]
-        if 0 in self.requested or any(s < 0 for s in self.requested):
-            self._arm()
+        self._negatives, self._total, self._encoded_guidance = {}, None, None
+        try:
+            if 0 in self.requested or any(s < 0 for s in self.requested):
+                self._arm()
+            else:
+                self._hook_root()
+            self._watch_encode_prompt()
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def remove(self) -> None:
-        """Remove every hook (idempotent); the denoiser is left as found."""
+        """Remove every hook (idempotent); the denoiser and the pipeline are left as found."""
         self._disarm()
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._unwatch_encode_prompt()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.remove()
@@ -214,6 +294,17 @@ class GenerationCapture:
             for negative, step in self._negatives.items():
                 self.activations[negative] = self.activations[step]
                 self.timesteps[negative], self.kept[negative] = self.timesteps[step], self.kept[step]
+            # the channels actually captured: a cross-map's are the text tokens the pipeline passed
+            # (the catalog assumed the tokenizer's length, or 77 without one)
+            captured = self.activations[self.steps[0]]
+            for info, level in zip(self.feature_info, self.levels_ids):
+                info['num_chs'] = sum(int(captured[n].shape[1]) for n in level)
+            if self._total is not None and self.calls > self._total:
+                warnings.warn(f'{type(self.pipe).__name__} called its denoiser {self.calls} times for {self._total} '
+                              'sampling steps (more than one call per step: Flux with true_cfg_scale, SD3 with '
+                              'skip_guidance_layers, ...): steps count denoiser calls, and a negative step -k was '
+                              f'call {self._total} - k, so check which calls were captured.',
+                              stacklevel=2)
         return False
 
     # -- results ----------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Capture while a pipeline generates (``diffbackbones.generation``), on a real diffusers pipeline.
 
 The tiny random-weight SD1.5-topology model (``test_sd_tiny``) runs as a ``StableDiffusionPipeline`` built
-from its parts (prompt embeddings passed in: it ships no tokenizer); the end-to-end labelling runs on
-the shipped ``shapes_sd_tiny``.
+from its parts (prompt embeddings passed in: it ships no tokenizer), and so do the SDXL, PixArt, SD3 and
+Flux ones in their own pipelines; the end-to-end labelling runs on the shipped ``shapes_sd_tiny``.
 """
 import json
 
@@ -172,3 +172,140 @@ def test_generate_labelled_command_labels_generated_shapes(tmp_path, capsys):
     assert sum(saved['pixels_per_class'][0]) == 128 * 128
     with pytest.raises(SystemExit, match='earlier run'):
         main(['generate-labelled', '--out', str(out), '--images', '1'])
+
+
+# --- the other families: SDXL, PixArt, SD3, Flux pipelines on their tiny random-weight denoisers -------
+
+def _family_pipe(model):
+    """The diffusers pipeline of a tiny zoo model, from its denoiser and VAE only (prompt embeddings are
+    passed in: no text encoders, no tokenizers)."""
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline,
+                           StableDiffusionXLPipeline)
+    spec = get_model_spec(model)
+    denoiser = build_denoiser(spec)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+    ddim = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, beta_start=spec.beta_start,
+                beta_end=spec.beta_end, beta_schedule='scaled_linear' if model == 'test_sdxl_tiny' else 'linear')
+    no_text = dict(text_encoder=None, tokenizer=None)
+    if model == 'test_sdxl_tiny':
+        pipe = StableDiffusionXLPipeline(vae=vae, unet=denoiser, scheduler=DDIMScheduler(**ddim), text_encoder_2=None,
+                                         tokenizer_2=None, add_watermarker=False, **no_text)
+    elif model == 'test_pixart_tiny':
+        pipe = PixArtAlphaPipeline(vae=vae, transformer=denoiser, scheduler=DDIMScheduler(**ddim), **no_text)
+    elif model == 'test_sd3_tiny':
+        pipe = StableDiffusion3Pipeline(transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                        vae=vae, text_encoder_2=None, tokenizer_2=None, text_encoder_3=None,
+                                        tokenizer_3=None, **no_text)
+    else:
+        pipe = FluxPipeline(transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae,
+                            text_encoder_2=None, tokenizer_2=None, **no_text)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# model: (layer ids of its catalog, text tokens, text width, pooled width, guidance scale, batched CFG)
+FAMILIES = {
+    'test_sdxl_tiny': (['up-level1-repeat1-vit-block0-cross-q', 'up-level1-repeat0-vit-block0-cross-map',
+                        'up-level2-repeat1-res-out'], 77, 32, 32, 3.0, True),
+    'test_pixart_tiny': (['vit-block1-out', 'vit-block2-cross-q', 'vit-block1-cross-map'], 16, 32, None, 3.0, True),
+    'test_sd3_tiny': (['vit-block0-out', 'vit-block0-self2-q', 'vit-block1-cross-map'], 24, 32, 64, 3.0, True),
+    'test_flux_tiny': (['vit-block1-out', 'vit-block2-self-q', 'vit-block3-cross-map'], 16, 32, 24, 3.5, False),
+}
+
+
+def _family_generate(model, pipe, steps=3):
+    """Fixed latents and embeddings; returns (latents out, embeddings, per-step input latents)."""
+    _, n, width, pooled, guidance, _ = FAMILIES[model]
+    g = torch.Generator().manual_seed(0)
+    text = dict(zip(('cond', 'uncond'), torch.randn(2, 1, n, width, generator=g)))
+    if pooled:
+        text.update(zip(('cond_pooled', 'uncond_pooled'), torch.randn(2, 1, pooled, generator=g)))
+    # Flux's latents are packed: 2x2 patches of a (4, 8, 8) latent as (16 tokens, 16 channels)
+    latents = torch.randn(*((1, 16, 16) if model == 'test_flux_tiny' else (1, 4, 8, 8)), generator=g)
+    inputs = {0: latents.clone()}
+    kwargs = dict(prompt_embeds=text['cond'], num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
+                  latents=latents, output_type='latent')
+    if model == 'test_pixart_tiny':  # old-style callback; no resolution bins at this size
+        mask = torch.ones(1, n)
+        kwargs.update(negative_prompt=None, negative_prompt_embeds=text['uncond'], prompt_attention_mask=mask,
+                      negative_prompt_attention_mask=mask, use_resolution_binning=False,
+                      callback=lambda i, t, x: inputs.__setitem__(i + 1, x.clone()))
+    else:
+        def on_step_end(p, i, t, kw):
+            inputs[i + 1] = kw['latents'].clone()
+            return kw
+        kwargs.update(pooled_prompt_embeds=text['cond_pooled'], callback_on_step_end=on_step_end)
+        if model != 'test_flux_tiny':  # Flux: guidance distilled into an embedding, no unconditional half
+            kwargs.update(negative_prompt_embeds=text['uncond'], negative_pooled_prompt_embeds=text['uncond_pooled'])
+    return pipe(**kwargs).images, text, inputs
+
+
+def _family_direct(model, pipe, names, latents, t, text, half):
+    """The activations of one direct denoiser call, on one half's conditioning."""
+    emb, pooled = text[half], text.get(f'{half}_pooled')
+    t = torch.as_tensor(t).reshape(1)
+    if model == 'test_sdxl_tiny':
+        denoiser = pipe.unet
+        kwargs = dict(sample=latents, timestep=t, encoder_hidden_states=emb,
+                      added_cond_kwargs=dict(text_embeds=pooled, time_ids=torch.tensor([[64., 64, 0, 0, 64, 64]])))
+    elif model == 'test_pixart_tiny':
+        denoiser = pipe.transformer
+        kwargs = dict(hidden_states=latents, timestep=t, encoder_hidden_states=emb,
+                      encoder_attention_mask=torch.ones(1, emb.shape[1]),
+                      added_cond_kwargs=dict(resolution=None, aspect_ratio=None))
+    elif model == 'test_sd3_tiny':
+        denoiser = pipe.transformer
+        kwargs = dict(hidden_states=latents, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled)
+    else:
+        from diffbackbones.families import image_ids
+        denoiser = pipe.transformer
+        kwargs = dict(hidden_states=latents, timestep=t, encoder_hidden_states=emb, pooled_projections=pooled,
+                      img_ids=image_ids((4, 4), 'cpu', torch.float32), txt_ids=torch.zeros(emb.shape[1], 3),
+                      guidance=torch.full((1,), FAMILIES[model][4]))
+    with torch.no_grad(), ActivationCapture(denoiser, names, detach=True) as cap:
+        denoiser(**kwargs)
+    return cap.activations
+
+
+@pytest.mark.parametrize('model', list(FAMILIES))
+def test_capture_on_the_other_families_pipelines(model):
+    ids, n_text, *_, guided = FAMILIES[model]
+    pipe = _family_pipe(model)
+    denoiser = pipe.unet if model == 'test_sdxl_tiny' else pipe.transformer
+    reference, _, _ = _family_generate(model, pipe)
+    # steps [1, -1]: armed on entering (a negative step might be 0), disarmed at call 0 (before any hook ran late)
+    with capture_generation(pipe, ids, steps=[1, -1]) as run:
+        latents, text, inputs = _family_generate(model, pipe)
+    torch.testing.assert_close(latents, reference, rtol=0, atol=1e-4)  # maps: explicit attention, else exact
+    assert run.steps == [1, 2] and run.calls == 3 and no_hooks(denoiser) and 'encode_prompt' not in vars(pipe)
+    timesteps = pipe.scheduler.timesteps / 1000 if model == 'test_flux_tiny' else pipe.scheduler.timesteps  # Flux: sigma
+    for step in (1, 2):
+        assert run.kept[step] == ('cond' if guided else 'all')
+        assert run.timesteps[step] == float(timesteps[step])
+        expected = _family_direct(model, pipe, ids, inputs[step], timesteps[step], text, 'cond')
+        for name in ids:
+            assert run.activations[step][name].shape[0] == 1
+            torch.testing.assert_close(run.activations[step][name], expected[name], rtol=1e-5, atol=1e-5)
+    # levels: every id here at stride 16 (transformers: VAE 8 x patch 2), but SDXL's res-out at 8
+    strides = [8, 16] if model == 'test_sdxl_tiny' else [16]
+    assert [info['reduction'] for info in run.feature_info] == strides
+    levels = run[-1]
+    assert [tuple(level.shape) for level in levels] == [(1, info['num_chs'], 64 // r, 64 // r)
+                                                         for info, r in zip(run.feature_info, strides)]
+    assert levels[-1].shape[1] == sum(run.activations[2][n].shape[1] for n in run.levels_ids[-1])
+    cross_map = [n for n in ids if n.endswith('cross-map')][0]
+    assert run.activations[2][cross_map].shape[1] == n_text  # the tokens the pipeline passed, not 77
+    if guided:  # the unconditional half, from the pipeline's own batch
+        with capture_generation(pipe, ids, steps=[0], keep='uncond') as run:
+            _family_generate(model, pipe, steps=1)
+        expected = _family_direct(model, pipe, ids, inputs[0], pipe.scheduler.timesteps[0], text, 'uncond')
+        assert run.kept[0] == 'uncond'
+        for name in ids:
+            torch.testing.assert_close(run.activations[0][name], expected[name], rtol=1e-5, atol=1e-5)
+    else:
+        with pytest.raises(ValueError, match='without classifier-free guidance'):
+            with capture_generation(pipe, ids, steps=[0], keep='uncond'):
+                _family_generate(model, pipe, steps=1)
+    assert no_hooks(denoiser) and 'encode_prompt' not in vars(pipe)
