@@ -280,7 +280,9 @@ class DiffusionBackbone(nn.Module):
         """Run the denoiser on all members up to the last requested activation; member-averaged activations.
 
         ``images``: the working-size input, for a ControlNet's control image (``control=``)."""
-        trains = self.stages.denoiser.trainable or self.stages.vae.trainable
+        # a graph when anything upstream of the capture trains: the VAE, the denoiser, or learned conditioning
+        trains = (self.stages.denoiser.trainable or self.stages.vae.trainable
+                  or any(p.requires_grad for p in self.conditioning.parameters()))
         kwargs = self.control(self.denoiser_inputs(latents, image_hw), images)  # + ControlNet residuals, if any
         return self.stages.denoiser(self.denoiser, self.capture, kwargs, self.stages.noise.members, keep_graph=trains)
 

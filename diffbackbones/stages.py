@@ -21,12 +21,14 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .clean_latents import CleanLatentStage
 from .conditioning import ConditioningStage
 from .control import ControlStage
 from .denoising import DenoiserStage
 from .encoding import ImageStage, VaeStage
 from .fusion import FusionStage
 from .inversion import DdimInversionStage
+from .learned_conditioning import LearnedConditioningStage, VpdClassesStage
 from .noise import NoiseStage
 
 __all__ = ['Stages', 'FLAT_KEYWORDS', 'STAGE_VARIANTS', 'register_stage', 'build_stages', 'set_default_option']
@@ -35,8 +37,8 @@ __all__ = ['Stages', 'FLAT_KEYWORDS', 'STAGE_VARIANTS', 'register_stage', 'build
 STAGE_VARIANTS: dict[str, dict[str, type]] = {
     'image': {'resize': ImageStage},
     'vae': {'encode': VaeStage},
-    'noise': {'sampled': NoiseStage, 'ddim-inversion': DdimInversionStage},
-    'conditioning': {'prompt': ConditioningStage},
+    'noise': {'sampled': NoiseStage, 'ddim-inversion': DdimInversionStage, 'clean': CleanLatentStage},
+    'conditioning': {'prompt': ConditioningStage, 'learned': LearnedConditioningStage, 'vpd-classes': VpdClassesStage},
     'control': {'controlnet': ControlStage},
     'denoiser': {'capture': DenoiserStage},
     'fusion': {'blocks': FusionStage},

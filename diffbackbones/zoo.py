@@ -140,6 +140,15 @@ SD_PRESETS: dict[str, Levels] = {
                ('up-level1-upsampler-out',),
                ('up-level0-upsampler-out',)),
 }
+# VPD (Zhao et al. 2023, wl-zhao/VPD): the four decoder outputs its UNetWrapper returns, fine to coarse: LDM
+# output_blocks 11, 7, 4 and 1. output_blocks[3i + j] is diffusers' up_blocks[i]: resnets[j], attentions[j],
+# and the upsampler after j = 2. 320 / 640 / 1280 / 1280 channels at strides 8 / 16 / 32 / 64 (SD1.x/2.x).
+# VPD's input is the clean, unscaled latent at t=1: noise='clean', vae=dict(scale=1.0) (docs/vpd.md).
+# Only SD1.5 (VPD's model) and SD2.1 (same decoder) list it; the tiny SD-topology models can ask for 'sd15_vpd'.
+SD_VPD_PRESETS: dict[str, Levels] = dict(SD_PRESETS, vpd=(('up-level3-repeat2-vit-out',),
+                                                          ('up-level2-repeat1-vit-out',),
+                                                          ('up-level1-repeat1-vit-out',),
+                                                          ('up-level0-repeat1-res-out',)))
 SDXL_PRESETS: dict[str, Levels] = {
     'practical': (('up-level1-repeat0-vit-block0-cross-q', 'up-level1-repeat0-vit-block0-out'),
                   ('up-level0-repeat0-vit-block7-out', 'up-level0-repeat0-vit-block5-out')),
@@ -196,9 +205,9 @@ _FLOW = dict(schedule='flow', prediction='flow', default_t=184)             # t=
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('sd15', 'Stable Diffusion 1.5', 'stable-diffusion-v1-5/stable-diffusion-v1-5', 'sd15', 'sd',
-              _ONE_CLIP, 512, 'creativeml-openrail-m', SD_PRESETS),
+              _ONE_CLIP, 512, 'creativeml-openrail-m', SD_VPD_PRESETS),
     ModelSpec('sd21', 'Stable Diffusion 2.1 base (512 px, epsilon prediction)', 'stabilityai/stable-diffusion-2-1-base',
-              'sd21', 'sd', _ONE_CLIP, 512, 'openrail++', SD_PRESETS),
+              'sd21', 'sd', _ONE_CLIP, 512, 'openrail++', SD_VPD_PRESETS),
     ModelSpec('sdxl', 'Stable Diffusion XL base 1.0', 'stabilityai/stable-diffusion-xl-base-1.0', 'sdxl', 'sdxl',
               _TWO_CLIPS, 1024, 'openrail++', SDXL_PRESETS, time_ids=True),
     ModelSpec('pgv2', 'Playground v2 1024px aesthetic (SDXL architecture)', 'playgroundai/playground-v2-1024px-aesthetic',

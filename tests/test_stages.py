@@ -44,7 +44,7 @@ def test_option_mistakes_are_named_with_the_fix():
         build(noise=dict(sed=1))
     with pytest.raises(TypeError, match="'noise_sed' \\(did you mean 'noise_seed'"):
         build(noise_sed=1)
-    with pytest.raises(ValueError, match=r"unknown noise type 'ddim'; available: \['sampled', 'ddim-inversion'\]"):
+    with pytest.raises(ValueError, match=r"unknown noise type 'ddim'; available: \['sampled', 'ddim-inversion', 'clean'\]"):
         build(noise='ddim')
     with pytest.raises(ValueError, match='noise ensemble .* must be a positive integer'):
         build(noise=dict(ensemble=0))
@@ -55,16 +55,16 @@ def test_option_mistakes_are_named_with_the_fix():
 
 
 def test_a_registered_variant_plugs_into_the_backbone_without_a_new_keyword():
-    @register_stage('noise', 'clean')
-    class CleanLatents(NoiseStage):
+    @register_stage('noise', 'zero-noise')
+    class ZeroNoise(NoiseStage):
         """No noise at all: the denoiser sees the clean latent at the timestep."""
 
         def sample(self, shape, device):
             return torch.zeros((self.members * shape[0], *shape[1:]), device=device)
     try:
         images = random_images(1, 64, 64)
-        clean = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, noise=dict(type='clean', seed=None))
-        assert isinstance(clean.stages.noise, CleanLatents)
+        clean = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, noise=dict(type='zero-noise', seed=None))
+        assert isinstance(clean.stages.noise, ZeroNoise)
         noisy = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, noise=dict(seed=None))
         with torch.no_grad():
             # fresh noise each call changes the default stage's features, never the clean variant's
@@ -75,7 +75,7 @@ def test_a_registered_variant_plugs_into_the_backbone_without_a_new_keyword():
             kwargs = clean.denoiser_inputs(latents, (64, 64))
             assert torch.allclose(kwargs['sample'], abar.sqrt() * latents)
     finally:
-        del STAGE_VARIANTS['noise']['clean']
+        del STAGE_VARIANTS['noise']['zero-noise']
 
 
 def test_timm_and_mmseg_take_the_nested_options():
