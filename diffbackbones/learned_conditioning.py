@@ -81,7 +81,24 @@ def _encode_one(spec: ModelSpec, source: str | None, prompt: str, dtype: torch.d
     return encode_prompts(spec, source, [prompt], dtype, from_pretrained, cache)[0]
 
 
-class LearnedConditioning(PromptConditioning):
+class TrainedContext(PromptConditioning):
+    """A context that is trained rather than encoded from a prompt: one context of ``n_tokens`` tokens."""
+
+    @property
+    def attention_mask(self) -> torch.Tensor | None:
+        """All ones over the tokens, for denoisers that take a mask (PixArt); None otherwise."""
+        if self.mask_table is None:
+            return None
+        return torch.ones(1, self.n_tokens, dtype=self.mask_table.dtype, device=self.mask_table.device)
+
+    @contextlib.contextmanager
+    def using(self, prompt: str) -> Iterator[None]:
+        raise ValueError(f'{type(self).__name__} has one trained context, not one per prompt (asked for {prompt!r}); '
+                         "per-prompt conditioning needs conditioning=dict(prompt=[...]).")
+        yield  # pragma: no cover
+
+
+class LearnedConditioning(TrainedContext):
     """N context tokens that are parameters (``tokens``, fp32 whatever the backbone's dtype: they are the
     master copy an optimizer updates; the families cast them per call, with the graph).
 
@@ -122,21 +139,9 @@ class LearnedConditioning(PromptConditioning):
         return self.pooled if self.pooled is not None else super().pooled_embeds
 
     @property
-    def attention_mask(self) -> torch.Tensor | None:
-        """All ones over the N tokens, for denoisers that take a mask (PixArt); None otherwise."""
-        if self.mask_table is None:
-            return None
-        return torch.ones(1, self.n_tokens, dtype=self.mask_table.dtype, device=self.mask_table.device)
-
-    @property
     def n_tokens(self) -> int:
         return self.tokens.shape[0]
 
-    @contextlib.contextmanager
-    def using(self, prompt: str) -> Iterator[None]:
-        raise ValueError(f'the learned conditioning has one trained context, not one per prompt (asked for {prompt!r}); '
-                         "per-prompt conditioning needs conditioning=dict(prompt=[...]).")
-        yield  # pragma: no cover
 
 
 class TextAdapter(nn.Module):
@@ -152,7 +157,7 @@ class TextAdapter(nn.Module):
         return texts + self.gamma * self.fc(texts)
 
 
-class VpdClassConditioning(PromptConditioning):
+class VpdClassConditioning(TrainedContext):
     """VPD's context: the K class embeddings (a persistent buffer, so a checkpoint carries the embeddings its
     adapter was trained on) through a trained ``TextAdapter``; K context tokens (``n_tokens``).
 
@@ -175,20 +180,9 @@ class VpdClassConditioning(PromptConditioning):
         return self.text_adapter(self.class_embeddings)[None]
 
     @property
-    def attention_mask(self) -> torch.Tensor | None:
-        if self.mask_table is None:
-            return None
-        return torch.ones(1, self.n_tokens, dtype=self.mask_table.dtype, device=self.mask_table.device)
-
-    @property
     def n_tokens(self) -> int:
         return self.class_embeddings.shape[0]
 
-    @contextlib.contextmanager
-    def using(self, prompt: str) -> Iterator[None]:
-        raise ValueError(f'the vpd-classes conditioning has one context (the class embeddings), not one per prompt '
-                         f'(asked for {prompt!r}).')
-        yield  # pragma: no cover
 
 
 def class_embeddings(spec: ModelSpec, source: str | None, class_names: Sequence[str], dtype: torch.dtype,
