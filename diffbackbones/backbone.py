@@ -136,18 +136,20 @@ class DiffusionBackbone(nn.Module):
         self.compiled = stages.denoiser.compile_parts(self.denoiser, self.capture) if stages.denoiser.compile else []
 
         self.vae.requires_grad_(stages.vae.trainable)
-        self.denoiser.requires_grad_(stages.denoiser.trainable)
+        stages.denoiser.set_requires_grad(self.denoiser)  # a trainable LoRA adapter trains on a frozen denoiser
         self.train(False)
         self.register_load_state_dict_pre_hook(_fill_frozen_weights)
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:
         """State-dict prefixes of the diffusion parts that are not trained (lean checkpoints leave them out);
-        a ControlNet (``control.``) is always frozen."""
-        parts = [part for part in ('vae', 'denoiser') if not getattr(self.stages, part).trainable]
+        a ControlNet (``control.``) is always frozen. With a trainable LoRA adapter (``lora=dict(...)``) the
+        frozen denoiser is covered key by key around the adapter weights, which checkpoints keep."""
+        prefixes = [] if self.stages.vae.trainable else ['vae.']
+        prefixes += [f'denoiser.{p}' for p in self.stages.denoiser.frozen_prefixes(self.denoiser)]
         if next(self.control.parameters(), None) is not None:
-            parts.append('control')
-        return tuple(f'{part}.' for part in parts)
+            prefixes.append('control.')
+        return tuple(prefixes)
 
     def _set_levels(self, levels: Levels) -> None:
         self._channels = {name: p.channels for name, p in catalog_index(self.points).items()}
@@ -194,6 +196,7 @@ class DiffusionBackbone(nn.Module):
             self.vae.eval()
         if not self.stages.denoiser.trainable:
             self.denoiser.eval()  # frozen means eval too: no dropout, whatever the caller's mode
+            self.stages.denoiser.train_adapters(self.denoiser, mode)  # but a trainable LoRA's dropout follows it
         self.control.eval()  # a ControlNet is always frozen
         return self
 
@@ -281,7 +284,7 @@ class DiffusionBackbone(nn.Module):
 
         ``images``: the working-size input, for a ControlNet's control image (``control=``)."""
         # a graph when anything upstream of the capture trains: the VAE, the denoiser, or learned conditioning
-        trains = (self.stages.denoiser.trainable or self.stages.vae.trainable
+        trains = (self.stages.denoiser.trains or self.stages.vae.trainable
                   or any(p.requires_grad for p in self.conditioning.parameters()))
         kwargs = self.control(self.denoiser_inputs(latents, image_hw), images)  # + ControlNet residuals, if any
         return self.stages.denoiser(self.denoiser, self.capture, kwargs, self.stages.noise.members, keep_graph=trains)
@@ -301,6 +304,8 @@ def _fill_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: st
                          missing_keys, unexpected_keys, error_msgs) -> None:
     # A checkpoint without the frozen weights loads strictly: they are taken from the live model,
     # which rebuilt them from their pretrained source. Frozen weights a checkpoint does hold win.
-    for part in module.frozen_prefixes:  # the hook sits on the backbone, not on its parts
-        for key, value in getattr(module, part.rstrip('.')).state_dict(prefix=prefix + part, keep_vars=True).items():
-            state_dict.setdefault(key, value)
+    frozen = module.frozen_prefixes  # the hook sits on the backbone: keys relative to it
+    if frozen:
+        for key, value in module.state_dict(prefix=prefix, keep_vars=True).items():
+            if key[len(prefix):].startswith(frozen):
+                state_dict.setdefault(key, value)

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from .capture import ActivationCapture
-from .lora import AppliedLora, apply_lora, normalize_lora
-from .pruning import prune_unexecuted
+from .lora import (AppliedLora, TrainableLora, adapter_free_prefixes, add_trainable_lora, apply_lora, is_lora_weight,
+                   normalize_lora)
+from .pruning import SkippedLinear, prune_unexecuted
 
 __all__ = ['DenoiserStage']
 
@@ -34,7 +35,10 @@ class DenoiserStage:
             folder or hub id, or a list of them, each alone or as ``(source, scale)``; e.g.
             ``lora=[('style.safetensors', 0.8)]``. Normalised to a tuple of ``(source, scale)``. With
             ``trainable=True`` the fused weights are where training starts (the whole denoiser trains, with
-            the plain model's parameters). ``lora=dict(...)`` (trainable adapters) is reserved.
+            the plain model's parameters). ``lora=dict(rank=8, targets=['to_q', 'to_v'], alpha=None,
+            dropout=0.0)`` instead adds a new adapter (``TrainableLora``) that trains on the frozen denoiser
+            (``trainable`` must stay False): only its ``lora_A``/``lora_B`` weights get gradients, and lean
+            checkpoints hold them (``frozen_prefixes``).
     """
 
     trainable: bool = False
@@ -47,11 +51,47 @@ class DenoiserStage:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'denoiser {name} must be True or False; got {getattr(self, name)!r}')
         self.lora = normalize_lora(self.lora)
+        if self.trainable and isinstance(self.lora, TrainableLora):
+            raise ValueError('denoiser trainable=True trains the whole denoiser, lora=dict(...) trains a LoRA adapter '
+                             'on a frozen one: give one of them (timm entries train the denoiser unless built with '
+                             'frozen=True or trainable_denoiser=False).')
+
+    @property
+    def trains(self) -> bool:
+        """Whether any denoiser weight trains (the whole denoiser, or a trainable LoRA adapter)."""
+        return self.trainable or isinstance(self.lora, TrainableLora)
 
     def load_lora(self, denoiser: nn.Module, family, model_name: str = '') -> list[AppliedLora]:
-        """Fuse the ``lora`` adapters into ``denoiser`` (in place, no peft layers left); what was applied.
-        ``model_name`` (the zoo name) makes error messages name the model."""
+        """Fuse the ``lora`` adapters into ``denoiser`` (in place, no peft layers left), or add the trainable
+        adapter (``lora=dict(...)``, peft layers stay); what was applied. ``model_name`` (the zoo name) makes
+        error messages name the model. Call it before pruning: pruning then sees the adapted layers."""
+        if isinstance(self.lora, TrainableLora):
+            return add_trainable_lora(denoiser, self.lora, model_name)
         return apply_lora(denoiser, family, self.lora, model_name)
+
+    def set_requires_grad(self, denoiser: nn.Module) -> None:
+        """Freeze the denoiser unless ``trainable``; a trainable LoRA adapter's weights train either way."""
+        denoiser.requires_grad_(self.trainable)
+        if isinstance(self.lora, TrainableLora):
+            for name, p in denoiser.named_parameters():
+                if is_lora_weight(name):
+                    p.requires_grad_(True)
+
+    def train_adapters(self, denoiser: nn.Module, mode: bool) -> None:
+        """A frozen denoiser stays in eval mode; a trainable adapter's dropout follows the backbone's mode."""
+        if isinstance(self.lora, TrainableLora):
+            for name, m in denoiser.named_modules():
+                if name.endswith('lora_dropout') or '.lora_dropout.' in name:
+                    m.train(mode)
+
+    def frozen_prefixes(self, denoiser: nn.Module) -> tuple[str, ...]:
+        """State-dict prefixes (within the denoiser) of the weights that do not train: none when it trains,
+        all of it (``''``) when frozen, all but the adapter weights with a trainable LoRA."""
+        if self.trainable:
+            return ()
+        if isinstance(self.lora, TrainableLora):
+            return adapter_free_prefixes(denoiser)
+        return ('',)
 
     def __call__(self, denoiser: nn.Module, capture: ActivationCapture, kwargs: dict, members: int,
                  keep_graph: bool) -> dict[str, torch.Tensor]:
@@ -83,7 +123,7 @@ class DenoiserStage:
                 denoiser(**probe_inputs())
             captured, capture.activations = list(capture.activations.values()), {}
             return captured
-        return prune_unexecuted(denoiser, run)
+        return _whole_adapted_layers(denoiser, prune_unexecuted(denoiser, run))
 
     @staticmethod
     def compile_parts(denoiser: nn.Module, capture: ActivationCapture) -> list[str]:
@@ -110,3 +150,25 @@ class DenoiserStage:
         dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, needed)
         dynamo_config.accumulated_recompile_limit = max(dynamo_config.accumulated_recompile_limit, needed)
         return compiled
+
+
+def _whole_adapted_layers(denoiser: nn.Module, pruned: list[str]) -> list[str]:
+    """A LoRA-adapted layer (peft's wrapper around ``base_layer``, ``lora_A``, ``lora_B``) that feeds nothing
+    has its linear parts skipped one by one, which peft's forward cannot run (it reads ``lora_A.weight``):
+    skip the whole layer instead. Pruned (never entered) wrappers need nothing, they are never called."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    wrappers = {name: m for name, m in denoiser.named_modules() if isinstance(m, BaseTunerLayer)}
+    if not wrappers:
+        return pruned
+    out = []
+    for name in pruned:
+        owner = next((w for w in wrappers if name.startswith(f'{w}.')), None)
+        if owner is None:
+            out.append(name)
+        elif owner not in out and isinstance(denoiser.get_submodule(name), SkippedLinear):
+            parent, _, child = owner.rpartition('.')
+            denoiser.get_submodule(parent)._modules[child] = SkippedLinear(owner, wrappers[owner].out_features)
+            out.append(owner)
+        elif owner not in out:
+            out.append(name)  # a part pruned inside a wrapper that runs: leave it to fail loudly if called
+    return out

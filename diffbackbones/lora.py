@@ -10,9 +10,14 @@ it cost without LoRA, the state-dict keys are the plain model's, and pruning and
 
 Which loader fits which denoiser is data (``LORA_LOADERS``, keyed by family name). Text-encoder layers
 of a LoRA are not applied (the prompt embeddings come from the base text encoders); a warning says so.
+
+``lora=dict(rank=8, targets=['to_q', 'to_k', 'to_v', 'to_out.0'])`` is the other form: a new adapter
+(``TrainableLora``) is added to the frozen denoiser with diffusers' peft integration (``add_adapter``) and
+stays unfused; only its ``lora_A``/``lora_B`` weights train (``add_trainable_lora``).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import os
 import re
@@ -27,7 +32,8 @@ import torch.nn as nn
 from .loading import WeightsNotFoundError, build_denoiser, hub_offline, offline_note
 from .zoo import MODELS
 
-__all__ = ['LoraLoader', 'LORA_LOADERS', 'AppliedLora', 'normalize_lora', 'apply_lora', 'lora_loader']
+__all__ = ['LoraLoader', 'LORA_LOADERS', 'AppliedLora', 'TrainableLora', 'normalize_lora', 'apply_lora',
+           'add_trainable_lora', 'lora_loader', 'is_lora_weight']
 
 
 @dataclass(frozen=True)
@@ -80,19 +86,80 @@ def _is_scale(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def normalize_lora(value: Any) -> tuple[tuple[str, float], ...]:
-    """The ``lora`` option as a tuple of ``(source, scale)``.
+@dataclass(frozen=True)
+class TrainableLora:
+    """A new LoRA adapter to train on the frozen denoiser: ``lora=dict(rank=8, targets=['to_q', 'to_v'])``.
+
+    Args:
+        rank: The adapters' rank r (a positive integer).
+        targets: Module names the adapter wraps, as peft matches them: a module whose path is a name or
+            ends with ``.`` + the name (``'to_q'``, ``'to_out.0'``, ``'attn1.to_k'``, ``'proj_in'``).
+        alpha: peft's ``lora_alpha``: the update is scaled by alpha / rank. ``None``: alpha = rank (scale 1).
+        dropout: Dropout on the adapters' input while the backbone trains (``lora_dropout``), in [0, 1).
+    """
+
+    rank: int
+    targets: tuple[str, ...]
+    alpha: float | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 1:
+            raise ValueError(f'lora=dict(rank=...) must be a positive integer (the adapter rank, e.g. 4, 8, 16); '
+                             f'got {self.rank!r}')
+        targets = (self.targets,) if isinstance(self.targets, str) else self.targets
+        if (not isinstance(targets, (tuple, list)) or not targets
+                or not all(isinstance(t, str) and t.strip('.') for t in targets)):
+            raise ValueError("lora=dict(targets=...) must be a non-empty list of module names, e.g. "
+                             f"targets=['to_q', 'to_k', 'to_v', 'to_out.0']; got {self.targets!r}")
+        object.__setattr__(self, 'targets', tuple(targets))
+        if self.alpha is not None and (not _is_scale(self.alpha) or not 0 < self.alpha < float('inf')):
+            raise ValueError(f'lora=dict(alpha=...) must be a positive number (updates are scaled by alpha / '
+                             f'rank) or None (alpha = rank); got {self.alpha!r}')
+        if not _is_scale(self.dropout) or not 0 <= self.dropout < 1:
+            raise ValueError(f'lora=dict(dropout=...) must be a number in [0, 1); got {self.dropout!r}')
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> 'TrainableLora':
+        """From ``lora=dict(...)``: unknown keys are refused with the closest valid one."""
+        fields = ['rank', 'targets', 'alpha', 'dropout']
+        unknown = [k for k in options if k not in fields]
+        if unknown:
+            hints = {k: difflib.get_close_matches(str(k), fields, n=1) for k in unknown}
+            raise ValueError('unknown lora=dict(...) key(s) ' + ', '.join(
+                f'{k!r}' + (f' (did you mean {h[0]!r}?)' if h else '') for k, h in hints.items()) +
+                f'; a trainable LoRA takes {fields} (rank and targets required), e.g. '
+                "lora=dict(rank=8, targets=['to_q', 'to_k', 'to_v', 'to_out.0']).")
+        missing = [k for k in ('rank', 'targets') if k not in options]
+        if missing:
+            raise ValueError(f'lora=dict(...) lacks {missing}: a trainable LoRA needs its rank and the module names '
+                             "it wraps, e.g. lora=dict(rank=8, targets=['to_q', 'to_k', 'to_v', 'to_out.0']).")
+        return cls(**options)
+
+    def peft_config(self):
+        from peft import LoraConfig
+        return LoraConfig(r=self.rank, lora_alpha=self.rank if self.alpha is None else self.alpha,
+                          lora_dropout=float(self.dropout), target_modules=list(self.targets))
+
+
+def normalize_lora(value: Any) -> tuple[tuple[str, float], ...] | TrainableLora:
+    """The ``lora`` option as a tuple of ``(source, scale)`` to fuse, or a ``TrainableLora`` to train.
 
     Accepts one source (a path or hub id), ``(source, scale)``, or a list of either (lists of two, as
-    configs write tuples, count as pairs). A dict is the trainable-LoRA form, reserved for a later release.
+    configs write tuples, count as pairs); or a dict (or ``TrainableLora``): a new adapter to train,
+    ``dict(rank=8, targets=[...], alpha=None, dropout=0.0)``. Files to fuse and an adapter to train cannot
+    be combined in one backbone.
     """
     if value is None:
         return ()
+    if isinstance(value, TrainableLora):
+        return value
     if isinstance(value, Mapping):
-        raise ValueError(
-            f'lora=dict(...) (here {dict(value)!r}) is reserved for trainable LoRA adapters, which are not supported '
-            "yet. Give LoRA files or hub ids to fuse into the denoiser, each alone or with a scale: "
-            "lora='style.safetensors' or lora=[('style.safetensors', 0.8), ('org/name', 0.5)].")
+        return TrainableLora.from_options(value)
+    if isinstance(value, (tuple, list)) and any(isinstance(v, (Mapping, TrainableLora)) for v in value):
+        raise ValueError(f'lora= takes LoRA files to fuse or one dict(rank=..., targets=...) to train, not both '
+                         f'(got {value!r}): fusing files under a trainable adapter is not supported yet. Fuse '
+                         'them into a saved model first, or train without them.')
     if _is_source(value):
         value = [value]
     elif isinstance(value, (tuple, list)) and len(value) == 2 and _is_source(value[0]) and _is_scale(value[1]):
@@ -179,6 +246,75 @@ def apply_lora(denoiser: nn.Module, family, loras: tuple[tuple[str, float], ...]
     if left:  # a forward must cost what it cost without LoRA
         raise RuntimeError(f'peft LoRA layers remained after fusing: {left[:5]}')
     return applied
+
+
+# the state-dict names of peft's adapter weights: ...to_q.lora_A.default.weight, ...lora_B..., DoRA's magnitude
+_ADAPTER_KEY = re.compile(r'(?:^|.*\.)lora_(?:A|B|embedding_A|embedding_B|magnitude_vector)\..+')
+
+
+def is_lora_weight(key: str) -> bool:
+    """Whether a state-dict key (or parameter name) is a peft LoRA adapter weight."""
+    return _ADAPTER_KEY.fullmatch(key) is not None
+
+
+def add_trainable_lora(denoiser: nn.Module, lora: TrainableLora, model_name: str = '') -> list[AppliedLora]:
+    """Add a new, unfused LoRA adapter to ``denoiser`` (diffusers' ``add_adapter``, peft), in place.
+
+    peft's default init (B = 0) makes the adapted denoiser compute exactly what the base one does until
+    the adapter trains. Only the adapter's weights train (``DenoiserStage.set_requires_grad``).
+
+    Returns:
+        One ``AppliedLora`` (source ``'trainable'``, scale 1) with the number of layers wrapped.
+
+    Raises:
+        ValueError: a target that names no layer of the denoiser (the message lists the layer names there
+            are, the closest first); a denoiser without diffusers' peft integration.
+        ImportError: peft is not installed.
+    """
+    from diffusers.utils import USE_PEFT_BACKEND
+    if not USE_PEFT_BACKEND:
+        raise ImportError('lora=dict(...) needs peft (and transformers) installed: pip install peft')
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    model = f'{model_name} ({type(denoiser).__name__})' if model_name else type(denoiser).__name__
+    if not hasattr(denoiser, 'add_adapter'):
+        raise ValueError(f'{model} has no peft integration in diffusers (add_adapter), so lora=dict(...) cannot '
+                         'add a trainable adapter to it.')
+    layers = [name for name, m in denoiser.named_modules()
+              if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding))]
+    for target in lora.targets:
+        if not any(name == target or name.endswith(f'.{target}') for name in layers):
+            names = sorted({'.'.join(n.split('.')[-2:]) if n.split('.')[-1].isdigit() else n.split('.')[-1]
+                            for n in layers})
+            close = difflib.get_close_matches(target, names, n=3)
+            hint = f' Did you mean {" or ".join(map(repr, close))}?' if close else ''
+            raise ValueError(f'lora=dict(targets=...): {target!r} names no layer of {model}.{hint} Its linear and '
+                             f'convolution layers are named: {names}.')
+    denoiser.add_adapter(lora.peft_config())
+    wrapped = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    for m in wrapped:  # peft's wrappers name sizes in_/out_features only; the catalog reads a conv's channels
+        base = m.get_base_layer()
+        if isinstance(base, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            m.in_channels, m.out_channels = base.in_channels, base.out_channels
+    return [AppliedLora('trainable', 1.0, len(wrapped))]
+
+
+def adapter_free_prefixes(module: nn.Module) -> tuple[str, ...]:
+    """The fewest state-dict prefixes of ``module`` that cover every key except the LoRA adapter weights:
+    whole subtrees (``'down_blocks.0.resnets.'``) where no adapter lies, single keys (``'...to_q.base_layer.weight'``
+    as its own prefix) beside them."""
+    keys = list(module.state_dict(keep_vars=True))
+    kept = [k for k in keys if is_lora_weight(k)]
+    above_kept = {'.'.join(parts[:i]) for parts in (k.split('.') for k in kept) for i in range(1, len(parts) + 1)}
+    prefixes: dict[str, None] = {}
+    for key in keys:
+        if key in above_kept:
+            continue
+        parts = key.split('.')
+        i = next(i for i in range(1, len(parts) + 1) if '.'.join(parts[:i]) not in above_kept)
+        prefixes['.'.join(parts[:i]) + ('.' if i < len(parts) else '')] = None
+    frozen = tuple(prefixes)
+    assert not any(k.startswith(frozen) for k in kept), 'a frozen key is a prefix of an adapter key'
+    return frozen
 
 
 @functools.lru_cache(maxsize=None)
