@@ -7,7 +7,7 @@ import os
 
 from mmengine.config import DictAction
 
-from diffbackbones.segmentation import build_runner, load_tool_config
+from diffbackbones.segmentation import build_runner, finish_distributed, load_tool_config
 
 
 def parse_args():
@@ -61,6 +61,7 @@ def main():
 
     runner = build_runner(cfg)
     runner.test()
+    finish_distributed()
 
 
 if __name__ == '__main__':

@@ -23,12 +23,12 @@ else:
     from ..combined import CombinedDiffusionBackbone
     from .datasets import ShapesDataset
     from .hooks import LeanCheckpointHook
-    from .runtime import (allow_mmengine_checkpoints, build_runner, check_segmentor, init_cpu_distributed,
-                          load_tool_config)
+    from .runtime import (allow_mmengine_checkpoints, build_runner, check_segmentor, finish_distributed,
+                          init_cpu_distributed, load_tool_config)
 
     MODELS.register_module('DiffusionBackbone', module=DiffusionBackbone)
     MODELS.register_module('CombinedDiffusionBackbone', module=CombinedDiffusionBackbone)
     allow_mmengine_checkpoints()
 
     __all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor',
-               'init_cpu_distributed', 'load_tool_config']
+               'finish_distributed', 'init_cpu_distributed', 'load_tool_config']
