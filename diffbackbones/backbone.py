@@ -217,9 +217,18 @@ class DiffusionBackbone(nn.Module):
 
     # The data flow, stage by stage.
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    @property
+    def class_embed_select(self) -> bool:
+        """True when the conditioning picks each image's context by a class id (VPD's ``class_embed_select``):
+        mmseg's ``DepthEstimator`` then calls the backbone with ``(images, category ids)``."""
+        return self.conditioning.selects_per_image
+
+    def forward(self, images: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Levels of ``images``; or of ``(images, class_ids)``, VPD's per-image class input."""
+        images, class_ids = images if isinstance(images, (tuple, list)) else (images, None)
         self.check_images(images)
-        return self.features(images)
+        with self.conditioning.per_image(class_ids, images.shape[0]):
+            return self.features(images)
 
     def features(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, ...]:

@@ -99,6 +99,20 @@ class PromptConditioning(nn.Module):
         finally:
             self.active = previous
 
+    # VPD's class_embed_select: a conditioning that picks each image's context by a class id sets this
+    # (mmseg's DepthEstimator then passes (images, category ids) to the backbone)
+    selects_per_image = False
+
+    @contextlib.contextmanager
+    def per_image(self, class_ids: torch.Tensor | None, batch: int) -> Iterator[None]:
+        """Condition image i of the batch on class ``class_ids[i]`` inside the block (``selects_per_image``
+        conditionings); ``None``: the conditioning as built, for every image."""
+        if class_ids is not None:
+            raise ValueError(f'per-image class ids were given with the images, but {type(self).__name__} does not '
+                             "select a context per image: use conditioning=dict(type='vpd-classes', "
+                             'class_names=[...], class_embed_select=True), or pass the images alone.')
+        yield
+
     @property
     def n_tokens(self) -> int:
         """Tokens of the text sequence (the cross-attention context): the zoo's count, or more for a

@@ -36,12 +36,19 @@ class ImageStage:
         strict: Raise on image values outside [-1, 1]. By default such input runs and warns once per
             model (the range is the VAE's, but any normalised tensor is a valid input, as for every timm
             model). NaN or inf values always raise.
+        pad_to: VPD's ``pad_shape`` (int or (h, w)): the working-size input is padded at the bottom and right
+            with ``pad_value`` up to this size, and the levels keep the padding, ceil(max(h, P) / s_i), as
+            VPD's do (mmseg's VPD configs pad 480 px crops to 512; ``VPDDepthHead`` crops ``fmap_border``).
+            None (default): features of the input only.
+        pad_value: The value ``pad_to`` pads with, in the input's [-1, 1] range (VPD: 0).
     """
 
     size: int | tuple[int, int] | None = None
     resize_features: bool = True
     antialias: bool = True
     strict: bool = False
+    pad_to: int | tuple[int, int] | None = None
+    pad_value: float = 0.0
     _warned: bool = field(default=False, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -49,6 +56,12 @@ class ImageStage:
         if size is not None and not (len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
             raise ValueError(f'image size (image_size) must be a positive int, (h, w) or None; got {self.size!r}')
         self.size = None if size is None else tuple(size)
+        pad_to = (self.pad_to, self.pad_to) if isinstance(self.pad_to, int) else self.pad_to
+        if pad_to is not None and not (len(pad_to) == 2 and all(isinstance(s, int) and s > 0 for s in pad_to)):
+            raise ValueError(f"image pad_to must be a positive int, (h, w) or None (VPD's pad_shape); got {self.pad_to!r}")
+        self.pad_to = None if pad_to is None else tuple(pad_to)
+        if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, (int, float)):
+            raise ValueError(f'image pad_value must be a number in the input range [-1, 1]; got {self.pad_value!r}')
 
     def bind(self, spec: ModelSpec) -> None:
         if self.size is None and spec.working_size is not None:  # pixel-space models work at one size (IF: 64)
@@ -89,6 +102,10 @@ class ImageStage:
         if self.size is not None and self.size != tuple(images.shape[-2:]):
             images = F.interpolate(images, size=self.size, mode='bilinear', align_corners=False,
                                    antialias=self.antialias)
+        if self.pad_to is not None:  # VPD's pad_shape: constant padding the features keep
+            pad_h, pad_w = (max(0, p - s) for p, s in zip(self.pad_to, images.shape[-2:]))
+            if pad_h or pad_w:
+                images = F.pad(images, (0, pad_w, 0, pad_h), value=float(self.pad_value))
         work_hw = tuple(images.shape[-2:])
         pad_h, pad_w = (-work_hw[0]) % multiple, (-work_hw[1]) % multiple
         if pad_h or pad_w:
@@ -97,13 +114,16 @@ class ImageStage:
 
     def output_grid(self, in_hw: tuple[int, int]) -> tuple[int, int]:
         """The size whose ceil(/ stride) grids the levels come out on."""
+        if self.pad_to is not None:
+            work_hw = self.size if self.size is not None else in_hw
+            return tuple(max(p, s) for p, s in zip(self.pad_to, work_hw))
         return in_hw if self.resize_features or self.size is None else self.size
 
     def restore(self, feature: torch.Tensor, in_hw: tuple[int, int], stride: int) -> torch.Tensor:
         """A level computed at the working size, resized back to the input's grid (``resize_features``)."""
         work_hw = self.size if self.size is not None else in_hw
-        if work_hw == tuple(in_hw) or not self.resize_features:
-            return feature
+        if work_hw == tuple(in_hw) or not self.resize_features or self.pad_to is not None:
+            return feature  # (with pad_to the levels keep the padded grid)
         return F.interpolate(feature, size=(math.ceil(in_hw[0] / stride), math.ceil(in_hw[1] / stride)),
                              mode='bilinear', align_corners=False)
 

@@ -60,7 +60,12 @@ class DenoiserFamily:
 
 
 def _text(conditioning, batch: int, dtype: torch.dtype) -> torch.Tensor:
-    return conditioning.prompt_embeds.to(dtype).expand(batch, -1, -1)
+    text = conditioning.prompt_embeds.to(dtype)
+    if text.shape[0] == 1:
+        return text.expand(batch, -1, -1)
+    # one context per image (VPD's class_embed_select): the rows are member-major (every noise member
+    # holds a copy of the batch), so the B contexts tile
+    return text.repeat(batch // text.shape[0], 1, 1)
 
 
 def _pooled(conditioning, batch: int, dtype: torch.dtype) -> torch.Tensor:

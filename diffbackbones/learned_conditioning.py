@@ -161,11 +161,15 @@ class VpdClassConditioning(TrainedContext):
     """VPD's context: the K class embeddings (a persistent buffer, so a checkpoint carries the embeddings its
     adapter was trained on) through a trained ``TextAdapter``; K context tokens (``n_tokens``).
 
+    With ``select`` (VPD's ``class_embed_select``) each image gets one token instead: the adapted embedding
+    of its own class, chosen by the class ids given with the batch (``per_image``); class -1, or no ids,
+    takes the mean of the K embeddings, as VPD's table row K does.
+
     ``pooled_embeds`` (SDXL, SD3, Flux) is the fixed pooled embedding of the stage's ``prompt``.
     """
 
     def __init__(self, spec: ModelSpec, prompt: str, embedding: PromptEmbedding, embeddings: torch.Tensor,
-                 gamma: float = 1e-4):
+                 gamma: float = 1e-4, select: bool = False):
         super().__init__(spec, (prompt,), (embedding,))
         width = self.embeds_table.shape[-1]
         if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != width:
@@ -173,16 +177,39 @@ class VpdClassConditioning(TrainedContext):
                              f'{spec.name!r}; got shape {tuple(embeddings.shape)}.')
         self.register_buffer('class_embeddings', embeddings.float().to(self.embeds_table.device))
         self.text_adapter = TextAdapter(width, gamma).to(self.embeds_table.device)
+        self.selects_per_image = bool(select)
+        self.selected: torch.Tensor | None = None  # class ids of the batch being extracted (per_image)
 
     @property
     def prompt_embeds(self) -> torch.Tensor:
-        """(1, K, D) the adapted class embeddings, with their graph (gradients reach the adapter)."""
-        return self.text_adapter(self.class_embeddings)[None]
+        """The adapted class embeddings, with their graph (gradients reach the adapter): (1, K, D), or with
+        ``select`` (B, 1, D), one per image (1 row, the mean's, when no ids were given)."""
+        if not self.selects_per_image:
+            return self.text_adapter(self.class_embeddings)[None]
+        table = torch.cat([self.class_embeddings, self.class_embeddings.mean(0, keepdim=True)])  # row K = row -1
+        ids = self.selected if self.selected is not None else torch.full((1,), -1, device=table.device)
+        return self.text_adapter(table[ids.to(table.device)])[:, None]
+
+    @contextlib.contextmanager
+    def per_image(self, class_ids: torch.Tensor | None, batch: int) -> Iterator[None]:
+        if class_ids is None or not self.selects_per_image:
+            with super().per_image(class_ids, batch):
+                yield
+            return
+        ids = torch.as_tensor(class_ids).long().reshape(-1)
+        k = self.class_embeddings.shape[0]
+        if ids.numel() != batch or bool(((ids < -1) | (ids >= k)).any()):
+            raise ValueError(f'class ids must be one per image ({batch}), each in [0, {k}) or -1 (unknown: the mean '
+                             f'embedding); got {ids.tolist()}')
+        previous, self.selected = self.selected, ids
+        try:
+            yield
+        finally:
+            self.selected = previous
 
     @property
     def n_tokens(self) -> int:
-        return self.class_embeddings.shape[0]
-
+        return 1 if self.selects_per_image else self.class_embeddings.shape[0]
 
 
 def class_embeddings(spec: ModelSpec, source: str | None, class_names: Sequence[str], dtype: torch.dtype,
@@ -267,6 +294,9 @@ class VpdClassesStage:
         gamma: The adapter's initial per-channel gamma (VPD: 1e-4; 0 starts at the raw embeddings exactly).
         templates: Prompt templates with one ``{}``, averaged per class; VPD's 80 by default (K x 80 text
             encoder runs, once: save ``conditioning.class_embeddings`` and pass the file next time).
+        class_embed_select: VPD's per-image selection: each image's context is its own class's adapted
+            embedding (one token), the class ids coming with the batch as mmseg's ``DepthEstimator`` passes
+            them, ``backbone((images, ids))``; id -1 (an unknown scene) takes the mean embedding.
         prompt: Whose pooled embedding SDXL, SD3 and Flux get (fixed).
         cache: The prompt cache (``ConditioningStage``'s): off by default, K x templates files would be written.
     """
@@ -275,6 +305,7 @@ class VpdClassesStage:
     class_embeddings: str | None = None
     gamma: float = 1e-4
     templates: Sequence[str] = VPD_TEMPLATES
+    class_embed_select: bool = False
     prompt: str = ''
     cache: bool | str = False
 
@@ -294,6 +325,8 @@ class VpdClassesStage:
                              f'got {self.templates!r}')
         if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
             raise ValueError(f'gamma must be a number (VPD: 1e-4); got {self.gamma!r}')
+        if not isinstance(self.class_embed_select, bool):
+            raise ValueError(f'class_embed_select must be True or False; got {self.class_embed_select!r}')
 
     def build(self, spec: ModelSpec, source: str | None, dtype: torch.dtype) -> VpdClassConditioning:
         _check_text_model(spec, 'vpd-classes')
@@ -308,4 +341,4 @@ class VpdClassesStage:
                                  'file holding one (K, D) tensor (torch.save(tensor, path)).')
         else:
             embeddings = class_embeddings(spec, source, self.class_names, dtype, self.templates, self.cache)
-        return VpdClassConditioning(spec, self.prompt, embedding, embeddings, self.gamma)
+        return VpdClassConditioning(spec, self.prompt, embedding, embeddings, self.gamma, self.class_embed_select)

@@ -157,3 +157,93 @@ def test_vpd_preset_feeds_vpd_depth_head_on_the_real_architecture(model):
         levels = [torch.empty(2, info['num_chs'], hw[0] // info['reduction'], hw[1] // info['reduction'],
                               device='meta') for info in bb.feature_info]
         assert tuple(head(levels).shape) == (2, 1, *hw)  # depth at the input size
+
+
+@pytest.fixture(scope='module')
+def class_table(tmp_path_factory):
+    path = tmp_path_factory.mktemp('vpd') / 'classes.pth'
+    torch.save(torch.randn(3, 32, generator=torch.Generator().manual_seed(0)), path)
+    return str(path)
+
+
+def _select_backbone(class_table, **noise):
+    return DiffusionBackbone('test_sd_tiny', 'sd15_vpd', pretrained=False, noise=noise or 'clean',
+                             vae=dict(scale=1.0), conditioning=dict(type='vpd-classes', class_embed_select=True,
+                                                                     class_embeddings=class_table, gamma=0.5))
+
+
+@pytest.mark.parametrize('noise', [{}, dict(t=50, ensemble=2)])
+def test_class_embed_select_conditions_each_image_on_its_own_class(class_table, noise):
+    bb = _select_backbone(class_table, **noise)
+    assert bb.class_embed_select and bb.conditioning.n_tokens == 1
+    images = random_images(3, 64, 64)
+    ids = torch.tensor([2, 0, -1])
+    with torch.no_grad():
+        batch = bb((images, ids))
+        for i in range(3):  # image i alone, with its own class, gives row i of the batch
+            alone = bb((images[i:i + 1], ids[i:i + 1]))
+            assert all(_rel(b[i:i + 1], a) < 1e-5 for b, a in zip(batch, alone)), i
+        other = bb((images[:1], torch.tensor([1])))
+        mean = bb(images[2:3])  # no ids: the mean embedding, VPD's row -1
+    assert _rel(batch[-1][:1], other[-1]) > 1e-3  # the class changes the features
+    assert all(_rel(b[2:3], m) < 1e-5 for b, m in zip(batch, mean))
+    # the context of class 2 is the adapter applied to embedding 2; of -1, to the mean embedding
+    conditioning = bb.conditioning
+    with conditioning.per_image(ids, 3):
+        context = conditioning.prompt_embeds.detach()
+    table = conditioning.class_embeddings
+    expected = conditioning.text_adapter(torch.stack([table[2], table[0], table.mean(0)])).detach()
+    assert context.shape == (3, 1, 32) and torch.allclose(context[:, 0], expected)
+
+
+def test_mmseg_depth_estimator_passes_category_ids_to_the_backbone(class_table):
+    import diffbackbones  # noqa: F401  (registers DiffusionBackbone in mmseg)
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    from mmseg.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    head = dict(type='VPDDepthHead', in_channels=[32, 64, 64, 64], embed_dim=16, feature_dim=128, max_depth=10)
+    model = MMSEG_MODELS.build(dict(
+        type='DepthEstimator', decode_head=head,
+        backbone=dict(type='DiffusionBackbone', model='test_sd_tiny', activations='sd15_vpd', pretrained=False,
+                      noise='clean', vae=dict(scale=1.0), conditioning=dict(
+                          type='vpd-classes', class_embed_select=True, class_embeddings=class_table, gamma=0.5))))
+    images = random_images(2, 64, 64)
+    metas = [dict(category_id=1), dict(category_id=-1)]
+    with torch.no_grad():
+        got = model.extract_feat(images, metas)
+        expected = model.backbone((images, torch.tensor([1, -1])))
+        unselected = model.backbone(images)
+    assert all(_rel(g, e) < 1e-6 for g, e in zip(got, expected))
+    assert _rel(got[-1][:1], unselected[-1][:1]) > 1e-3  # image 0 got class 1, not the mean
+
+
+def test_class_ids_are_refused_where_they_cannot_apply(class_table):
+    images = random_images(2, 64, 64)
+    bb = _select_backbone(class_table)
+    with pytest.raises(ValueError, match=r'one per image \(2\), each in \[0, 3\) or -1'):
+        bb((images, torch.tensor([0])))
+    with pytest.raises(ValueError, match=r'got \[0, 3\]'):
+        bb((images, torch.tensor([0, 3])))
+    plain = DiffusionBackbone('test_sd_tiny', 'sd15_vpd', pretrained=False, noise='clean')
+    assert not plain.class_embed_select
+    with pytest.raises(ValueError, match="does not select a context per image.*class_embed_select=True"):
+        plain((images, torch.tensor([0, 1])))
+    with pytest.raises(ValueError, match='class_embed_select must be True or False'):
+        DiffusionBackbone('test_sd_tiny', 'sd15_vpd', pretrained=False, conditioning=dict(
+            type='vpd-classes', class_embeddings=class_table, class_embed_select='yes'))
+
+
+def test_pad_to_pads_like_vpd_and_the_levels_keep_the_padding():
+    options = dict(pretrained=False, noise='clean', vae=dict(scale=1.0))
+    padded = DiffusionBackbone('test_sd_tiny', 'sd15_vpd', image=dict(pad_to=128, pad_value=0.0), **options)
+    plain = DiffusionBackbone('test_sd_tiny', 'sd15_vpd', **options)
+    images = random_images(2, 96, 80)  # not multiples of 64: VPD's 480 crops padded to 512, in small
+    with torch.no_grad():
+        got = padded(images)
+        by_hand = plain(torch.nn.functional.pad(images, (0, 48, 0, 32), value=0.0))
+        empty = padded(images[:0])
+    assert [tuple(f.shape[-2:]) for f in got] == [(16, 16), (8, 8), (4, 4), (2, 2)]  # 128 / 8, 16, 32, 64
+    assert all(_rel(g, b) < 1e-6 for g, b in zip(got, by_hand))
+    assert [tuple(f.shape[-2:]) for f in empty] == [(16, 16), (8, 8), (4, 4), (2, 2)]
+    with pytest.raises(ValueError, match="pad_to must be a positive int.*VPD's pad_shape"):
+        DiffusionBackbone('test_sd_tiny', 'sd15_vpd', image=dict(pad_to=0), **options)
