@@ -40,7 +40,10 @@ setup(
     extras_require={
         'test': ['pytest>=7', 'pytest-timeout'],
         # mmcv 2.1.0 needs compiled ops; the Makefile installs it from ../shared/wheels or source.
-        'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'ftfy', 'regex'],
+        # setuptools < 81: mmengine 0.10 resolves a config's `_base_ = ['mmseg::...']` (configs/depth/
+        # inherit mmseg's shipped VPD configs so) through pkg_resources, which newer setuptools no longer
+        # ship; >= 77.0.3 is torch 2.14's own floor.
+        'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'ftfy', 'regex', 'setuptools>=77.0.3,<81'],
         'docs': ['mkdocs==1.6.1', 'mkdocs-material>=9.8.2', 'mkdocstrings[python]>=1.0.8'],
     },
 )

@@ -196,7 +196,7 @@ class VpdClassConditioning(TrainedContext):
             with super().per_image(class_ids, batch):
                 yield
             return
-        ids = torch.as_tensor(class_ids).long().reshape(-1)
+        ids = (class_ids if torch.is_tensor(class_ids) else torch.tensor(class_ids, device='cpu')).long().reshape(-1)
         k = self.class_embeddings.shape[0]
         if ids.numel() != batch or bool(((ids < -1) | (ids >= k)).any()):
             raise ValueError(f'class ids must be one per image ({batch}), each in [0, {k}) or -1 (unknown: the mean '

@@ -29,7 +29,7 @@ COMMANDS = {
     'correspondence': ('correspondence', 'semantic correspondence: PCK of zero-shot or trained features'),
     'benchmark': ('benchmark', 'speed and memory of the backbone against baselines in the same process'),
     'train-diffusion': ('train_diffusion', 'train the tiny latent diffusion model shipped as shapes_sd_tiny'),
-    'make-shapes': ('make_shapes', 'draw the embedded shapes segmentation set (mmseg or DDPM-seg layout)'),
+    'make-shapes': ('make_shapes', 'draw the embedded shapes sets: segmentation (mmseg or DDPM-seg layout) or depth (NYU layout)'),
     'make-correspondence': ('make_correspondence', 'draw the embedded synthetic correspondence set'),
     'generate-labelled': ('generate_labelled', 'generate images and label them from features captured while generating'),
 }

@@ -1,30 +1,57 @@
-"""Write the embedded synthetic "shapes" segmentation set (``diffbackbones.segmentation.shapes``).
+"""Write the embedded synthetic "shapes" sets: segmentation (``diffbackbones.segmentation.shapes``) or
+depth estimation (``diffbackbones.segmentation.depth_shapes``, NYU Depth v2's layout).
 
     diffbackbones make-shapes data/shapes                              # mmseg layout, 200 train / 50 val
     diffbackbones make-shapes data/shapes-geometry --variant geometry  # only the outline names the class
     diffbackbones make-shapes data/shapes-ddpm --layout ddpm-seg       # real/{train,test}, 30 / 20, .npy labels
+    diffbackbones make-shapes data/shapes-depth --task depth           # images/annotations {train,test}, 200 / 50,
+                                                                       # 16-bit PNG depth in mm (mmseg NYUDataset)
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..segmentation.shapes import LAYOUTS, VARIANTS, make_shapes_dataset
-from .base import run_command
+from .base import command_parser, run_command
+
+TASKS = ('segmentation', 'depth')
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('root', nargs='?', default='data/shapes')
+    parser.add_argument('--task', choices=TASKS, default='segmentation',
+                        help='segmentation: the shapes label set; depth: the shapes-depth set in NYU Depth v2 layout')
     parser.add_argument('--train', type=int, default=None, help='training images (default 200; ddpm-seg: 30)')
-    parser.add_argument('--val', type=int, default=None, help='validation / test images (default 50; ddpm-seg: 20)')
+    parser.add_argument('--val', type=int, default=None,
+                        help='validation / test images (default 50; ddpm-seg: 20; depth: the test split)')
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--variant', choices=VARIANTS, default='texture',
-                        help='texture: class-specific texture and hue; geometry: appearance independent of the class')
+                        help='texture: class-specific texture and hue; geometry: appearance independent of the class '
+                             '(segmentation only)')
     parser.add_argument('--layout', choices=LAYOUTS, default='mmseg',
-                        help="mmseg: img_dir/ann_dir; ddpm-seg: real/{train,test} with .npy labels (diffbackbones probe)")
+                        help='mmseg: img_dir/ann_dir; ddpm-seg: real/{train,test} with .npy labels '
+                             '(diffbackbones probe; segmentation only)')
+
+
+def _run_depth(args: argparse.Namespace) -> Path:
+    conflicts = [f'--{name} {getattr(args, name)}' for name, default in (('variant', 'texture'), ('layout', 'mmseg'))
+                 if getattr(args, name) != default]
+    if conflicts:
+        command_parser(sys.modules[__name__], 'diffbackbones make-shapes').error(
+            f'{" and ".join(conflicts)} only apply to --task segmentation, not --task depth')
+    from ..segmentation.depth_shapes import make_depth_dataset
+    n_train = args.train if args.train is not None else 200
+    n_test = args.val if args.val is not None else 50
+    root = make_depth_dataset(args.root, n_train, n_test, seed=args.seed)
+    print(f'shapes-depth dataset (NYU layout) ready in {root} ({n_train} train / {n_test} test images)')
+    return root
 
 
 def run(args: argparse.Namespace) -> Path:
+    if getattr(args, 'task', 'segmentation') == 'depth':
+        return _run_depth(args)
     ddpm = args.layout == 'ddpm-seg'
     n_train = args.train if args.train is not None else (30 if ddpm else 200)
     n_val = args.val if args.val is not None else (20 if ddpm else 50)
