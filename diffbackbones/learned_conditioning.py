@@ -19,6 +19,10 @@ alone, where the context tokens act only through cross-attention.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -212,6 +216,34 @@ class VpdClassConditioning(TrainedContext):
         return 1 if self.selects_per_image else self.class_embeddings.shape[0]
 
 
+def cached_class_embeddings(spec: ModelSpec, source: str | None, class_names: Sequence[str], dtype: torch.dtype,
+                            templates: Sequence[str] = VPD_TEMPLATES, cache: bool | str = True) -> torch.Tensor:
+    """``class_embeddings``, kept as one file per (model, weights, dtype, names, templates) once computed:
+    K x 80 text-encoder runs (NYU's 27 scenes: 2160) happen once, as VPD dumps its table once.
+
+    ``cache``: True (the prompt cache's folder, ``$DIFFBACKBONES_CACHE``), a folder, or False (always encode).
+    """
+    if cache is False:
+        return class_embeddings(spec, source, class_names, dtype, templates)
+    from safetensors.torch import load_file, save_file
+    from .text import prompt_cache_dir
+    folder = prompt_cache_dir() if cache is True else Path(cache)
+    key = hashlib.sha256(json.dumps([spec.name, 'random' if source is None else source, str(dtype),
+                                     list(class_names), list(templates)]).encode()).hexdigest()[:32]
+    path = folder / f'classes-{key}.safetensors'
+    try:
+        return load_file(path)['class_embeddings']
+    except Exception:  # absent, truncated or corrupted: encode again
+        pass
+    table = class_embeddings(spec, source, class_names, dtype, templates)
+    if not table.is_meta:  # built on the meta device: no values to keep
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')
+        save_file({'class_embeddings': table.contiguous()}, tmp)
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return table
+
+
 def class_embeddings(spec: ModelSpec, source: str | None, class_names: Sequence[str], dtype: torch.dtype,
                      templates: Sequence[str] = VPD_TEMPLATES, cache: bool | str = False) -> torch.Tensor:
     """(K, D) one embedding per class, as VPD makes them: each template filled with the class name,
@@ -298,7 +330,8 @@ class VpdClassesStage:
             embedding (one token), the class ids coming with the batch as mmseg's ``DepthEstimator`` passes
             them, ``backbone((images, ids))``; id -1 (an unknown scene) takes the mean embedding.
         prompt: Whose pooled embedding SDXL, SD3 and Flux get (fixed).
-        cache: The prompt cache (``ConditioningStage``'s): off by default, K x templates files would be written.
+        cache: Where the (K, D) table is kept once encoded from ``class_names`` (``cached_class_embeddings``):
+            True (the prompt cache's folder), a folder, or False. ``prompt``'s embedding uses the prompt cache.
     """
 
     class_names: Sequence[str] | None = None
@@ -307,7 +340,7 @@ class VpdClassesStage:
     templates: Sequence[str] = VPD_TEMPLATES
     class_embed_select: bool = False
     prompt: str = ''
-    cache: bool | str = False
+    cache: bool | str = True
 
     def __post_init__(self):
         if (self.class_names is None) == (self.class_embeddings is None):
@@ -340,5 +373,5 @@ class VpdClassesStage:
                 raise ValueError(f'{str(path)!r} holds a {type(embeddings).__name__}; class_embeddings must be a '
                                  'file holding one (K, D) tensor (torch.save(tensor, path)).')
         else:
-            embeddings = class_embeddings(spec, source, self.class_names, dtype, self.templates, self.cache)
+            embeddings = cached_class_embeddings(spec, source, self.class_names, dtype, self.templates, self.cache)
         return VpdClassConditioning(spec, self.prompt, embedding, embeddings, self.gamma, self.class_embed_select)

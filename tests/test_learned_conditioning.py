@@ -208,3 +208,19 @@ def test_backbone_forward_keeps_the_graph_for_a_trained_context():
     assert all(p.grad is None for p in backbone.denoiser.parameters())
     with torch.no_grad():
         assert not backbone(random_images(1, 64, 64))[0].requires_grad
+
+
+def test_vpd_class_table_is_encoded_once_and_kept(tmp_path, monkeypatch):
+    from diffbackbones import learned_conditioning
+    spec, names = get_model_spec('test_sd_tiny'), ['wall', 'floor']
+    stage = VpdClassesStage(class_names=names, templates=ONE_TEMPLATE, cache=str(tmp_path))
+    first = stage.build(spec, None, torch.float32).class_embeddings
+    assert len(list(tmp_path.glob('classes-*.safetensors'))) == 1  # one file for the table, none per prompt
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError('the class table was encoded again')
+    monkeypatch.setattr(learned_conditioning, 'class_embeddings', no_encoding)
+    assert torch.equal(stage.build(spec, None, torch.float32).class_embeddings, first)
+    other = VpdClassesStage(class_names=['wall', 'ceiling'], templates=ONE_TEMPLATE, cache=str(tmp_path))
+    with pytest.raises(AssertionError, match='encoded again'):  # other names: another key
+        other.build(spec, None, torch.float32)

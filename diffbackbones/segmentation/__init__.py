@@ -23,6 +23,7 @@ else:
     from ..combined import CombinedDiffusionBackbone
     from .datasets import ShapesDataset
     from .hooks import LeanCheckpointHook
+    from .visualization import DepthPanelVisualizer
     from .runtime import (allow_mmengine_checkpoints, build_runner, check_segmentor, finish_distributed,
                           init_cpu_distributed, load_tool_config)
 
@@ -30,5 +31,5 @@ else:
     MODELS.register_module('CombinedDiffusionBackbone', module=CombinedDiffusionBackbone)
     allow_mmengine_checkpoints()
 
-    __all__ = ['ShapesDataset', 'LeanCheckpointHook', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor',
+    __all__ = ['ShapesDataset', 'LeanCheckpointHook', 'DepthPanelVisualizer', 'allow_mmengine_checkpoints', 'build_runner', 'check_segmentor',
                'finish_distributed', 'init_cpu_distributed', 'load_tool_config']

@@ -8,6 +8,9 @@
 # The leaf configs use these two names: model = dict(backbone=vpd_backbone), and
 # optim_wrapper.paramwise_cfg.custom_keys = vpd_lr_mult (VPD's multipliers on our parameter names).
 custom_imports = dict(imports=['diffbackbones'], allow_failed_imports=False)  # registers DiffusionBackbone
+# Checkpoints leave out the frozen VAE (it comes back from its pretrained source); the fine-tuned denoiser,
+# the class adapter and the head are kept. The only setting beside the backbone that mmseg's config lacks.
+custom_hooks = [dict(type='LeanCheckpointHook')]
 nyu_scene_names = [  # NYUDataset.METAINFO['classes'] (VPD's order), '_' read as ' ' as VPD encodes them
     'printer room', 'bathroom', 'living room', 'study', 'conference room', 'study room', 'kitchen', 'home office',
     'bedroom', 'dinette', 'playroom', 'indoor balcony', 'laundry room', 'basement', 'excercise room', 'foyer',
