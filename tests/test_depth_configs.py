@@ -20,8 +20,8 @@ from conftest import REPO  # noqa: E402
 register_all_modules(init_default_scope=False)
 DEPTH = REPO / 'configs' / 'depth'
 # what each config changes in the mmseg config it inherits; everything else must be mmseg's, unchanged
-OURS = {'model.backbone', 'optim_wrapper.paramwise_cfg.custom_keys', 'custom_imports', 'nyu_scene_names',
-        'vpd_backbone', 'vpd_lr_mult'}
+OURS = {'model.backbone', 'optim_wrapper.paramwise_cfg.custom_keys', 'custom_imports', 'custom_hooks',
+        'nyu_scene_names', 'vpd_backbone', 'vpd_lr_mult'}
 CONFIGS = {  # ours -> (mmseg's, the changes beyond OURS)
     'vpd-diffusers_sd15_4xb8-25k_nyu-480x480.py': ('vpd/vpd_sd_4xb8-25k_nyu-480x480.py', set()),
     'vpd-diffusers_sd15_4xb8-25k_nyu-512x512.py': ('vpd/vpd_sd_4xb8-25k_nyu-512x512.py', set()),
@@ -52,7 +52,7 @@ def _collapse(keys: set[str], to: set[str]) -> set[str]:
 
 
 def test_every_depth_config_is_listed():
-    assert sorted(p.name for p in DEPTH.glob('vpd-diffusers_*.py')) == sorted(CONFIGS)
+    assert sorted(p.name for p in DEPTH.glob('*_nyu-*.py')) == sorted(CONFIGS)
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))
