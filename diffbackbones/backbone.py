@@ -225,7 +225,7 @@ class DiffusionBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Levels of ``images``; or of ``(images, class_ids)``, VPD's per-image class input."""
-        images, class_ids = images if isinstance(images, (tuple, list)) else (images, None)
+        images, class_ids = _split_class_ids(images)
         self.check_images(images)
         with self.conditioning.per_image(class_ids, images.shape[0]):
             return self.features(images)
@@ -307,6 +307,16 @@ class DiffusionBackbone(nn.Module):
         return (f'model={self.spec.name!r}, t={self.stages.noise.t}, levels={[list(level) for level in self.levels]}, '
                 f'channels={[i["num_chs"] for i in self.feature_info]}, '
                 f'strides={[i["reduction"] for i in self.feature_info]}, dtype={self.dtype}')
+
+
+def _split_class_ids(inputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``images`` or ``(images, class_ids)`` (what mmseg's ``DepthEstimator`` passes a class-selecting backbone)."""
+    if not isinstance(inputs, (tuple, list)):
+        return inputs, None
+    if len(inputs) != 2:
+        raise ValueError(f'Expected images, or (images, class_ids) with one class id per image; got a '
+                         f'{type(inputs).__name__} of {len(inputs)} items.')
+    return inputs[0], inputs[1]
 
 
 def _fill_frozen_weights(module: DiffusionBackbone, state_dict: dict, prefix: str, local_metadata, strict,

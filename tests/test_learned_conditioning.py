@@ -224,3 +224,21 @@ def test_vpd_class_table_is_encoded_once_and_kept(tmp_path, monkeypatch):
     other = VpdClassesStage(class_names=['wall', 'ceiling'], templates=ONE_TEMPLATE, cache=str(tmp_path))
     with pytest.raises(AssertionError, match='encoded again'):  # other names: another key
         other.build(spec, None, torch.float32)
+
+
+@pytest.mark.parametrize('model', ['test_pixart_tiny', 'test_flux_tiny'])
+def test_class_embed_select_gives_each_image_its_class_on_transformers(model, tmp_path):
+    spec = get_model_spec(model)
+    stage = VpdClassesStage(class_names=['a'], templates=ONE_TEMPLATE)
+    width = stage.build(spec, None, torch.float32).embeds_table.shape[-1]  # the model's context width
+    torch.save(torch.randn(3, width, generator=torch.Generator().manual_seed(0)), tmp_path / 'classes.pth')
+    backbone = build(model, type='vpd-classes', class_embeddings=str(tmp_path / 'classes.pth'), gamma=0.5,
+                     class_embed_select=True)
+    images, ids = random_images(2, 64, 64), torch.tensor([2, 0])
+    with torch.no_grad():
+        batch = backbone((images, ids))
+        alone = [backbone((images[i:i + 1], ids[i:i + 1])) for i in range(2)]
+        swapped = backbone((images[:1], ids[1:]))
+    for i in range(2):
+        assert all(torch.allclose(b[i:i + 1], a, atol=1e-5, rtol=1e-4) for b, a in zip(batch, alone[i]))
+    assert not torch.allclose(batch[-1][:1], swapped[-1], atol=1e-4)

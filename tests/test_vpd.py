@@ -224,6 +224,8 @@ def test_class_ids_are_refused_where_they_cannot_apply(class_table):
         bb((images, torch.tensor([0])))
     with pytest.raises(ValueError, match=r'got \[0, 3\]'):
         bb((images, torch.tensor([0, 3])))
+    with pytest.raises(ValueError, match=r'\(images, class_ids\).*a tuple of 3 items'):
+        bb((images, torch.tensor([0, 1]), None))
     plain = DiffusionBackbone('test_sd_tiny', 'sd15_vpd', pretrained=False, noise='clean')
     assert not plain.class_embed_select
     with pytest.raises(ValueError, match="does not select a context per image.*class_embed_select=True"):
