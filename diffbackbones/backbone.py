@@ -62,18 +62,16 @@ class DiffusionBackbone(nn.Module):
             weights, no network).
         dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
             under fp16 (SDXL's VAE overflows in fp16).
-        channels_last: Memory format. ``None`` (default): the VAE encoder runs channels-last on the CPU,
-            where its convolutions are measurably faster that way, and the denoiser keeps the default
-            format (its attention blocks reshape to tokens; channels-last measured slower on the CPU).
-            ``True``: VAE encoder and denoiser channels-last on any device (try it on GPUs). ``False``:
-            the default format everywhere.
-        image: Input stage options (``ImageStage``): ``size``, ``resize_features``, ``antialias``, ``strict``.
+        channels_last: ``None`` (default): the VAE encoder channels-last on the CPU (measured faster there),
+            the denoiser not (measured slower); ``True``: both, on any device (try it on GPUs); ``False``: neither.
+        image: Input stage options (``ImageStage``): ``size``, ``resize_features``, ``antialias``, ``strict``,
+            ``pad_to`` (VPD's ``pad_shape``).
         vae: Encode stage options (``VaeStage``): ``sample_posterior``, ``cache``, ``scale``, ``trainable``.
         noise: Noise stage options (``NoiseStage``): ``t``, ``seed``, ``ensemble``; e.g.
             ``noise=dict(t=50, seed=0, ensemble=4)``. ``noise='ddim-inversion'`` (``DdimInversionStage``,
             option ``inversion_steps``) walks the clean latent to ``t`` with the denoiser instead.
         conditioning: Conditioning stage options (``ConditioningStage``): ``prompt``, ``cache``,
-            ``class_label``, ``long_prompt`` (``'truncate'``, ``'chunks'``: the paper code's, ``'rewrap'``).
+            ``class_label``, ``long_prompt``; trained: ``type='learned'`` or ``'vpd-classes'``.
         control: ControlNet stage options (``ControlStage``): ``model``, ``image``, ``scale``; e.g.
             ``control=dict(model='lllyasviel/sd-controlnet-canny', image='canny')``.
         denoiser: Denoise-and-capture stage options (``DenoiserStage``): ``trainable``, ``prune``,
@@ -82,11 +80,8 @@ class DiffusionBackbone(nn.Module):
             ``'residual'`` adds learnable, zero-initialised residual blocks per activation and per level
             (identity at the start of training); ``'paper'`` the paper code's block, exactly;
             ``dict(style='paper', repeats=(4, 2))`` with weight-shared repeats.
-        **flat: The flat keywords of earlier releases, each one option of a stage: ``t``, ``noise_seed``,
-            ``ensemble_size``, ``prompt``, ``prompt_cache``, ``class_label``, ``image_size``,
-            ``resize_features``, ``antialias``, ``strict_input``, ``sample_posterior``, ``latent_cache``,
-            ``latent_scale``, ``trainable_vae``, ``trainable_denoiser``, ``prune``, ``compile``, ``lora``,
-            ``fusion_repeats`` (``stages.FLAT_KEYWORDS``).
+        **flat: The flat keywords of earlier releases (``t``, ``prompt``, ``image_size``, ``lora``, ...), each
+            one option of a stage (``stages.FLAT_KEYWORDS`` lists them).
 
     ``state_dict()`` is complete, as torch, timm and EMA users expect. Checkpoints can still leave the
     frozen parts out (mmseg configs do, through ``LeanCheckpointHook``): ``load_state_dict`` fills
@@ -211,21 +206,18 @@ class DiffusionBackbone(nn.Module):
         return self.vae.downsample_factor * self.latent_multiple
 
     def check_images(self, images) -> None:
-        """Refuse what cannot be an image batch (``ImageStage.check``): a float (B, 3, H, W) tensor of
-        finite values, warned about once (or refused, ``strict_input``) outside [-1, 1]."""
+        """Refuse what is not a finite float (B, 3, H, W) batch; warn once outside [-1, 1] (``ImageStage.check``)."""
         self.stages.image.check(images)
 
     # The data flow, stage by stage.
 
     @property
     def class_embed_select(self) -> bool:
-        """True when the conditioning picks each image's context by a class id (VPD's ``class_embed_select``):
-        mmseg's ``DepthEstimator`` then calls the backbone with ``(images, category ids)``."""
+        """VPD's per-image class context: mmseg's ``DepthEstimator`` then passes ``(images, category ids)``."""
         return self.conditioning.selects_per_image
 
     def forward(self, images: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """Levels of ``images``; or of ``(images, class_ids)``, VPD's per-image class input."""
-        images, class_ids = _split_class_ids(images)
+        images, class_ids = _split_class_ids(images)  # or (images, class_ids): VPD's per-image class input
         self.check_images(images)
         with self.conditioning.per_image(class_ids, images.shape[0]):
             return self.features(images)
