@@ -216,6 +216,12 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     # learned something. pretrained=True loads weights/shapes_sd_tiny/; False: same architecture, random.
     ModelSpec('shapes_sd_tiny', 'tiny SD1.5-topology latent diffusion model trained on the shapes set', None,
               'shapes_sd_tiny', 'sd', _ONE_CLIP, 128, 'apache-2.0', SD_PRESETS, packaged='shapes_sd_tiny'),
+    # Its Flux-topology sibling (tools/train_diffusion.py --arch flux): a flow-matching transformer, 4 double +
+    # 4 single blocks, on shapes_sd_tiny's VAE (the same encoder, copied). Its own family: 8 blocks, so the
+    # layer ids of FLUX.1's presets (57 blocks) and of test_flux_tiny's (4) do not carry over.
+    ModelSpec('shapes_flux_tiny', 'tiny Flux-topology flow-matching transformer (4 double + 4 single blocks) trained on '
+              'the shapes set', None, 'shapes_flux_tiny', 'shapes_flux', _flux_text(32), 128, 'apache-2.0',
+              {'default': middle_block_outputs(8)}, guidance=3.5, packaged='shapes_flux_tiny', **_FLOW),
     # Tiny random-weight variants with the fixture topologies, for tests (as timm's test_* models).
     # Their VAE scaling factors (3.0, 4.0) give the random-init encoders unit-variance latents, the
     # role 0.18215 plays for SD's trained VAE; otherwise the noise at t=50 would drown the signal.
