@@ -118,3 +118,14 @@ def test_wrong_conventions_predict_clearly_worse(velocity):
     print('velocity MSE, right', right, 'wrong', wrong)
     for name, value in wrong.items():
         assert value > WRONG_MARGIN * right, (name, value, right)
+
+
+def test_learned_transformer_features_separate_shapes_that_random_ones_cannot(trained):
+    """As shapes_sd_tiny's test: the geometry variant (only the outline names the class), the plain linear probe of
+    tools/linear_probe.py on the default preset. Measured: trained 35.0 mIoU, random 20.9."""
+    train, test = linear_probe.shapes_split(64, 2000), linear_probe.shapes_split(32, 3000)
+    random = DiffusionBackbone('shapes_flux_tiny', 'default', pretrained=False)
+    learned = linear_probe.probe_backbone(trained, train, test)['miou']
+    baseline = linear_probe.probe_backbone(random, train, test)['miou']
+    print(f'linear probe mIoU on geometry: trained {learned:.1f}, random {baseline:.1f}')
+    assert learned > baseline + 10, (learned, baseline)  # shapes_sd_tiny's margin (14.1 measured here)
