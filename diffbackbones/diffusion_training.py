@@ -24,6 +24,7 @@ import shutil
 import string
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -282,19 +283,25 @@ def train_shapes_model(out: str | Path, *, variant: str = 'both', images: int = 
     return dict(summary, **log)
 
 
-def write_readme(out: Path, summary: dict, command: str) -> None:
+def recipe_commit(recipe: Sequence[str]) -> str:
+    """The checkout's HEAD, marked when files of the ``recipe`` (paths from the repository root) have
+    uncommitted changes; 'unknown' outside a git checkout."""
     import subprocess
     here = Path(__file__).parent
     try:
         commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, cwd=here,
                                 check=True).stdout.strip()
         # ':/' pathspecs are relative to the repository root, wherever this file sits in it
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--', ':/diffbackbones/diffusion_training.py',
-                                ':/diffbackbones/commands/train_diffusion.py', ':/diffbackbones/segmentation'],
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--', *(f':/{path}' for path in recipe)],
                                capture_output=True, text=True, cwd=here).stdout.strip()
-        commit += ' (with uncommitted changes to the recipe)' if dirty else ''
+        return commit + (' (with uncommitted changes to the recipe)' if dirty else '')
     except (OSError, subprocess.CalledProcessError):
-        commit = 'unknown (not run from a git checkout)'
+        return 'unknown (not run from a git checkout)'
+
+
+def write_readme(out: Path, summary: dict, command: str) -> None:
+    commit = recipe_commit(['diffbackbones/diffusion_training.py', 'diffbackbones/commands/train_diffusion.py',
+                            'diffbackbones/segmentation'])
     (out / 'README.md').write_text(f'''# A tiny latent diffusion model of the SD1.5 topology, trained on the shapes set
 
 Made on the CPU by diffbackbones' own tool, from scratch, with fixed seeds:

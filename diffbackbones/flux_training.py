@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .diffusion_training import PROMPT, char_tokenizer, encode_all, render_images, save_grid
+from .diffusion_training import PROMPT, char_tokenizer, encode_all, recipe_commit, render_images, save_grid
 from .segmentation.shapes import VARIANTS
 from .zoo import MODELS, WEIGHTS_ROOT, load_config
 
@@ -268,18 +268,9 @@ def _train_shapes_flux(out, *, variant, images, transformer_steps, transformer_b
 
 
 def write_readme(out: Path, summary: dict, command: str) -> None:
-    import subprocess
-    here = Path(__file__).parent
-    try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, cwd=here,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--', ':/diffbackbones/flux_training.py',
-                                ':/diffbackbones/diffusion_training.py', ':/diffbackbones/commands/train_diffusion.py',
-                                ':/diffbackbones/segmentation', ':/diffbackbones/weights/shapes_sd_tiny/vae'],
-                               capture_output=True, text=True, cwd=here).stdout.strip()
-        commit += ' (with uncommitted changes to the recipe)' if dirty else ''
-    except (OSError, subprocess.CalledProcessError):
-        commit = 'unknown (not run from a git checkout)'
+    commit = recipe_commit(['diffbackbones/flux_training.py', 'diffbackbones/diffusion_training.py',
+                            'diffbackbones/commands/train_diffusion.py', 'diffbackbones/segmentation',
+                            'diffbackbones/weights/shapes_sd_tiny/vae'])
     t = FLUX_TRANSFORMER
     (out / 'README.md').write_text(f'''# A tiny flow-matching transformer of the Flux topology, trained on the shapes set
 
