@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-__all__ = ['LatentCache']
+__all__ = ['LatentCache', 'save_atomically']
+
+
+def save_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file that a concurrent reader never sees half of: into a temp name of this writer's
+    own (two processes writing one key never share it), then renamed over ``path`` (atomic)."""
+    tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')
+    save_file(tensors, tmp, metadata=metadata)
+    tmp.replace(path)
 
 
 class LatentCache:
@@ -70,10 +78,7 @@ class LatentCache:
         if self.folder is None:
             self._memory[key] = latent
         else:
-            # A temp name of this writer's own: two processes caching the same image never share one.
-            tmp = self.folder / f'{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp'
-            save_file({'latent': latent}, tmp)
-            tmp.replace(self.folder / f'{key}.safetensors')  # atomic: readers never see half a file
+            save_atomically({'latent': latent}, self.folder / f'{key}.safetensors')
 
     def __len__(self) -> int:
         return len(self._memory) if self.folder is None else len(list(self.folder.glob('*.safetensors')))

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -225,7 +223,8 @@ def cached_class_embeddings(spec: ModelSpec, source: str | None, class_names: Se
     """
     if cache is False:
         return class_embeddings(spec, source, class_names, dtype, templates)
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+    from .cache import save_atomically
     from .text import prompt_cache_dir
     folder = prompt_cache_dir() if cache is True else Path(cache)
     key = hashlib.sha256(json.dumps([spec.name, 'random' if source is None else source, str(dtype),
@@ -238,9 +237,7 @@ def cached_class_embeddings(spec: ModelSpec, source: str | None, class_names: Se
     table = class_embeddings(spec, source, class_names, dtype, templates)
     if not table.is_meta:  # built on the meta device: no values to keep
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')
-        save_file({'class_embeddings': table.contiguous()}, tmp)
-        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+        save_atomically({'class_embeddings': table.contiguous()}, path)
     return table
 
 

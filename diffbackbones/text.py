@@ -31,7 +31,6 @@ import json
 import os
 import re
 import sys
-import uuid
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -139,13 +138,11 @@ def _read_cached(path: Path) -> PromptEmbedding | None:
 
 
 def _write_cached(path: Path, emb: PromptEmbedding) -> None:
-    from safetensors.torch import save_file
+    from .cache import save_atomically
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in (('embeds', emb.embeds), ('pooled', emb.pooled), ('mask', emb.mask))
                if v is not None}
-    tmp = path.with_name(f'{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp')
-    save_file(tensors, tmp, metadata={'cut': json.dumps(emb.cut)})  # so a cached prompt still warns
-    tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    save_atomically(tensors, path, metadata={'cut': json.dumps(emb.cut)})  # so a cached prompt still warns
 
 
 _CLASSES = {'t5': 'T5EncoderModel', 'mt5': 'MT5EncoderModel', 'bert': 'BertModel'}
