@@ -129,3 +129,20 @@ def test_learned_transformer_features_separate_shapes_that_random_ones_cannot(tr
     baseline = linear_probe.probe_backbone(random, train, test)['miou']
     print(f'linear probe mIoU on geometry: trained {learned:.1f}, random {baseline:.1f}')
     assert learned > baseline + 10, (learned, baseline)  # shapes_sd_tiny's margin (14.1 measured here)
+
+
+def test_the_shipped_screen_names_every_activation_and_its_preset_builds():
+    """screening/ (tools/screen.py --rank --validate on this model): its rows are the catalog's activations and its
+    preset.json is a preset of this model that the backbone takes, so a renamed layer id shows up here."""
+    import csv
+
+    from diffbackbones import Preset
+    folder = SPEC.weights_dir / 'screening'
+    preset = Preset.load(folder)
+    assert preset.model == 'shapes_flux_tiny' and preset.info['ranking'][0]['name'] in preset.names
+    backbone = DiffusionBackbone('shapes_flux_tiny', preset, pretrained=False)
+    with open(folder / 'screen.csv') as f:
+        screened = [row['name'] for row in csv.DictReader(f)]
+    assert sorted(screened) == sorted(point.name for point in backbone.points)
+    assert backbone.levels == preset.levels and [i['num_chs'] for i in backbone.feature_info] == [96 * len(preset.names)]
+    assert json.loads((folder / 'validation.json').read_text())['choices']['preset.json'] == preset.names
