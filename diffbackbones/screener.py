@@ -44,6 +44,8 @@ __all__ = ['screen', 'ScreenReport']
 
 CSV_FIELDS = ['name', 'kind', 'level', 'stride', 'channels', 'order', 'dni', 'dni_low', 'dni_high', 'gi', 'li',
               'keep', 'reason']
+# The three properties as plotted (screen.png, tools/screen_figure.py): column, axis label.
+METRICS = (('dni', 'DNI (noise)'), ('gi', 'GI (cycles / image)'), ('li', 'LI (locality)'))
 
 
 def screen(model: str, images: str | Path | Sequence[str | Path], labels: str | Path | None = None, *,
@@ -219,11 +221,10 @@ class ScreenReport:
         rows, path = self.rows, Path(path)
         kinds = sorted({r['kind'] for r in rows})
         colours = {k: plt.get_cmap('tab20')(i % 20) for i, k in enumerate(kinds)}
-        metrics = [('dni', 'DNI (noise)'), ('gi', 'GI (cycles / image)'), ('li', 'LI (locality)')]
-        fig, axes = plt.subplots(len(metrics), 1, figsize=(max(10, len(rows) / 12), 9), sharex=True)
+        fig, axes = plt.subplots(len(METRICS), 1, figsize=(max(10, len(rows) / 12), 9), sharex=True)
         order = [r['order'] for r in rows]
         boundaries = [(a['order'] + b['order']) / 2 for a, b in zip(rows, rows[1:]) if a['stride'] != b['stride']]
-        for ax, (metric, label) in zip(axes, metrics):
+        for ax, (metric, label) in zip(axes, METRICS):
             for kind in kinds:
                 sel = [r for r in rows if r['kind'] == kind]
                 ax.scatter([r['order'] for r in sel], [r[metric] for r in sel], s=14, color=colours[kind], label=kind)

@@ -139,9 +139,9 @@ def main() -> None:
     for name in args.models:
         recipe = RECIPES[name]
         extra = activation_options(recipe.config, args.activations) if args.activations else []
+        runs = [w for w in recipe.weights if w in args.weights]
         for variant in args.variants:
             data_root = make_shapes_dataset(REPO / DATA_ROOTS[variant], variant=variant)
-            runs = [w for w in recipe.weights if w in args.weights]
             scale = unit_variance_scale(recipe.config, data_root) if 'random-rescaled' in runs else None
             scores = {}
             for weights in runs:

@@ -13,13 +13,13 @@ import argparse
 import csv
 from pathlib import Path
 
-METRICS = (('dni', 'DNI (noise)'), ('gi', 'GI (cycles / image)'), ('li', 'LI (locality)'))
+from diffbackbones.screener import CSV_FIELDS, METRICS
 
 
 def read_screen(path: Path) -> list[dict]:
     with open(path, newline='') as f:
         rows = list(csv.DictReader(f))
-    if not rows or not {'order', 'kind', *(m for m, _ in METRICS)} <= set(rows[0]):
+    if not rows or not set(CSV_FIELDS) <= set(rows[0]):
         raise SystemExit(f'{path} is not a screen.csv written by diffbackbones screen')
     last = max(int(r['order']) for r in rows) or 1
     for r in rows:
