@@ -176,6 +176,21 @@ def test_timm_passes_lora_through(loras):
     torch.testing.assert_close(model.backbone.denoiser.state_dict()[q], reference.state_dict()[q])
 
 
+def test_an_mmseg_config_passes_lora_through(loras, tmp_path):
+    from mmengine.config import Config
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    root, made = loras
+    # written as a config file and read back by mmengine: the (path, scale) pairs arrive as lists
+    config = tmp_path / 'lora_config.py'
+    config.write_text("backbone = dict(type='DiffusionBackbone', model='test_sd_tiny', pretrained=False,\n"
+                      f"                lora=[({str(root / 'a')!r}, 0.5)])\n")
+    backbone = MMSEG_MODELS.build(Config.fromfile(config).backbone)
+    assert backbone.stages.denoiser.lora == ((str(root / 'a'), 0.5),) and not _peft_layers(backbone)
+    reference = _merged_by_hand(build_denoiser(MODELS['test_sd_tiny']), (made['a'], 0.5))
+    q = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight'
+    torch.testing.assert_close(backbone.denoiser.state_dict()[q], reference.state_dict()[q])
+
+
 def test_lora_works_on_the_meta_device(loras):
     root, _ = loras
     # its own prompt: the embeddings of an earlier CPU build of the same prompt are cached on the CPU
