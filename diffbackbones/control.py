@@ -78,6 +78,8 @@ INTERFACES: dict[str, _Interface] = {
     'unet': _Interface('ControlNetModel', ('conv_in', 'time_proj', 'time_embedding', 'class_embedding',
                                            'add_time_proj', 'add_embedding', 'down_blocks', 'mid_block')),
 }
+# the UNet mid blocks diffusers' ControlNetModel can mirror
+_CONTROLNET_MID_BLOCKS = ('UNetMidBlock2DCrossAttn', 'UNetMidBlock2D')
 # families whose ControlNets exist in diffusers with another interface (for the error message)
 _NOT_WIRED = {'sd3': 'SD3ControlNetModel', 'flux': 'FluxControlNetModel', 'hunyuan': 'HunyuanDiT2DControlNetModel'}
 
@@ -217,24 +219,29 @@ class ControlStage:
             does not apply to the ControlNet); a ``ControlNetModel`` object; None: no ControlNet.
         image: How the control image is made from the RGB input: a preprocessor name (``'canny'``; see
             ``PREPROCESSORS``) or a callable from the (B, 3, H, W) working-size batch in [-1, 1] to the
-            control batch (B, C, H, W) in [0, 1] (resized to the input's size if it is not).
-        scale: ControlNet conditioning scale (diffusers' ``controlnet_conditioning_scale``).
+            control batch (B, C, H, W) in [0, 1] (resized to the input's size if it is not). None: ``'canny'``.
+        scale: ControlNet conditioning scale (diffusers' ``controlnet_conditioning_scale``). None: 1.0.
     """
 
     model: Any = None
-    image: str | Preprocessor = 'canny'
-    scale: float = 1.0
+    image: str | Preprocessor | None = None
+    scale: float | None = None
 
     def __post_init__(self):
         if not (self.model is None or isinstance(self.model, (str, os.PathLike, nn.Module))):
             raise ValueError("control model must be a hub id, a folder, 'random' or a ControlNetModel; "
                              f'got {self.model!r}')
+        if self.model is None and (self.image is not None or self.scale is not None):
+            # image= or scale= alone means a ControlNet was wanted: not building one would drop them silently
+            given = ', '.join(f'{k}={v!r}' for k, v in (('image', self.image), ('scale', self.scale)) if v is not None)
+            raise ValueError(f'control=dict({given}) names no ControlNet: add model=<hub id or folder of a '
+                             "ControlNet for this denoiser> (or model='random' for seeded random weights)")
         if isinstance(self.image, str) and self.image not in PREPROCESSORS:
             raise ValueError(f'unknown control image preprocessor {self.image!r}; available: {sorted(PREPROCESSORS)} '
                              '(or pass a callable from the (B, 3, H, W) batch in [-1, 1] to the control batch)')
-        if not (isinstance(self.image, str) or callable(self.image)):
+        if not (self.image is None or isinstance(self.image, str) or callable(self.image)):
             raise ValueError(f'control image must be a preprocessor name or a callable; got {self.image!r}')
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
+        if self.scale is not None and (isinstance(self.scale, bool) or not isinstance(self.scale, (int, float))):
             raise ValueError(f'control scale must be a number; got {self.scale!r}')
 
     @property
@@ -260,6 +267,11 @@ class ControlStage:
                    'down/mid residuals; that interface is not wired into the backbone yet. ' if other else
                    'diffusers has no ControlNet for this denoiser. ')
                 + 'Use control=None with this model.')
+        mid_block = denoiser.config.get('mid_block_type') or 'UNetMidBlock2DCrossAttn'
+        if mid_block not in _CONTROLNET_MID_BLOCKS:  # DeepFloyd IF's SimpleCrossAttn UNet
+            raise ValueError(f'ControlNet is not available for {spec.name!r}: its UNet has a {mid_block} mid block, '
+                             f"which diffusers' ControlNetModel cannot mirror (it builds {list(_CONTROLNET_MID_BLOCKS)}), "
+                             'and diffusers has no ControlNet for this model. Use control=None with this model.')
         controlnet = load_controlnet(self.model, denoiser)
         if type(controlnet).__name__ != interface.controlnet_class:
             raise ValueError(f'control model must be a diffusers {interface.controlnet_class} for {spec.name!r}; '
@@ -268,5 +280,6 @@ class ControlStage:
         _check_fits(controlnet, denoiser, name)
         if next(controlnet.parameters()).dtype != dtype:
             controlnet = nn.Module.to(controlnet, dtype)  # nn.Module.to: diffusers' own warns on every cast
-        preprocess = PREPROCESSORS[self.image] if isinstance(self.image, str) else self.image
-        return ControlNet(controlnet, preprocess, self.scale, capture, interface)
+        image = 'canny' if self.image is None else self.image
+        preprocess = PREPROCESSORS[image] if isinstance(image, str) else image
+        return ControlNet(controlnet, preprocess, 1.0 if self.scale is None else self.scale, capture, interface)

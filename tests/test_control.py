@@ -219,6 +219,18 @@ def test_clear_errors(controlnet_folder, controlled):
     latents = torch.zeros(1, 4, 8, 8)
     with pytest.raises(ValueError, match='needs the input images'):
         controlled.extract(latents, (64, 64))
+    # options that only make sense with a ControlNet are not dropped when the model is missing
+    with pytest.raises(ValueError, match=r"control=dict\(image='canny', scale=0.5\) names no ControlNet: add model="):
+        DiffusionBackbone('test_sd_tiny', pretrained=False, control=dict(image='canny', scale=0.5))
+    with pytest.raises(ValueError, match='UNetMidBlock2DSimpleCrossAttn.*diffusers has no ControlNet'):  # DeepFloyd IF
+        DiffusionBackbone('test_if_tiny', ['down-level1-repeat0-res-out'], pretrained=False, control='random')
+
+
+def test_a_controlnet_backbone_builds_on_the_meta_device():
+    with torch.device('meta'):
+        bb = DiffusionBackbone('test_sd_tiny', UP, pretrained=False, prompt='on the meta device', control='random')
+    assert bb.control.consumed and all(p.is_meta for p in bb.control.parameters())
+    assert bb.feature_info == DiffusionBackbone('test_sd_tiny', UP, pretrained=False).feature_info
 
 
 @torch.no_grad()
