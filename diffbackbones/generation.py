@@ -9,7 +9,7 @@ A step is one call of the pipeline's denoiser (``pipe.unet`` or ``pipe.transform
 with classifier-free guidance the pipelines batch both halves into one call, so calls and sampling steps
 coincide (``steps=[-1]`` is the last one); a pipeline that calls it more than once per step (Flux with
 ``true_cfg_scale``, SD3 with ``skip_guidance_layers``) gets a warning, and steps still count calls. Tested
-on SD, SDXL, PixArt-alpha / Sigma, SD3 and Flux pipelines (Flux's packed tokens are put back on their
+on SD, SDXL, PixArt-alpha / Sigma, SD3, Flux and DiT pipelines (Flux's packed tokens are put back on their
 grid from ``img_ids``). The capture hooks sit on the denoiser only during the chosen
 calls: the capture is armed at the end of the call before (or on entering, for step 0) and disarmed
 right after, so every other call runs untouched and the generation is the one the pipeline makes
@@ -87,8 +87,8 @@ class GenerationCapture:
         activations: Step -> layer id -> (B, C, h, w) CPU tensor of the kept half.
         timesteps: Step -> the timestep the denoiser was called with (a float; the first, if per sample;
             Flux's pipeline passes sigma, t / 1000).
-        kept: Step -> which part of the batch was kept: ``'cond'``, ``'uncond'``, ``'both'`` (unconditional
-            half first, as the pipelines batch them) or ``'all'`` (no classifier-free guidance in that call;
+        kept: Step -> which part of the batch was kept: ``'cond'``, ``'uncond'``, ``'both'`` (in the order the
+            pipeline batches them: unconditional half first, DiT's conditional first) or ``'all'`` (no classifier-free guidance in that call;
             always for Flux, whose guidance is an embedding).
         calls: Denoiser calls seen (the last generation's).
     """
@@ -194,13 +194,14 @@ class GenerationCapture:
         if step in self._chosen:
             if len(captured) != len(self.names):  # an exception inside the forward: nothing to keep
                 return
-            self.activations[step], self.kept[step] = self._select(captured)
+            self.activations[step], self.kept[step] = self._select(captured, kwargs)
         self.calls += 1
         if self.calls in self._chosen:
             self._arm()
 
-    def _select(self, captured: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
-        guided = self._guided()
+    def _select(self, captured: dict[str, torch.Tensor], call: dict) -> tuple[dict[str, torch.Tensor], str]:
+        by_class = _class_guidance(call)
+        guided = self._guided() if by_class is None else by_class
         if not guided:
             if self.keep == 'uncond':
                 raise ValueError("keep='uncond', but this call ran without classifier-free guidance (guidance_scale "
@@ -209,7 +210,9 @@ class GenerationCapture:
         kept = {}
         for name, value in captured.items():
             half = value.shape[0] // 2
-            part = value if self.keep == 'both' else value[half:] if self.keep == 'cond' else value[:half]
+            first, second = value[:half], value[half:]
+            cond, uncond = (first, second) if by_class else (second, first)  # DiT: [conditional; null class]
+            part = value if self.keep == 'both' else cond if self.keep == 'cond' else uncond
             kept[name] = part.cpu().clone()  # clone: a slice would hold the whole batch's storage
         return kept, self.keep
 
@@ -220,6 +223,7 @@ class GenerationCapture:
         this generation's ``guidance_scale``). PixArt decides it in a local variable that it passes to its
         ``encode_prompt``, which is watched during the context for it. Otherwise (Flux: guidance is an
         embedding, and its ``true_cfg_scale`` runs a separate unconditional call) the batch is all conditional.
+        A class-conditioned call (DiT) is read from its own labels instead (``_class_guidance``).
         """
         said = getattr(self.pipe, 'do_classifier_free_guidance', None)
         if said is not None:
@@ -320,6 +324,24 @@ class GenerationCapture:
         return self.levels(step)
 
 
+# DiTPipeline's unconditional label: ImageNet's 1000 classes, then the null class it was trained to drop to
+NULL_CLASS = 1000
+
+
+def _class_guidance(call: dict) -> bool | None:
+    """For a class-conditioned denoiser call (``class_labels``, DiT): whether it batches classifier-free
+    guidance. DiTPipeline says so nowhere but in the labels: under guidance it calls the denoiser on
+    [conditional labels; null class], the conditional half first (the other pipelines put it second).
+    None: the call has no class labels (ask the pipeline, ``_guided``)."""
+    labels = call.get('class_labels')
+    if labels is None:
+        return None
+    labels = torch.as_tensor(labels).flatten()
+    half = labels.shape[0] // 2
+    return (labels.shape[0] % 2 == 0 and half > 0 and bool((labels[half:] == NULL_CLASS).all())
+            and not bool((labels[:half] == NULL_CLASS).any()))
+
+
 def capture_generation(pipe: Any, activations: ActivationsArg, steps: Sequence[int], *, model: str | None = None,
                        keep: Keep = 'cond') -> GenerationCapture:
     """Capture activations of the image a diffusers pipeline generates, at chosen steps of its sampling loop.
@@ -336,7 +358,8 @@ def capture_generation(pipe: Any, activations: ActivationsArg, steps: Sequence[i
             last). Checked at the first call against the pipeline's ``num_timesteps``, and on leaving.
         model: Zoo name whose presets a preset name refers to (``'sd15'``, ``'shapes_sd_tiny'``, ...).
         keep: With classifier-free guidance: ``'cond'`` keeps the conditional half of the batch,
-            ``'uncond'`` the unconditional one, ``'both'`` the whole batch (unconditional first).
+            ``'uncond'`` the unconditional one, ``'both'`` the whole batch (as the pipeline batches it:
+            unconditional first; DiT: conditional first).
 
     Returns:
         A ``GenerationCapture``: enter it, run the pipeline inside, then read ``levels(step)``,

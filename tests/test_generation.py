@@ -309,3 +309,29 @@ def test_capture_on_the_other_families_pipelines(model):
             with capture_generation(pipe, ids, steps=[0], keep='uncond'):
                 _family_generate(model, pipe, steps=1)
     assert no_hooks(denoiser) and 'encode_prompt' not in vars(pipe)
+
+
+@pytest.mark.parametrize('keep', ['cond', 'uncond'])
+def test_dit_guidance_keeps_the_right_half_of_its_conditional_first_batch(keep):
+    """DiTPipeline batches [class labels; null class 1000] under guidance, the conditional half first, and
+    says so nowhere but in the labels: the kept half must equal a direct call on that half's labels."""
+    from diffusers import DiTPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+    spec = get_model_spec('test_dit_tiny')
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+    pipe = DiTPipeline(transformer=build_denoiser(spec).eval(), vae=vae, scheduler=DDIMScheduler())  # eval: no label dropout
+    pipe.set_progress_bar_config(disable=True)
+    ids = ['vit-block1-out', 'vit-block2-self-q']
+    with capture_generation(pipe, ids, steps=[0], keep=keep) as run:
+        pipe(class_labels=[3], num_inference_steps=2, guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
+             output_type='np')
+    assert run.kept[0] == keep
+    latents = randn_tensor((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))  # the pipeline's first draw
+    label = 3 if keep == 'cond' else 1000
+    with torch.no_grad(), ActivationCapture(pipe.transformer, ids, detach=True) as cap:
+        pipe.transformer(latents, timestep=torch.tensor([run.timesteps[0]]).long(), class_labels=torch.tensor([label]))
+    for name in ids:
+        assert run.activations[0][name].shape[0] == 1
+        torch.testing.assert_close(run.activations[0][name], cap.activations[name], rtol=1e-5, atol=1e-5, msg=name)
