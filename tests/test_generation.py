@@ -163,6 +163,11 @@ def test_generate_labelled_command_labels_generated_shapes(tmp_path, capsys):
         assert sorted(p.name for p in (out / sub).iterdir()) == ['00000.png', '00001.png']
     masks = [np.asarray(Image.open(out / 'masks' / f'0000{i}.png')) for i in range(2)]
     assert all(m.shape == (128, 128) and m.dtype == np.uint8 and m.max() <= 3 for m in masks)
+    # generated shapes pictures get labelled as such: mostly background, and shapes found on each
+    # (a labeller that answers one class everywhere, or garbage, fails this)
+    for mask in masks:
+        counts = np.bincount(mask.ravel(), minlength=4)
+        assert counts.argmax() == 0 and 0.03 < 1 - counts[0] / mask.size < 0.6, counts
     assert Image.open(out / 'pictures' / '00000.png').size == (256, 128)
     saved = json.loads((out / 'labelled.json').read_text())
     scores = saved['held_out']
