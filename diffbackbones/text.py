@@ -53,6 +53,7 @@ TEXT_ENCODER_LOADS: list[tuple[str, str]] = []
 # How a prompt longer than a CLIP encoder's window is encoded (see the module docstring).
 LONG_PROMPT_MODES = ('truncate', 'chunks', 'rewrap')
 _WARNED: set[tuple[str, str, str]] = set()  # (model, mode, prompt) already warned about in this process
+POOLED = ":pooled"  # suffix of a cut entry for the pooled embedding of a lengthened encoder
 
 
 class LongPromptWarning(UserWarning):
@@ -321,17 +322,27 @@ def _warn_cut(spec: ModelSpec, prompt: str, mode: str, cut: Sequence[tuple[str, 
         return
     _WARNED.add((spec.name, mode, prompt))
     encoders = {te.subfolder: te for te in spec.text_encoders}
-    parts, avoidable = [], False
+    parts, avoidable, pooled = [], False, []
     for subfolder, count in cut:
+        if subfolder.endswith(POOLED):  # the sequence was lengthened; its pooled embedding cannot be
+            te = encoders[subfolder.removesuffix(POOLED)]
+            pooled.append(te.subfolder)
+            parts.append(f'the pooled embedding of {te.subfolder} ({te.kind.upper()}) is its first window\'s, '
+                         f'the first {te.max_length} of {count} tokens')
+            continue
         te = encoders[subfolder]
         what = f'{subfolder} ({te.kind.upper()}{"" if te.sequence else ", pooled embedding only"})'
         parts.append(f'{what} reads at most {te.max_length} tokens and keeps the first {te.max_length} of {count}')
         avoidable |= _extends(spec, te)
     shown = prompt if len(prompt) <= 60 else prompt[:57] + '...'
+    sequence_cuts = [s for s, _ in cut if not s.endswith(POOLED)]
     advice = (" Pass conditioning=dict(prompt=..., long_prompt='chunks') to encode all of it in windows of "
-              f"{max(encoders[s].max_length for s, _ in cut)} tokens (the paper's encode_long_prompt.py), or "
-              "long_prompt='rewrap' (BOS/EOS around each 75 tokens, A1111/compel)." if avoidable else '')
-    others = [s for s, _ in cut if not _extends(spec, encoders[s])]
+              f"{max(encoders[s].max_length for s in sequence_cuts)} tokens (the paper's encode_long_prompt.py), "
+              "or long_prompt='rewrap' (BOS/EOS around each 75 tokens, A1111/compel)." if avoidable else '')
+    if pooled:
+        advice += (' A pooled embedding is one window by design (the pipelines and compel pool the first): no '
+                   'long-prompt mode lengthens it.')
+    others = [s for s in sequence_cuts if not _extends(spec, encoders[s])]
     if others:
         advice += (f" {', '.join(others)}: no long-prompt mode lengthens it (only CLIP encoders of the token "
                    'sequence are chunked); shorten the prompt to keep all of it.')
@@ -385,7 +396,10 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
         for slot, i in enumerate(missing):
             found[i] = _assemble(spec, outputs[slot])
             found[i].cut = tuple((te.subfolder, c[i]) for te, c, n in zip(spec.text_encoders, counts, lengths)
-                                 if n is None and c[i] > te.max_length)
+                                 if n is None and c[i] > te.max_length) + tuple(
+                # a lengthened encoder's pooled embedding is still its first window's (SDXL's CLIP-G, SD3)
+                (te.subfolder + POOLED, c[i]) for te, c, n in zip(spec.text_encoders, counts, lengths)
+                if n is not None and te.pooled and c[i] > te.max_length)
             if paths[i] is not None and not found[i].embeds.is_meta:  # built on the meta device: no values
                 _write_cached(paths[i], found[i])
     elif missing:

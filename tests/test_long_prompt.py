@@ -134,6 +134,11 @@ def test_sdxl_chunks_both_clips_to_one_length_and_pools_the_first_window():
     assert len(caught) == 1 and 'text_encoder (CLIP)' in str(caught[0].message)
     assert 'text_encoder_2 (CLIP)' in str(caught[0].message)
     torch.testing.assert_close(chunked.pooled_embeds, truncated.pooled_embeds)
+    # the pooled embedding is still the prompt cut at 77: said, with no mode offered as the fix
+    _, caught = recorded(lambda: encoded('test_sdxl_tiny', prompt + ' pooled', 'chunks'))
+    message = str(caught[0].message) if len(caught) == 1 else caught
+    assert "the pooled embedding of text_encoder_2 (CLIP) is its first window's, the first 77 of 203" in message
+    assert "long_prompt='chunks'" not in message and 'text_encoder (CLIP)' not in message
 
 
 def test_t5_is_cut_at_its_own_limit_whatever_the_mode():
@@ -148,7 +153,9 @@ def test_sd3_chunks_its_clips_and_cuts_its_t5():
     conditioning, caught = recorded(lambda: encoded('test_sd3_tiny', 'sd3 ' + 'word ' * 99, 'chunks'))
     assert conditioning.n_tokens == 102 + 16  # [CLIP-L + CLIP-G, 102 tokens chunked; T5, cut at 16]
     assert len(caught) == 1 and 'text_encoder_3 (T5)' in str(caught[0].message)
-    assert 'text_encoder (CLIP)' not in str(caught[0].message)
+    assert 'text_encoder (CLIP) reads at most' not in str(caught[0].message)  # its sequence is chunked
+    assert 'pooled embedding of text_encoder (CLIP)' in str(caught[0].message)  # SD3 pools both CLIPs' first window
+    assert 'pooled embedding of text_encoder_2 (CLIP)' in str(caught[0].message)
 
 
 def test_several_prompts_are_encoded_to_the_longest_and_short_ones_keep_their_window(tmp_path):
