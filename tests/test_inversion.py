@@ -165,3 +165,16 @@ def test_shapes_model_round_trip():
     print(f'round trip at t=50, 5 steps: relative error {inversion_error:.4f} from the inverted latent, '
           f'{sampled_error:.4f} from sampled noise')
     assert inversion_error < 0.05 and inversion_error < sampled_error / 3
+
+
+def test_deterministic_without_a_seed_and_builds_on_the_meta_device(tiny):
+    images = random_images(2, 64, 64, seed=2)
+    unseeded = DiffusionBackbone('test_sd_tiny', pretrained=False, noise=dict(type='ddim-inversion', seed=None))
+    with torch.no_grad():
+        first, again = unseeded(images), unseeded(images)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))  # no noise drawn: the image alone decides
+        unseeded_sampled = DiffusionBackbone('test_sd_tiny', pretrained=False, noise=dict(seed=None))
+        assert not torch.equal(unseeded_sampled(images)[0], unseeded_sampled(images)[0])  # what seed=None means there
+    with torch.device('meta'):
+        meta = DiffusionBackbone('test_sd_tiny', pretrained=False, prompt='on the meta device', noise='ddim-inversion')
+    assert meta.feature_info == tiny.feature_info and meta.pruned == [] and meta.stages.noise.forwards == 5
