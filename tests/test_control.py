@@ -231,6 +231,13 @@ def test_a_controlnet_backbone_builds_on_the_meta_device():
         bb = DiffusionBackbone('test_sd_tiny', UP, pretrained=False, prompt='on the meta device', control='random')
     assert bb.control.consumed and all(p.is_meta for p in bb.control.parameters())
     assert bb.feature_info == DiffusionBackbone('test_sd_tiny', UP, pretrained=False).feature_info
+    # SD2.1 at its real size (no tiny SD2 model): its ControlNet mirrors the linear projections, the
+    # per-level head counts and the 1024-wide OpenCLIP context
+    with torch.device('meta'):
+        sd21 = DiffusionBackbone('sd21', 'practical', pretrained=False, control='random')
+    theirs, ours = sd21.control.controlnet.config, sd21.denoiser.config
+    assert sd21.control.consumed and theirs.cross_attention_dim == ours.cross_attention_dim == 1024
+    assert theirs.use_linear_projection and list(theirs.attention_head_dim) == list(ours.attention_head_dim)
 
 
 @torch.no_grad()
