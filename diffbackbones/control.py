@@ -270,8 +270,9 @@ class ControlStage:
         mid_block = denoiser.config.get('mid_block_type') or 'UNetMidBlock2DCrossAttn'
         if mid_block not in _CONTROLNET_MID_BLOCKS:  # DeepFloyd IF's SimpleCrossAttn UNet
             raise ValueError(f'ControlNet is not available for {spec.name!r}: its UNet has a {mid_block} mid block, '
-                             f"which diffusers' ControlNetModel cannot mirror (it builds {list(_CONTROLNET_MID_BLOCKS)}), "
-                             'and diffusers has no ControlNet for this model. Use control=None with this model.')
+                             "which diffusers' ControlNetModel cannot mirror (it builds "
+                             f'{list(_CONTROLNET_MID_BLOCKS)}), and diffusers has no ControlNet for this model. '
+                             'Use control=None with this model.')
         controlnet = load_controlnet(self.model, denoiser)
         if type(controlnet).__name__ != interface.controlnet_class:
             raise ValueError(f'control model must be a diffusers {interface.controlnet_class} for {spec.name!r}; '

@@ -87,9 +87,9 @@ class GenerationCapture:
         activations: Step -> layer id -> (B, C, h, w) CPU tensor of the kept half.
         timesteps: Step -> the timestep the denoiser was called with (a float; the first, if per sample;
             Flux's pipeline passes sigma, t / 1000).
-        kept: Step -> which part of the batch was kept: ``'cond'``, ``'uncond'``, ``'both'`` (in the order the
-            pipeline batches them: unconditional half first, DiT's conditional first) or ``'all'`` (no classifier-free guidance in that call;
-            always for Flux, whose guidance is an embedding).
+        kept: Step -> which part of the batch was kept: ``'cond'``, ``'uncond'``, ``'both'`` (in the order
+            the pipeline batches them: unconditional half first, DiT's conditional first) or ``'all'`` (no
+            classifier-free guidance in that call; always for Flux, whose guidance is an embedding).
         calls: Denoiser calls seen (the last generation's).
     """
 

@@ -326,7 +326,8 @@ def test_dit_guidance_keeps_the_right_half_of_its_conditional_first_batch(keep):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
-    pipe = DiTPipeline(transformer=build_denoiser(spec).eval(), vae=vae, scheduler=DDIMScheduler())  # eval: no label dropout
+    # eval(): no label dropout (from_pretrained gives eval mode; a model built from its config trains)
+    pipe = DiTPipeline(transformer=build_denoiser(spec).eval(), vae=vae, scheduler=DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     ids = ['vit-block1-out', 'vit-block2-self-q']
     with capture_generation(pipe, ids, steps=[0], keep=keep) as run:
@@ -336,7 +337,8 @@ def test_dit_guidance_keeps_the_right_half_of_its_conditional_first_batch(keep):
     latents = randn_tensor((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))  # the pipeline's first draw
     label = 3 if keep == 'cond' else 1000
     with torch.no_grad(), ActivationCapture(pipe.transformer, ids, detach=True) as cap:
-        pipe.transformer(latents, timestep=torch.tensor([run.timesteps[0]]).long(), class_labels=torch.tensor([label]))
+        t = torch.tensor([run.timesteps[0]]).long()
+        pipe.transformer(latents, timestep=t, class_labels=torch.tensor([label]))
     for name in ids:
         assert run.activations[0][name].shape[0] == 1
         torch.testing.assert_close(run.activations[0][name], cap.activations[name], rtol=1e-5, atol=1e-5, msg=name)

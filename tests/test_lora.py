@@ -143,9 +143,9 @@ def test_two_loras_add_up_as_diffusers_combines_them(loras):
     reference = _merged_by_hand(build_denoiser(MODELS['test_sd_tiny']), (made['a'], 0.7), (made['b'], -1.5))
     _assert_same_weights(fused, reference)
     # and as a diffusers pipeline of the same UNet fuses them, through its own public calls
-    pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=build_denoiser(MODELS['test_sd_tiny']),
-                                   scheduler=None, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    unet = build_denoiser(MODELS['test_sd_tiny'])
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=None, tokenizer=None, unet=unet, scheduler=None,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.load_lora_weights(root / 'a', adapter_name='a')
     pipe.load_lora_weights(root / 'b', adapter_name='b')
     pipe.set_adapters(['a', 'b'], [0.7, -1.5])
