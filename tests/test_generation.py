@@ -179,15 +179,15 @@ def test_generate_labelled_command_labels_generated_shapes(tmp_path, capsys):
         main(['generate-labelled', '--out', str(out), '--images', '1'])
 
 
-# --- the other families: SDXL, PixArt, SD3, Flux pipelines on their tiny random-weight denoisers -------
+# --- the other families: SDXL, PixArt, SD3, Flux, DiT pipelines on their tiny random-weight denoisers --
 
 def _family_pipe(model):
     """The diffusers pipeline of a tiny zoo model, from its denoiser and VAE only (prompt embeddings are
     passed in: no text encoders, no tokenizers)."""
-    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxPipeline, PixArtAlphaPipeline, StableDiffusion3Pipeline,
-                           StableDiffusionXLPipeline)
+    from diffusers import (DiTPipeline, FlowMatchEulerDiscreteScheduler, FluxPipeline, PixArtAlphaPipeline,
+                           StableDiffusion3Pipeline, StableDiffusionXLPipeline)
     spec = get_model_spec(model)
-    denoiser = build_denoiser(spec)
+    denoiser = build_denoiser(spec).eval()  # as from_pretrained gives it (built from its config, it trains)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
@@ -197,6 +197,8 @@ def _family_pipe(model):
     if model == 'test_sdxl_tiny':
         pipe = StableDiffusionXLPipeline(vae=vae, unet=denoiser, scheduler=DDIMScheduler(**ddim), text_encoder_2=None,
                                          tokenizer_2=None, add_watermarker=False, **no_text)
+    elif model == 'test_dit_tiny':
+        pipe = DiTPipeline(transformer=denoiser, vae=vae, scheduler=DDIMScheduler(**ddim))
     elif model == 'test_pixart_tiny':
         pipe = PixArtAlphaPipeline(vae=vae, transformer=denoiser, scheduler=DDIMScheduler(**ddim), **no_text)
     elif model == 'test_sd3_tiny':
@@ -320,15 +322,8 @@ def test_capture_on_the_other_families_pipelines(model):
 def test_dit_guidance_keeps_the_right_half_of_its_conditional_first_batch(keep):
     """DiTPipeline batches [class labels; null class 1000] under guidance, the conditional half first, and
     says so nowhere but in the labels: the kept half must equal a direct call on that half's labels."""
-    from diffusers import DiTPipeline
     from diffusers.utils.torch_utils import randn_tensor
-    spec = get_model_spec('test_dit_tiny')
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
-    # eval(): no label dropout (from_pretrained gives eval mode; a model built from its config trains)
-    pipe = DiTPipeline(transformer=build_denoiser(spec).eval(), vae=vae, scheduler=DDIMScheduler())
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _family_pipe('test_dit_tiny')  # in eval mode: no label dropout
     ids = ['vit-block1-out', 'vit-block2-self-q']
     with capture_generation(pipe, ids, steps=[0], keep=keep) as run:
         pipe(class_labels=[3], num_inference_steps=2, guidance_scale=4.0, generator=torch.Generator().manual_seed(0),

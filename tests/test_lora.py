@@ -177,28 +177,30 @@ def test_transformer_families_use_their_own_diffusers_loader(model, tmp_path):
     _assert_same_weights(fused, _merged_by_hand(build_denoiser(MODELS[model]), (layers, 0.5)))
 
 
-def test_timm_passes_lora_through(loras):
+def _assert_passed_through(backbone: DiffusionBackbone, loras) -> None:
+    """``backbone`` was built with LoRA a at scale 0.5 by a wrapper (timm, mmseg): fused as by hand."""
     root, made = loras
-    model = timm.create_model('test_sd_tiny_practical', frozen=True, lora=[(str(root / 'a'), 0.5)])
-    assert model.backbone.stages.denoiser.lora == ((str(root / 'a'), 0.5),) and not _peft_layers(model)
+    assert backbone.stages.denoiser.lora == ((str(root / 'a'), 0.5),) and not _peft_layers(backbone)
     reference = _merged_by_hand(build_denoiser(MODELS['test_sd_tiny']), (made['a'], 0.5))
     q = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight'
-    torch.testing.assert_close(model.backbone.denoiser.state_dict()[q], reference.state_dict()[q])
+    torch.testing.assert_close(backbone.denoiser.state_dict()[q], reference.state_dict()[q])
+
+
+def test_timm_passes_lora_through(loras):
+    root, _ = loras
+    model = timm.create_model('test_sd_tiny_practical', frozen=True, lora=[(str(root / 'a'), 0.5)])
+    _assert_passed_through(model.backbone, loras)
 
 
 def test_an_mmseg_config_passes_lora_through(loras, tmp_path):
     from mmengine.config import Config
     from mmseg.registry import MODELS as MMSEG_MODELS
-    root, made = loras
+    root, _ = loras
     # written as a config file and read back by mmengine: the (path, scale) pairs arrive as lists
     config = tmp_path / 'lora_config.py'
     config.write_text("backbone = dict(type='DiffusionBackbone', model='test_sd_tiny', pretrained=False,\n"
                       f"                lora=[({str(root / 'a')!r}, 0.5)])\n")
-    backbone = MMSEG_MODELS.build(Config.fromfile(config).backbone)
-    assert backbone.stages.denoiser.lora == ((str(root / 'a'), 0.5),) and not _peft_layers(backbone)
-    reference = _merged_by_hand(build_denoiser(MODELS['test_sd_tiny']), (made['a'], 0.5))
-    q = 'down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight'
-    torch.testing.assert_close(backbone.denoiser.state_dict()[q], reference.state_dict()[q])
+    _assert_passed_through(MMSEG_MODELS.build(Config.fromfile(config).backbone), loras)
 
 
 def test_lora_works_on_the_meta_device(loras):
