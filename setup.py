@@ -17,7 +17,7 @@ setup(
     packages=find_packages(include=['diffbackbones', 'diffbackbones.*']),
     # Everything the package reads at run time ships inside it (wheel and sdist; MANIFEST.in for the
     # latter): the embedded architecture configs, and the shipped weights folder when there is one.
-    package_data={'diffbackbones': ['model_configs/*/*.json', 'weights/*/*', 'weights/*/*/*']},
+    package_data={'diffbackbones': ['models/model_configs/*/*.json', 'models/weights/*/*', 'models/weights/*/*/*']},
     # `diffbackbones COMMAND`: the package's tasks (screen, probe, extract, ...), as `python -m diffbackbones` too
     entry_points={'console_scripts': ['diffbackbones = diffbackbones.commands:main']},
     install_requires=[
@@ -38,7 +38,7 @@ setup(
         'opencv-python-headless',  # the ControlNet's built-in canny preprocessor (control=dict(image='canny'))
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout'],
+        'test': ['pytest>=7', 'pytest-timeout', 'import-linter>=2.1'],  # import-linter: the layers contract (setup.cfg)
         # mmcv 2.1.0 needs compiled ops; the Makefile installs it from ../shared/wheels or source.
         # setuptools < 81: mmengine 0.10 resolves a config's `_base_ = ['mmseg::...']` (configs/depth/
         # inherit mmseg's shipped VPD configs so) through pkg_resources, which newer setuptools no longer

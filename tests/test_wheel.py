@@ -19,7 +19,7 @@ import sys, torch, diffbackbones
 target = sys.argv[1]
 assert diffbackbones.__file__.startswith(target), f'imported from {diffbackbones.__file__}, not the wheel'
 from diffusers import UNet2DConditionModel
-from diffbackbones.zoo import MODELS, load_config
+from diffbackbones.models.zoo import MODELS, load_config
 backbone = diffbackbones.DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False)
 with torch.no_grad():
     feats = backbone(torch.rand(1, 3, 64, 64) * 2 - 1)
@@ -30,7 +30,7 @@ print('sdxl activations', len(diffbackbones.list_activations(unet, (128, 128))))
 flux = diffbackbones.DiffusionBackbone('test_flux_tiny', 'default', pretrained=False)  # transformer configs ship too
 with torch.no_grad():
     print('flux levels', [tuple(f.shape) for f in flux(torch.rand(1, 3, 64, 96) * 2 - 1)])
-from diffbackbones.loading import build_denoiser
+from diffbackbones.models.loading import build_denoiser
 print('flux_dev blocks', sum(a.kind == 'vit-block-out' for a in
                              diffbackbones.list_activations(build_denoiser(MODELS['flux_dev'], 'meta'), (64, 64))))
 shipped = diffbackbones.DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=True)  # weights in the wheel
@@ -38,7 +38,7 @@ assert str(shipped.spec.weights_dir).startswith(target)
 with torch.no_grad():
     print('shipped levels', [tuple(f.shape) for f in shipped(torch.rand(1, 3, 128, 128) * 2 - 1)])
 import tempfile
-import diffbackbones.correspondence as corr  # the subpackage ships too
+import diffbackbones.tasks.correspondence as corr  # the subpackage ships too
 assert corr.__file__.startswith(target)
 pairs = corr.find_pairs(corr.make_correspondence_dataset(tempfile.mkdtemp() + '/pairs', 3, 1, 1), 'trn')
 print('correspondence pairs', len(pairs), sorted({p.category for p in pairs}))

@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.extraction import run_extraction
-from diffbackbones.images import read_image
+from diffbackbones.tasks.extraction.extract import run_extraction
+from diffbackbones.utils.images import read_image
 
 
 def main() -> None:

@@ -15,9 +15,9 @@ import statistics
 
 import torch
 
-from diffbackbones.benchmarking import machine, run_once
+from diffbackbones.tasks.benchmarking import machine, run_once
 from diffbackbones import DiffusionBackbone
-from diffbackbones.zoo import MODELS
+from diffbackbones.models.zoo import MODELS
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.probe import PixelFeatures, predict, train_ensemble
+from diffbackbones.tasks.label_scarce.pixel_classifier import PixelFeatures, predict, train_ensemble
 
 
 def main() -> None:

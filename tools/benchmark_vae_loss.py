@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from diffbackbones.diffusion_training import VAE_CONFIG, texture_loss
+from diffbackbones.training.shapes_sd import VAE_CONFIG, texture_loss
 
 
 def main(argv: list[str] | None = None) -> None:

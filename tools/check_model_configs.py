@@ -1,4 +1,4 @@
-"""Check the embedded architecture configs of the big diffusion pipelines (diffbackbones/model_configs/).
+"""Check the embedded architecture configs of the big diffusion pipelines (diffbackbones/models/model_configs/).
 
 Builds every component on the meta device (no memory, no weights, CPU-cheap) the way the package builds
 it (``build_denoiser``, ``build_text_encoder`` with the zoo entry's encoder kind, ``AutoencoderKL``), prints
@@ -18,11 +18,11 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL
 
-from diffbackbones.loading import build_denoiser
-from diffbackbones.text import build_text_encoder
-from diffbackbones.zoo import MODELS as ZOO, load_config
+from diffbackbones.models.loading import build_denoiser
+from diffbackbones.backbone.conditioning.text_encoders import build_text_encoder
+from diffbackbones.models.zoo import MODELS as ZOO, load_config
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'diffbackbones' / 'model_configs'
+CONFIG_ROOT = Path(__file__).resolve().parents[1] / 'diffbackbones' / 'models' / 'model_configs'
 
 # Published sizes (millions of parameters) and the relative tolerance accepted for each. A fourth item says
 # what the published number counts when it is not the diffusers/transformers parameter count:

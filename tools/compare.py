@@ -3,7 +3,7 @@
     python tools/compare.py                                           # every model below, both shapes variants
     python tools/compare.py --models shapes_flux_tiny --variants geometry --iters 100
     python tools/compare.py --models shapes_flux_tiny --weights trained \\
-        --activations diffbackbones/weights/shapes_flux_tiny/screening/preset.json   # another preset
+        --activations diffbackbones/models/weights/shapes_flux_tiny/screening/preset.json   # another preset
 
 The demo's recipe (UPerHead + fusion on frozen features, 300 iterations, ``tools/train.py``) on each
 shipped model, each with its own config in ``configs/toy/``:
@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffbackbones.segmentation.shapes import VARIANTS, make_shapes_dataset
+from diffbackbones.data.shapes import VARIANTS, make_shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / 'configs' / 'toy'
@@ -72,7 +72,7 @@ def unit_variance_scale(config: Path, data_root: Path, n_images: int = 32) -> fl
     import torch
     from PIL import Image
 
-    from diffbackbones.backbone import pixels_to_input
+    from diffbackbones.backbone.diffusion_backbone import pixels_to_input
     backbone = random_backbone(config)
     paths = sorted((data_root / 'img_dir' / 'train').glob('*.png'))[:n_images]
     pixels = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
@@ -85,7 +85,7 @@ def activation_options(config: Path, activations: str) -> list[str]:
     """cfg-options that swap the backbone's activations and give the neck the new levels' channels."""
     from mmengine.config import Config
 
-    from diffbackbones.cli import activations_option
+    from diffbackbones.commands.cli import activations_option
     if 'neck' not in Config.fromfile(config).model:
         raise SystemExit(f'--activations needs a config with a neck (it adapts to any levels); {config.name} has none')
     try:

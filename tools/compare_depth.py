@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument('--work-dir', type=Path, default=Path('work_dirs/compare-depth'))
     args = parser.parse_args()
 
-    from diffbackbones.segmentation.depth_shapes import make_depth_dataset
+    from diffbackbones.data.depth_shapes import make_depth_dataset
     data_root = make_depth_dataset(REPO / 'data' / 'shapes-depth')
     rows = {}
     for name in args.variants:

@@ -2,7 +2,7 @@
 
     python tools/generate_labelled.py --out work_dirs/labelled
 
-From Python: ``diffbackbones.generation.generate_labelled``; ``diffbackbones.capture_generation``.
+From Python: ``diffbackbones.tasks.generation.generate_labelled``; ``diffbackbones.capture_generation``.
 """
 import sys
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.backbone import pixels_to_input
-from diffbackbones.probe import compute_iou
-from diffbackbones.segmentation.shapes import SHAPES_CLASSES, render_sample
+from diffbackbones.backbone.diffusion_backbone import pixels_to_input
+from diffbackbones.tasks.label_scarce.pixel_classifier import compute_iou
+from diffbackbones.data.shapes import SHAPES_CLASSES, render_sample
 
 N_CLASSES = len(SHAPES_CLASSES)
 

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from diffbackbones import DiffusionBackbone
-from diffbackbones.backbone import pixels_to_input
+from diffbackbones.backbone.diffusion_backbone import pixels_to_input
 
 
 def synthetic_image(size: int, seed: int = 0) -> np.ndarray:

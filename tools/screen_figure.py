@@ -1,7 +1,7 @@
 """Screens of several models side by side: DNI, GI and LI along each model's execution order.
 
-    python tools/screen_figure.py diffbackbones/weights/shapes_sd_tiny/screening/screen.csv \\
-        diffbackbones/weights/shapes_flux_tiny/screening/screen.csv --out docs/images/screen-two-models.png
+    python tools/screen_figure.py diffbackbones/models/weights/shapes_sd_tiny/screening/screen.csv \\
+        diffbackbones/models/weights/shapes_flux_tiny/screening/screen.csv --out docs/images/screen-two-models.png
 
 One column per ``screen.csv`` (as ``diffbackbones screen`` writes it), one row per property; the x axis is
 the execution order scaled to 0..1 (input to output), so networks of different depths line up. Points are
@@ -13,7 +13,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from diffbackbones.screener import CSV_FIELDS, METRICS
+from diffbackbones.tasks.screening.screen import CSV_FIELDS, METRICS
 
 
 def read_screen(path: Path) -> list[dict]:

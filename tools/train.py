@@ -12,7 +12,7 @@ import os
 
 from mmengine.config import DictAction
 
-from diffbackbones.segmentation import build_runner, finish_distributed, load_tool_config
+from diffbackbones.integrations.mmseg import build_runner, finish_distributed, load_tool_config
 
 
 def parse_args():

@@ -3,7 +3,7 @@
     diffbackbones make-correspondence data/pairs                               # the embedded set
     diffbackbones correspondence --model test_sd_tiny --data data/pairs        # prints the table, writes pictures
 
-From Python: ``result = diffbackbones.correspondence.evaluate_correspondence('test_sd_tiny', 'data/pairs',
+From Python: ``result = diffbackbones.tasks.correspondence.evaluate_correspondence('test_sd_tiny', 'data/pairs',
 protocol='trained')``, then ``print(result.table())`` and ``result.save(folder)``.
 
 Data: an SPair-71k root (``JPEGImages/``, ``PairAnnotation/{trn,val,test}/``) with ``--train/--val/--test``
@@ -49,10 +49,10 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli import activations_option, given_options, pretrained_option
-from ..correspondence.evaluate import CORRESPONDENCE_PRESETS, check_free, evaluate_correspondence
-from ..correspondence.features import DIFT_PROMPT, PAPER_PROMPT
-from ..zoo import get_model_spec
+from .cli import activations_option, given_options, pretrained_option
+from diffbackbones.tasks.correspondence.evaluate import CORRESPONDENCE_PRESETS, check_free, evaluate_correspondence
+from diffbackbones.tasks.correspondence.features import DIFT_PROMPT, PAPER_PROMPT
+from diffbackbones.models.zoo import get_model_spec
 from .base import command_parser, run_command
 
 

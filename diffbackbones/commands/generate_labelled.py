@@ -2,7 +2,7 @@
 
     diffbackbones generate-labelled --out work_dirs/labelled          # shapes_sd_tiny, offline, ~1 min on a CPU
 
-DatasetDM / DiffuMask-style synthetic segmentation data, with ``diffbackbones.generation``: the model's
+DatasetDM / DiffuMask-style synthetic segmentation data, with ``diffbackbones.tasks.generation``: the model's
 pipeline generates ``--images`` pictures (DDIM, ``--steps`` steps, ``--size`` px); ``capture_generation``
 keeps the ``--activations`` at ``--step`` (-1: the last step). The same model as a ``DiffusionBackbone``,
 at that step's timestep and prompt, gives the features of ``--real`` labelled images of the embedded
@@ -13,7 +13,7 @@ of always answering the most frequent class, the chance to beat).
 Writes to ``--out``: ``images/NNNNN.png``, ``masks/NNNNN.png`` (class ids 0..3: background, circle, square,
 triangle; mode L), ``pictures/NNNNN.png`` (image | coloured mask) and ``labelled.json``.
 
-From Python: ``diffbackbones.generation.generate_labelled(...)`` returns a ``LabelledSet`` (``save(folder)``);
+From Python: ``diffbackbones.tasks.generation.generate_labelled(...)`` returns a ``LabelledSet`` (``save(folder)``);
 ``diffbackbones.capture_generation`` captures during any pipeline of a supported family.
 """
 from __future__ import annotations
@@ -21,9 +21,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import activations_option
-from ..generation import generate_labelled
-from ..outputs import refuse_earlier_run
+from .cli import activations_option
+from diffbackbones.tasks.generation import generate_labelled
+from diffbackbones.utils.outputs import refuse_earlier_run
 from .base import run_command
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..catalog import ActivationInfo, list_activations
-from ..loading import build_denoiser
-from ..zoo import MODELS, get_model_spec
+from diffbackbones.models.catalog import ActivationInfo, list_activations
+from diffbackbones.models.loading import build_denoiser
+from diffbackbones.models.zoo import MODELS, get_model_spec
 from .base import run_command
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..correspondence.synthetic import make_correspondence_dataset
+from diffbackbones.tasks.correspondence.synthetic import make_correspondence_dataset
 from .base import run_command
 
 

@@ -1,5 +1,5 @@
-"""Write the embedded synthetic "shapes" sets: segmentation (``diffbackbones.segmentation.shapes``) or
-depth estimation (``diffbackbones.segmentation.depth_shapes``, NYU Depth v2's layout).
+"""Write the embedded synthetic "shapes" sets: segmentation (``diffbackbones.data.shapes``) or
+depth estimation (``diffbackbones.data.depth_shapes``, NYU Depth v2's layout).
 
     diffbackbones make-shapes data/shapes                              # mmseg layout, 200 train / 50 val
     diffbackbones make-shapes data/shapes-geometry --variant geometry  # only the outline names the class
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..segmentation.shapes import LAYOUTS, VARIANTS, make_shapes_dataset
+from diffbackbones.data.shapes import LAYOUTS, VARIANTS, make_shapes_dataset
 from .base import command_parser, run_command
 
 TASKS = ('segmentation', 'depth')
@@ -41,7 +41,7 @@ def _run_depth(args: argparse.Namespace) -> Path:
     if conflicts:
         command_parser(sys.modules[__name__], 'diffbackbones make-shapes').error(
             f'{" and ".join(conflicts)} only apply to --task segmentation, not --task depth')
-    from ..segmentation.depth_shapes import make_depth_dataset
+    from diffbackbones.data.depth_shapes import make_depth_dataset
     n_train = args.train if args.train is not None else 200
     n_test = args.val if args.val is not None else 50
     root = make_depth_dataset(args.root, n_train, n_test, seed=args.seed)

@@ -3,7 +3,7 @@
     diffbackbones make-shapes data/shapes-ddpm --layout ddpm-seg        # the embedded set, 30 / 20
     diffbackbones probe --model test_sd_tiny --data data/shapes-ddpm      # prints the table, writes pictures
 
-From Python: ``result = diffbackbones.label_scarce.evaluate_probe('test_sd_tiny', 'data/shapes-ddpm')``,
+From Python: ``result = diffbackbones.tasks.label_scarce.evaluate.evaluate_probe('test_sd_tiny', 'data/shapes-ddpm')``,
 then ``print(result.table())`` and ``result.save(folder)``.
 
 Data: ``ROOT/real/{train,test}/`` (images with same-name ``.npy`` label maps, DDPM-seg's layout) or
@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..cli import activations_option, given_options, pretrained_option
-from ..label_scarce import check_free, evaluate_probe
-from ..zoo import get_model_spec
+from .cli import activations_option, given_options, pretrained_option
+from diffbackbones.tasks.label_scarce.evaluate import check_free, evaluate_probe
+from diffbackbones.models.zoo import get_model_spec
 from .base import run_command
 
 

@@ -10,7 +10,7 @@ From Python: ``report = diffbackbones.screen('test_sd_tiny', images, labels=...)
 Qualitative stage: for ``--n-images`` images (16) under ``--seeds`` noise seeds (4) at the same t, every
 activation in the catalog (``--kinds``/``--levels`` filter it) gets DNI (diffusion noise), DNI below and
 above a quarter of Nyquist, GI (granularity, cycles per image) and, with label maps, LI (locality); see
-``diffbackbones.screening`` for the exact definitions. Writes ``screen.csv``, ``screen.png`` (each metric
+``diffbackbones.tasks.screening.properties`` for the exact definitions. Writes ``screen.csv``, ``screen.png`` (each metric
 along the execution order, coloured by kind, level boundaries marked), ``pca.png`` (the first three
 principal components of every activation as RGB, first image) and ``candidates.json`` (the paper's rules
 made numeric: increments dropped; DNI > ``--dni-max`` dropped unless LI > ``--li-max`` shows locality;
@@ -29,10 +29,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ..cli import pretrained_option
-from ..screener import check_free, screen
-from ..outputs import peak_rss_gb
-from ..zoo import get_model_spec
+from .cli import pretrained_option
+from diffbackbones.tasks.screening.screen import check_free, screen
+from diffbackbones.utils.outputs import peak_rss_gb
+from diffbackbones.models.zoo import get_model_spec
 from .base import run_command
 
 

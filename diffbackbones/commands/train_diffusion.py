@@ -7,7 +7,7 @@ topology on shapes_sd_tiny's VAE (shapes_flux_tiny).
     diffbackbones train-diffusion --arch flux --out work_dirs/flux-quick --transformer-steps 10 --images 64 --samples 2
     diffbackbones train-diffusion --arch flux --out work_dirs/flux   # the shipped recipe of shapes_flux_tiny
 
-``--arch sd``: two stages, fixed seeds, from scratch (``diffbackbones.diffusion_training.train_shapes_model``):
+``--arch sd``: two stages, fixed seeds, from scratch (``diffbackbones.training.shapes_sd.train_shapes_model``):
 
 1. A tiny ``AutoencoderKL`` (SD VAE topology: 4 down blocks, factor 8, 4 latent channels) trained with
    L1 reconstruction, a small KL term and a texture-energy term; its ``scaling_factor`` is then set to
@@ -22,7 +22,7 @@ fp16 safetensors) that ``StableDiffusionPipeline.from_pretrained`` and
 and commit that made it, and ``training/``: ``losses.png``, ``samples.png`` (DDIM samples),
 ``reconstructions.png`` (held-out images over their VAE reconstructions), ``train_log.json``.
 
-``--arch flux`` (``diffbackbones.flux_training.train_shapes_flux``): one stage on the latents of the shipped
+``--arch flux`` (``diffbackbones.training.shapes_flux.train_shapes_flux``): one stage on the latents of the shipped
 shapes_sd_tiny VAE (copied unchanged): a tiny ``FluxTransformer2DModel`` (4 double + 4 single blocks) trained
 with flow matching as diffusers' Flux training examples do it (``FlowMatchEulerDiscreteScheduler``, uniform
 timestep density by default, target noise - latents), conditioned on the fixed prompt through tiny random frozen
@@ -36,8 +36,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..diffusion_training import train_shapes_model
-from ..segmentation.shapes import VARIANTS
+from diffbackbones.training.shapes_sd import train_shapes_model
+from diffbackbones.data.shapes import VARIANTS
 from .base import run_command
 
 
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     command = f'diffbackbones train-diffusion --out {args.out} {"--arch flux " if flux else ""}{flags}'
     try:
         if flux:
-            from ..flux_training import train_shapes_flux
+            from diffbackbones.training.shapes_flux import train_shapes_flux
             result = train_shapes_flux(args.out, progress=True, command=command, **options)
         else:
             result = train_shapes_model(args.out, progress=True, command=command, **options)

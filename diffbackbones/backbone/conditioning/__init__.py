@@ -1,0 +1,1 @@
+"""Conditioning stages: the denoiser's context (prompt embeddings, text encoders, learned and VPD contexts)."""
