@@ -4,8 +4,9 @@ from pathlib import Path
 import tempfile
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never touch the network
-# Prompt embeddings are cached on disk (diffbackbones.text): a fresh folder per session, so no test
-# reads what an earlier run (or the user's own cache) wrote, and nothing lands in the home folder.
+# Prompt embeddings are cached on disk (diffbackbones.backbone.conditioning.text_encoders): a fresh folder
+# per session, so no test reads what an earlier run (or the user's own cache) wrote, and nothing lands in
+# the home folder.
 os.environ['DIFFBACKBONES_CACHE'] = tempfile.mkdtemp(prefix='diffbackbones-test-cache-')
 
 import pytest
