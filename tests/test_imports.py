@@ -1,84 +1,73 @@
-"""The package's house rules, checked on its source: imports form no cycle, and no class is huge."""
+"""The package's house rules, checked on its source: the rooms' layering and no import cycle (import-linter's
+contracts in setup.cfg), and no class is huge."""
 from __future__ import annotations
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import diffbackbones
 
+from conftest import REPO
+
 PACKAGE_DIR = Path(diffbackbones.__file__).parent
+CONTRACTS = REPO / 'setup.cfg'
 MAX_CLASS_LINES = 250
 
+pytest.importorskip('importlinter')
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix('').parts
-    return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+
+def _lint_imports(root: Path, package_parent: Path) -> subprocess.CompletedProcess:
+    """import-linter's own command on the package found under ``package_parent`` (first on the path)."""
+    env = dict(os.environ, PYTHONPATH=str(package_parent))
+    command = 'from importlinter.cli import lint_imports_command; lint_imports_command()'
+    return subprocess.run([sys.executable, '-c', command, '--config', str(CONTRACTS), '--no-cache'], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.skipif(not CONTRACTS.exists(), reason='the contracts live in the source tree (setup.cfg)')
+def test_the_layering_and_acyclic_contracts_hold():
+    done = _lint_imports(REPO, PACKAGE_DIR.parent)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert 'Rooms import only the rooms below them KEPT' in done.stdout
+    assert 'No import cycles between modules or packages of one parent KEPT' in done.stdout
+
+
+@pytest.mark.skipif(not CONTRACTS.exists(), reason='the contracts live in the source tree (setup.cfg)')
+def test_an_import_against_the_layers_or_a_cycle_breaks_the_suite(tmp_path):
+    # The check above could pass by seeing nothing: on a copy of the package, an upward import deferred
+    # into a function (model facts reaching for a task), a cycle inside one room and a new room nobody placed
+    # must each fail it.
+    copy = tmp_path / 'diffbackbones'
+    shutil.copytree(PACKAGE_DIR, copy, ignore=shutil.ignore_patterns('__pycache__', 'weights', 'model_configs'))
+    zoo = copy / 'models' / 'zoo.py'
+    zoo.write_text(zoo.read_text() + '\n\ndef _upward():\n    from ..tasks.screening import ranking  # noqa\n')
+    fusion = copy / 'backbone' / 'fusion.py'  # combined imports fusion: this closes a cycle inside one room
+    fusion.write_text(fusion.read_text() + '\n\ndef _back():\n    from . import combined  # noqa\n')
+    (copy / 'scratch').mkdir()
+    (copy / 'scratch' / '__init__.py').write_text('"""A room in no layer."""\n')
+    done = _lint_imports(tmp_path, tmp_path)
+    assert done.returncode != 0
+    assert 'Rooms import only the rooms below them BROKEN' in done.stdout
+    assert 'diffbackbones.models.zoo -> diffbackbones.tasks.screening.ranking' in done.stdout
+    assert 'diffbackbones.scratch' in done.stdout  # exhaustive: every room must be placed
+    assert 'No import cycles between modules or packages of one parent BROKEN' in done.stdout
 
 
 def _sources() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE_DIR.rglob('*.py'))}
-
-
-def _imports(name: str, path: Path, modules: set[str]) -> set[str]:
-    """The package's modules that ``name`` imports anywhere in its file, function-level imports included
-    (an import deferred into a function to dodge a cycle is still a cycle)."""
-    package = name if path.name == '__init__.py' else name.rpartition('.')[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ''
-            if node.level:
-                anchor = package.split('.')[:len(package.split('.')) - (node.level - 1)]
-                base = '.'.join(anchor + ([base] if base else []))
-            # `from pkg import sub` imports the module pkg.sub when there is one, else a name of pkg
-            targets = [f'{base}.{a.name}' if f'{base}.{a.name}' in modules else base for a in node.names]
-        else:
-            continue
-        for target in targets:
-            while target and target not in modules:  # `import a.b.c` of a name: the deepest module
-                target = target.rpartition('.')[0]
-            if target and target != name:
-                found.add(target)
-    return found
-
-
-def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    cycles, state = [], {}  # state: 1 on the current path, 2 done
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt])
-            elif nxt not in state:
-                visit(nxt, path + [nxt])
-        state[node] = 2
-    for node in sorted(graph):
-        if node not in state:
-            visit(node, [node])
-    return cycles
-
-
-def test_the_cycle_finder_finds_a_cycle():
-    # the check below could pass by finding nothing at all: it must see a cycle that is there
-    graph = {'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}
-    assert _cycles(graph) == [['a', 'b', 'c', 'a']]
-    sources = _sources()
-    graph = {name: _imports(name, path, set(sources)) for name, path in sources.items()}
-    assert 'diffbackbones.families' in graph['diffbackbones.catalog']  # the reader sees real edges
-
-
-def test_the_package_imports_form_no_cycle():
-    sources = _sources()
-    graph = {name: _imports(name, path, set(sources)) for name, path in sources.items()}
-    # A package's __init__ importing its own modules is how packages work; a module importing its
-    # package back (`from diffbackbones import X` inside diffbackbones) closes a cycle and counts.
-    assert _cycles(graph) == [], 'import cycles (each a path that returns to its start)'
+    def name(path: Path) -> str:
+        parts = path.relative_to(PACKAGE_DIR.parent).with_suffix('').parts
+        return '.'.join(parts[:-1] if parts[-1] == '__init__' else parts)
+    return {name(p): p for p in sorted(PACKAGE_DIR.rglob('*.py'))}
 
 
 def test_no_class_is_over_the_size_limit():
+    # import-linter has no such rule: this walker stays for it
     too_big = []
     for name, path in _sources().items():
         for node in ast.walk(ast.parse(path.read_text())):
