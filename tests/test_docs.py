@@ -166,3 +166,34 @@ def test_mkdocs_build_strict(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, f'mkdocs build --strict failed:\n{result.stderr}\n{result.stdout}'
     assert (tmp_path / 'site' / 'api' / 'index.html').is_file()
+    # the Layout page's package map is made at build time from the package: it shows every module
+    layout = (tmp_path / 'site' / 'layout' / 'index.html').read_text()
+    assert 'denoiser/capture.py' in layout and 'Capture named activations from a denoiser' in layout
+    assert PACKAGE_MAP_MARKER not in layout
+
+
+PACKAGE_MAP_MARKER = '<!-- package map: made by docs/_hooks/package_map.py at build time -->'
+
+
+def _package_map_hook():
+    spec = importlib.util.spec_from_file_location('package_map', ROOT / 'docs' / '_hooks' / 'package_map.py')
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    return hook
+
+
+def test_the_layout_page_names_every_module_with_its_docstring():
+    hook = _package_map_hook()
+    assert hook.MARKER == PACKAGE_MAP_MARKER and PACKAGE_MAP_MARKER in (ROOT / 'docs' / 'layout.md').read_text()
+    package_map = hook.package_map()
+    undocumented, unnamed = [], []
+    for path in hook.modules():
+        name = str(path.relative_to(hook.PACKAGE))
+        if not hook.docstring(path):
+            undocumented.append(name)
+        if f'`{hook.label(path)}`' not in package_map:
+            unnamed.append(name)
+    assert not undocumented, f'modules without a docstring (its first line says what lives there): {undocumented}'
+    assert not unnamed, f'modules missing from the Layout page: {unnamed}'
+    # and the map is no fixed text: one row or heading per module, the package's own __init__ included
+    assert package_map.count('\n| `') + package_map.count('\n### `') == len(hook.modules()) > 80
