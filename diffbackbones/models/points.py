@@ -1,4 +1,4 @@
-"""Activation points: where a capturable activation lives in a denoiser, and the UNet walker.
+"""Activation points: where a capturable activation lives in a denoiser, and the builder the walkers share.
 
 Names follow the original implementation (generic-diffusion-feature) so published layer configs work
 as-is; see DESIGN.md, "Activation names". The catalog is derived from the module tree alone (shapes
@@ -6,12 +6,11 @@ follow from the known latent size), so it works on the meta device and never run
 
 Each `ActivationPoint` says *where* an activation lives (which module, input or output, NCHW or
 tokens, attention probabilities) and `capture.py` turns that into hooks. A new denoiser family only
-needs a walker (``families.py``) that yields points in execution order; capture and the backbone stay
+needs a walker (a module in ``families/``) that yields points in execution order; capture and the backbone stay
 unchanged.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,7 +18,7 @@ import torch.nn as nn
 from diffusers.models.activations import GEGLU, SwiGLU
 from diffusers.models.attention_processor import Attention
 
-__all__ = ['ActivationPoint', 'walk_unet']
+__all__ = ['ActivationPoint']
 
 # How a hook reads the activation off its module.
 #   output        the module's output, already (B, C, h, w)
@@ -72,15 +71,6 @@ class ActivationPoint:
     def stride(self, latent_hw: tuple[int, int]) -> int:
         """Latent stride of this activation for the latent size the catalog was built with."""
         return latent_hw[0] // self.size[0]
-
-
-def _half(hw: tuple[int, int]) -> tuple[int, int]:
-    # A stride-2 conv with padding 1 (Downsample2D) maps r -> ceil(r / 2).
-    return (math.ceil(hw[0] / 2), math.ceil(hw[1] / 2))
-
-
-def _double(hw: tuple[int, int]) -> tuple[int, int]:
-    return (hw[0] * 2, hw[1] * 2)
 
 
 class _Points:
@@ -155,48 +145,3 @@ class _Points:
 
 def _block_dim(block: nn.Module) -> int:
     return block.attn1.to_out[0].out_features
-
-
-def walk_unet(unet: nn.Module, latent_hw: tuple[int, int], n_text_tokens: int) -> list[ActivationPoint]:
-    """UNet2DConditionModel-style denoisers (SD1.x, SD2.x, SDXL, Playground v2)."""
-    pts = _Points(n_text_tokens)
-    hw = tuple(latent_hw)
-    pts.add('unet-in', 'unet-in', unet.conv_in.in_channels, hw, 'conv_in', 'input')
-    pts.add('unet-after-conv-in', 'after-conv-in', unet.conv_in.out_channels, hw, 'conv_in', 'output')
-
-    def attend(prefix: str, path: str, attention: nn.Module, hw, index: str = ''):
-        if isinstance(attention, Attention):  # IF: a bare attention, named {prefix}-attn{index}-*
-            pts.simple_attention(f'{prefix}-attn{index}', path, attention, hw)
-        else:  # a Transformer2DModel, named {prefix}-vit{index}-*
-            pts.vit(f'{prefix}-vit{index}', path, attention, hw)
-
-    def stage(prefix: str, path: str, block: nn.Module, hw):
-        attentions = getattr(block, 'attentions', None) or []
-        for j, resnet in enumerate(block.resnets):
-            pts.resnet(f'{prefix}-repeat{j}', f'{path}.resnets.{j}', resnet, hw)
-            if j < len(attentions):
-                attend(f'{prefix}-repeat{j}', f'{path}.attentions.{j}', attentions[j], hw)
-
-    for i, block in enumerate(unet.down_blocks):
-        stage(f'down-level{i}', f'down_blocks.{i}', block, hw)
-        if getattr(block, 'downsamplers', None):
-            hw = _half(hw)
-            pts.add(f'down-level{i}-downsampler-out', 'resampler-out', block.downsamplers[0].out_channels, hw,
-                    f'down_blocks.{i}.downsamplers.0', 'output')
-
-    mid = unet.mid_block
-    if mid is not None:
-        # UNetMidBlock2DCrossAttn runs resnets[0], then (attentions[j], resnets[j + 1]) pairs.
-        pts.resnet('mid-repeat0', 'mid_block.resnets.0', mid.resnets[0], hw)
-        for j, attention in enumerate(getattr(mid, 'attentions', None) or []):
-            attend('mid', f'mid_block.attentions.{j}', attention, hw, str(j) if j else '')
-            pts.resnet(f'mid-repeat{j + 1}', f'mid_block.resnets.{j + 1}', mid.resnets[j + 1], hw)
-
-    for i, block in enumerate(unet.up_blocks):
-        stage(f'up-level{i}', f'up_blocks.{i}', block, hw)
-        if getattr(block, 'upsamplers', None):
-            hw = _double(hw)
-            pts.add(f'up-level{i}-upsampler-out', 'resampler-out', block.upsamplers[0].out_channels, hw,
-                    f'up_blocks.{i}.upsamplers.0', 'output')
-    pts.add('unet-out', 'unet-out', unet.conv_out.out_channels, hw, 'conv_out', 'output')
-    return pts.points
