@@ -50,9 +50,10 @@ import statistics
 import torch
 
 from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
-from diffbackbones.tasks.benchmarking import (DIFT, LABELS, control_stage, controlnet_flops, count_flops, fits_in_memory,
-                            inversion_stage, machine, make_variants, matmul_rate, param_bytes, pipeline_param_bytes,
-                            pipeline_parts_on_meta, relative_error, run_once, size_str, tiny_of)
+from diffbackbones.tasks.benchmarking import (DIFT, LABELS, control_stage, controlnet_flops, count_flops,
+                                              fits_in_memory, inversion_stage, machine, make_variants, matmul_rate,
+                                              param_bytes, pipeline_param_bytes, pipeline_parts_on_meta, relative_error,
+                                              run_once, size_str, tiny_of)
 from diffbackbones.models.loading import build_denoiser
 from diffbackbones.models.zoo import MODELS
 from .base import run_command

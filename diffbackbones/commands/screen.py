@@ -10,8 +10,8 @@ From Python: ``report = diffbackbones.screen('test_sd_tiny', images, labels=...)
 Qualitative stage: for ``--n-images`` images (16) under ``--seeds`` noise seeds (4) at the same t, every
 activation in the catalog (``--kinds``/``--levels`` filter it) gets DNI (diffusion noise), DNI below and
 above a quarter of Nyquist, GI (granularity, cycles per image) and, with label maps, LI (locality); see
-``diffbackbones.tasks.screening.properties`` for the exact definitions. Writes ``screen.csv``, ``screen.png`` (each metric
-along the execution order, coloured by kind, level boundaries marked), ``pca.png`` (the first three
+``diffbackbones.tasks.screening.properties`` for the exact definitions. Writes ``screen.csv``, ``screen.png``
+(each metric along the execution order, coloured by kind, level boundaries marked), ``pca.png`` (the first three
 principal components of every activation as RGB, first image) and ``candidates.json`` (the paper's rules
 made numeric: increments dropped; DNI > ``--dni-max`` dropped unless LI > ``--li-max`` shows locality;
 q/k with LI > ``--li-max`` dropped where a clean activation exists at the same stride).

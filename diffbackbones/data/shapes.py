@@ -13,7 +13,8 @@ Written in mmseg's layout:
     root/img_dir/{train,val}/00000.png      RGB
     root/ann_dir/{train,val}/00000.png      uint8 labels 0..3
 
-or in DDPM-seg's (the label-scarce protocol of ``diffbackbones.tasks.label_scarce.pixel_classifier``; 30 train / 20 test):
+or in DDPM-seg's (the label-scarce protocol of ``diffbackbones.tasks.label_scarce.pixel_classifier``;
+30 train / 20 test):
 
     root/real/{train,test}/00000.png        RGB
     root/real/{train,test}/00000.npy        uint8 labels 0..3

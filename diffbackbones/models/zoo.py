@@ -70,7 +70,7 @@ class ModelSpec:
     beta_start: float = 0.00085   # DDPM betas: 'scaled_linear' (SD1.x/2.x/SDXL/PGv2) or 'linear' (PixArt, DiT)
     beta_end: float = 0.012
     num_train_timesteps: int = 1000
-    default_t: int = 50           # flow models: the t whose noise-to-signal ratio is SD's t=50 (backbone/noise/schedule.py)
+    default_t: int = 50           # flow models: the t whose noise-to-signal ratio is SD's t=50 (noise/schedule.py)
     prediction: str = 'epsilon'   # what the denoiser predicts: 'epsilon', 'v_prediction', 'flow' (velocity)
     guidance: float | None = None  # guidance-distilled models (FLUX.1-dev): the embedded guidance scale
     class_conditional: bool = False  # DiT: a class label instead of a prompt (1000 = the null class)

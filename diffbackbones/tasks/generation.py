@@ -440,8 +440,8 @@ def generate_labelled(*, model: str = 'shapes_sd_tiny', pretrained: bool | str =
     The pipeline generates ``images`` pictures (DDIM, ``steps`` steps); ``capture_generation`` keeps the
     activations at ``step``. A ``DiffusionBackbone`` of the same model, at that step's timestep and
     prompt, gives the features of ``real`` labelled shapes images, on which an ensemble of DDPM-seg
-    pixel classifiers (``diffbackbones.tasks.label_scarce.pixel_classifier``) is trained; it labels every pixel of the generated images
-    (and of ``held_out`` further real images, to say how well it labels).
+    pixel classifiers (``diffbackbones.tasks.label_scarce.pixel_classifier``) is trained; it labels every
+    pixel of the generated images (and of ``held_out`` further real images, to say how well it labels).
 
     Args:
         model: Zoo name of a text-to-image model whose weights load as a diffusers pipeline
@@ -467,7 +467,8 @@ def generate_labelled(*, model: str = 'shapes_sd_tiny', pretrained: bool | str =
     from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
     from diffbackbones.training.shapes_sd import PROMPT
     from diffbackbones.models.loading import resolve_source
-    from diffbackbones.tasks.label_scarce.pixel_classifier import PixelFeatures, compute_iou, extract_levels, predict, train_ensemble
+    from diffbackbones.tasks.label_scarce.pixel_classifier import (PixelFeatures, compute_iou, extract_levels, predict,
+                                                                   train_ensemble)
 
     start = time.time()
     for name, value in dict(images=images, steps=steps, size=size, real=real, held_out=held_out,

@@ -14,7 +14,8 @@ weights copied byte for byte, so both shipped models share one encoder):
   sigma * noise``, target ``noise - latents``, the transformer called at ``timestep / 1000`` with guidance
   3.5, packed latents and ``img_ids`` from ``FluxPipeline``'s own helpers. The scheduler uses dynamic
   shifting (as FLUX.1-dev), so training sigmas are unshifted (sigma = t / 1000, the backbone's flow
-  convention in ``backbone/noise/schedule.py``) and ``FluxPipeline`` shifts its sampling steps by the image's token count.
+  convention in ``backbone/noise/schedule.py``) and ``FluxPipeline`` shifts its sampling steps by the image's token
+  count.
 - Conditioned on one fixed prompt (empty for 10% of the samples, diffusers' ``proportion_empty_prompts``,
   so the backbone's default prompt '' is in distribution too) through tiny random frozen text encoders:
   a CLIP (pooled, ``test_flux_tiny``'s config, the character-level tokenizer of ``shapes_sd_tiny``) and

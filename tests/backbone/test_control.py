@@ -1,5 +1,5 @@
-"""The control stage (``diffbackbones/backbone/denoiser/control.py``): a ControlNet's residuals join the denoiser call exactly as
-diffusers' ControlNet pipelines pass them, only when a captured activation consumes them."""
+"""The control stage (``diffbackbones/backbone/denoiser/control.py``): a ControlNet's residuals join the denoiser call
+exactly as diffusers' ControlNet pipelines pass them, only when a captured activation consumes them."""
 from __future__ import annotations
 
 import numpy as np

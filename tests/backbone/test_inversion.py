@@ -1,7 +1,6 @@
-"""DDIM inversion as a noise stage (``noise='ddim-inversion'``, diffbackbones/backbone/noise/inversion.py), on real diffusers
-models: the walk equals a plain DDIM loop written here from the formula, the features come from the
-inverted latent, and on the trained shapes model DDIM sampling returns from it to the clean latent.
-"""
+"""DDIM inversion as a noise stage (``noise='ddim-inversion'``, diffbackbones/backbone/noise/inversion.py), on real
+diffusers models: the walk equals a plain DDIM loop written here from the formula, the features come from the
+inverted latent, and on the trained shapes model DDIM sampling returns from it to the clean latent."""
 import pytest
 import torch
 from diffusers import DDIMScheduler

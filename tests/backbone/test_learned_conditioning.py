@@ -5,8 +5,8 @@ import torch
 
 from diffbackbones import DiffusionBackbone
 from diffbackbones.backbone.conditioning.prompt import ConditioningStage, PromptConditioning
-from diffbackbones.backbone.conditioning.learned import (LearnedConditioning, LearnedConditioningStage, VpdClassConditioning,
-                                                VpdClassesStage, class_embeddings)
+from diffbackbones.backbone.conditioning.learned import (LearnedConditioning, LearnedConditioningStage,
+                                                         VpdClassConditioning, VpdClassesStage, class_embeddings)
 from diffbackbones.backbone.conditioning.text_encoders import HashTokenizer, encode_prompts
 from diffbackbones.models.zoo import get_model_spec
 

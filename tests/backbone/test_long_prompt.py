@@ -13,8 +13,8 @@ import torch
 from diffbackbones import DiffusionBackbone
 from diffbackbones.backbone.conditioning.prompt import ConditioningStage
 from diffbackbones.models.loading import resolve_source
-from diffbackbones.backbone.conditioning.text_encoders import (RANDOM_INIT_SEED, TEXT_ENCODER_LOADS, HashTokenizer, LongPromptWarning,
-                                _WARNED, build_text_encoder)
+from diffbackbones.backbone.conditioning.text_encoders import (RANDOM_INIT_SEED, TEXT_ENCODER_LOADS, HashTokenizer,
+                                                               LongPromptWarning, _WARNED, build_text_encoder)
 from diffbackbones.models.zoo import MODELS
 
 SHAPES = MODELS['shapes_sd_tiny']

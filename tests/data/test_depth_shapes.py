@@ -8,8 +8,8 @@ from PIL import Image
 
 import diffbackbones  # noqa: F401  (registers mmseg's modules where needed)
 from diffbackbones.integrations.mmseg.depth_pictures import colorize_depth, depth_panel, save_depth_panels
-from diffbackbones.data.depth_shapes import (CATEGORY_DEPTH_RANGES, SHAPES_DEPTH_CATEGORIES,
-                                                     make_depth_dataset, render_depth_sample, render_depth_scene)
+from diffbackbones.data.depth_shapes import (CATEGORY_DEPTH_RANGES, SHAPES_DEPTH_CATEGORIES, make_depth_dataset,
+                                             render_depth_sample, render_depth_scene)
 
 
 @pytest.fixture(scope='module')

@@ -15,9 +15,9 @@ from diffbackbones import DiffusionBackbone
 from diffbackbones.commands import main as diffbackbones_main
 from diffbackbones.commands.correspondence import parse_args
 from diffbackbones.tasks.correspondence import (DIFT_PROMPT, CorrespondenceHead, CorrespondenceResult, FeatureSource,
-                                          PCKTable, clip_loss, evaluate_correspondence, evaluate_pairs, find_pairs,
-                                          keypoint_index, load_pair_list, make_correspondence_dataset, match_points,
-                                          pck_correct, train_steps, training_schedule)
+                                                PCKTable, clip_loss, evaluate_correspondence, evaluate_pairs,
+                                                find_pairs, keypoint_index, load_pair_list, make_correspondence_dataset,
+                                                match_points, pck_correct, train_steps, training_schedule)
 
 
 @pytest.fixture(scope='session')

@@ -14,9 +14,10 @@ from PIL import Image
 from diffbackbones.commands import main as diffbackbones_command
 from diffbackbones.commands.probe import main as probe_command
 from diffbackbones.tasks.label_scarce.evaluate import ProbeResult, evaluate_probe, palette
-from diffbackbones.tasks.label_scarce.pixel_classifier import (EarlyStop, PixelClassifier, PixelFeatures, StackedClassifiers, clean_labels,
-                                 compute_iou, find_split, label_map_of, load_pair, majority_vote, predict,
-                                 read_label_map, redraw_split, train_ensemble)
+from diffbackbones.tasks.label_scarce.pixel_classifier import (EarlyStop, PixelClassifier, PixelFeatures,
+                                                               StackedClassifiers, clean_labels, compute_iou,
+                                                               find_split, label_map_of, load_pair, majority_vote,
+                                                               predict, read_label_map, redraw_split, train_ensemble)
 from diffbackbones.data.shapes import make_shapes_dataset
 
 from conftest import REPO

@@ -32,8 +32,8 @@ class PixArtFamily(DenoiserFamily):
             h, w = image_hw
             added = {'resolution': torch.tensor([[h, w]], device=noisy.device, dtype=dtype).expand(b, -1),
                      'aspect_ratio': torch.tensor([[h / w]], device=noisy.device, dtype=dtype).expand(b, -1)}
-        kwargs = dict(hidden_states=noisy, encoder_hidden_states=text_context(conditioning, b, dtype), timestep=timesteps,
-                      added_cond_kwargs=added)
+        kwargs = dict(hidden_states=noisy, encoder_hidden_states=text_context(conditioning, b, dtype),
+                      timestep=timesteps, added_cond_kwargs=added)
         if conditioning.attention_mask is not None:
             kwargs['encoder_attention_mask'] = conditioning.attention_mask.expand(b, -1)
         return kwargs

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
 from diffbackbones.backbone.presets import ActivationsArg
 from .pixel_classifier import (PixelFeatures, clean_labels, compute_iou, extract_levels, find_split, load_pair, predict,
-                    redraw_split, train_ensemble)
+                               redraw_split, train_ensemble)
 from diffbackbones.backbone.stages import set_default_option
 from diffbackbones.utils.outputs import peak_rss_gb, refuse_earlier_run
 from diffbackbones.models.zoo import default_weights, get_model_spec

@@ -13,7 +13,8 @@ import torch
 from tqdm import tqdm
 
 from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
-from diffbackbones.tasks.label_scarce.pixel_classifier import PixelFeatures, clean_labels, compute_iou, find_split, load_pair, predict, train_ensemble
+from diffbackbones.tasks.label_scarce.pixel_classifier import (PixelFeatures, clean_labels, compute_iou, find_split,
+                                                               load_pair, predict, train_ensemble)
 from .properties import spearman
 from diffbackbones.models.zoo import ModelSpec
 
