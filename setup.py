@@ -38,7 +38,7 @@ setup(
         'opencv-python-headless',  # the ControlNet's built-in canny preprocessor (control=dict(image='canny'))
     ],
     extras_require={
-        'test': ['pytest>=7', 'pytest-timeout', 'import-linter>=2.1'],  # import-linter: the layers contract (setup.cfg)
+        'test': ['pytest>=7', 'pytest-timeout', 'import-linter>=2.17,<3'],  # the layers contract (setup.cfg)
         # mmcv 2.1.0 needs compiled ops; the Makefile installs it from ../shared/wheels or source.
         # setuptools < 81: mmengine 0.10 resolves a config's `_base_ = ['mmseg::...']` (configs/depth/
         # inherit mmseg's shipped VPD configs so) through pkg_resources, which newer setuptools no longer

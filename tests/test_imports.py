@@ -26,7 +26,7 @@ def _lint_imports(root: Path, package_parent: Path) -> subprocess.CompletedProce
     """import-linter's own command on the package found under ``package_parent`` (first on the path)."""
     env = dict(os.environ, PYTHONPATH=str(package_parent))
     command = 'from importlinter.cli import lint_imports_command; lint_imports_command()'
-    return subprocess.run([sys.executable, '-c', command, '--config', str(CONTRACTS), '--no-cache'], cwd=root,
+    return subprocess.run([sys.executable, '-c', command, str(CONTRACTS), '--no-cache'], cwd=root,
                           env=env, capture_output=True, text=True, timeout=300)
 
 
