@@ -74,3 +74,10 @@ def test_no_class_is_over_the_size_limit():
             if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS_LINES:
                 too_big.append(f'{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines')
     assert not too_big, f'classes over {MAX_CLASS_LINES} lines: {too_big}'
+
+
+def test_no_folder_holds_more_than_15_modules():
+    # a folder of 40 modules hides the architecture; past about 15 a folder wants rooms of its own
+    crowded = {str(folder.relative_to(PACKAGE_DIR.parent)): n for folder in [PACKAGE_DIR, *PACKAGE_DIR.rglob('*/')]
+               if (n := len(list(folder.glob('*.py')))) > 15}
+    assert not crowded, f'folders over 15 modules: {crowded}'
