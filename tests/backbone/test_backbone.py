@@ -139,10 +139,13 @@ def test_dtype_bf16_runs_and_stays_close_to_fp32(sd_tiny):
     x = random_images(1, 64, 64)
     bf16 = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, dtype='bf16')
     with torch.no_grad():
-        ref, low = sd_tiny(x), bf16(x)
-    for r, l in zip(ref, low):
-        assert l.dtype == torch.bfloat16
-        assert ((l.float() - r).norm() / r.norm()) < 0.05
+        ref, low, low_in = sd_tiny(x), bf16(x), bf16(x.to(torch.bfloat16))
+    assert next(bf16.denoiser.parameters()).dtype == torch.bfloat16
+    for r, l, b in zip(ref, low, low_in):
+        assert l.dtype == torch.float32  # the input's dtype: an fp32 head takes it as it is
+        assert b.dtype == torch.bfloat16  # bf16 in (timm's model.to(torch.bfloat16) way), bf16 out
+        assert ((l - r).norm() / r.norm()) < 0.05
+        assert torch.equal(b.float(), l)  # the same computation either way; only the hand-over differs
 
 
 def test_sdxl_time_ids_follow_the_working_size():
