@@ -1,10 +1,13 @@
 """diffbackbones: diffusion-model activations as timm / MMSegmentation backbones."""
 import re
+import runpy
 
 from setuptools import find_packages, setup
 
 # one version, kept in the package (diffbackbones/version.py)
 VERSION = re.search(r"__version__ = '([^']+)'", open('diffbackbones/version.py').read()).group(1)
+# the oldest versions the suite has passed on, also checked by `import diffbackbones` (diffbackbones/requirements.py)
+MINIMUM_VERSIONS = runpy.run_path('diffbackbones/requirements.py')['MINIMUM_VERSIONS']
 
 setup(
     name='diffbackbones',
@@ -21,20 +24,16 @@ setup(
     # `diffbackbones COMMAND`: the package's tasks (screen, probe, extract, ...), as `python -m diffbackbones` too
     entry_points={'console_scripts': ['diffbackbones = diffbackbones.commands:main']},
     install_requires=[
-        # torch is pinned by the Makefile (torch==2.14.1 torchvision==0.29.1); an unpinned
+        # torch, diffusers, transformers, timm, peft, accelerate: >= the oldest versions the suite has passed on
+        # (MINIMUM_VERSIONS). torch is pinned by the Makefile (torch==2.14.1 torchvision==0.29.1); a looser
         # requirement here would let pip pull a multi-GB CUDA build on machines without it.
-        'torch>=2.1',
-        'diffusers>=0.30',
-        'transformers>=4.40',
-        'timm>=1.0.9',
+        *(f'{name}>={version}' for name, version in MINIMUM_VERSIONS.items()),
         'safetensors',
         'huggingface_hub',
-        'accelerate',  # low_cpu_mem_usage loading of real weights
         'tqdm',
         'numpy',
         'pillow',
         'matplotlib',  # the screen's plots (ScreenReport.plot)
-        'peft',  # LoRA adapters (lora=), through diffusers' own loaders
         'opencv-python-headless',  # the ControlNet's built-in canny preprocessor (control=dict(image='canny'))
     ],
     extras_require={

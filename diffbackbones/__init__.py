@@ -3,7 +3,10 @@
     import timm, diffbackbones
     m = timm.create_model('sd15_practical', pretrained=True, features_only=True)
 """
-from .version import __version__
+from .requirements import check_versions
+
+check_versions()  # before anything imports diffusers or timm: an old install fails here, naming the version
+from .version import __version__  # noqa: E402
 from .backbone.diffusion_backbone import DiffusionBackbone
 from .backbone.denoiser.capture import ActivationCapture
 from .backbone.combined import CombinedDiffusionBackbone

@@ -61,8 +61,7 @@ class DiffusionBackbone(nn.Module):
             in the package), a local diffusers folder, or False (exact architecture, seeded random
             weights, no network).
         dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
-            under fp16 (SDXL's VAE overflows in fp16). The features leave in the input images' dtype: a bf16
-            denoiser under an fp32 head (mmseg without AMP) takes fp32 images and returns fp32 features.
+            under fp16 (SDXL's VAE overflows in fp16). Features leave in the input's dtype (fp32 in: fp32 out).
         channels_last: ``None`` (default): the VAE encoder channels-last on the CPU (measured faster there),
             the denoiser not (measured slower); ``True``: both, on any device (try it on GPUs); ``False``: neither.
         image: Input stage options (``ImageStage``): ``size``, ``resize_features``, ``antialias``, ``strict``,
@@ -231,18 +230,14 @@ class DiffusionBackbone(nn.Module):
         in_hw = tuple(images.shape[-2:])
         if images.shape[0] == 0:  # an empty batch: empty levels of the shapes a full one would have
             grid_hw = self.stages.image.output_grid(in_hw)
-            return tuple(images.new_zeros(0, info['num_chs'], math.ceil(grid_hw[0] / info['reduction']),
-                                          math.ceil(grid_hw[1] / info['reduction']))
+            return tuple(images.new_zeros(0, info['num_chs'], *(math.ceil(s / info['reduction']) for s in grid_hw))
                          for info in self.feature_info)
         acts = self.activations(images, encode)
         outputs = []
         for i, level in enumerate(self.levels):
             parts = [acts[n] for n in level]
             feature = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
-            # Features leave in the input's dtype, whatever the denoiser computes in: a bf16 denoiser under an
-            # fp32 head (no AMP) is the usual way to save memory, and the head's first conv needs fp32 there.
-            # Under autocast the head casts back down itself; a bf16 input (timm's model.to(bf16)) gets bf16.
-            feature = feature.to(images.dtype)
+            feature = feature.to(images.dtype)  # the input's dtype: a bf16 denoiser under an fp32 head (no AMP)
             outputs.append(self.stages.image.restore(feature, in_hw, self.feature_info[i]['reduction']))
         return tuple(outputs)
 
