@@ -85,7 +85,7 @@ def test_wheel_and_sdist_carry_the_data_and_the_installed_package_runs(tmp_path)
                 "main(['make-shapes', 'work_dirs/s', '--train', '2', '--val', '3'])")
     _run([sys.executable, '-c', no_mmseg], cwd=outside, env=env)
     val = ['--images', 'work_dirs/s/img_dir/val']
-    _run(command + ['extract', '--model', 'test_sd_tiny', *val, '--out', 'work_dirs/features'], cwd=outside, env=env)
+    _run(command + ['extract', 'test_sd_tiny', *val, '--out', 'work_dirs/features'], cwd=outside, env=env)
     assert (outside / 'work_dirs' / 'features' / 'settings.json').is_file()
     _run(command + ['screen', 'test_sd_tiny', *val, '--labels', 'work_dirs/s/ann_dir/val', '--n-images', '2',
                     '--seeds', '2', '--levels', 'up-level2', '--out', 'work_dirs/screen'], cwd=outside, env=env)

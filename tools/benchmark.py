@@ -1,6 +1,6 @@
 """``diffbackbones benchmark``, as a script in the source tree (same flags): see ``diffbackbones benchmark --help``.
 
-    python tools/benchmark.py --model sd15 --preset practical --size 256
+    python tools/benchmark.py sd15 --preset practical --size 256
 """
 import sys
 

@@ -2,7 +2,7 @@
 ``diffbackbones correspondence --help``; from Python, ``diffbackbones.tasks.correspondence.evaluate_correspondence``.
 
     python tools/make_correspondence.py data/shapes-pairs
-    python tools/correspondence.py --model test_sd_tiny --data data/shapes-pairs   # prints the table, writes pictures
+    python tools/correspondence.py test_sd_tiny --data data/shapes-pairs           # prints the table, writes pictures
     python tools/correspondence.py --preset dift --data data/SPair-71k             # DIFT's zero-shot evaluation
 """
 import sys

@@ -1,6 +1,6 @@
 """``diffbackbones extract``, as a script in the source tree (same flags): see ``diffbackbones extract --help``.
 
-    python tools/extract.py --model shapes_sd_tiny --images data/shapes/img_dir/val --out work_dirs/features
+    python tools/extract.py shapes_sd_tiny --images data/shapes/img_dir/val --out work_dirs/features
     python tools/extract.py ... --resume                        # after a kill: continues where it stopped
     torchrun --nproc_per_node=2 tools/extract.py ...            # images split across ranks (gloo on CPU)
 

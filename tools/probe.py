@@ -1,7 +1,7 @@
 """``diffbackbones probe``, as a script in the source tree (same flags): see ``diffbackbones probe --help``.
 
     python tools/make_shapes.py data/shapes-ddpm --layout ddpm-seg
-    python tools/probe.py --model test_sd_tiny --data data/shapes-ddpm
+    python tools/probe.py test_sd_tiny --data data/shapes-ddpm
 
 From Python: ``diffbackbones.tasks.label_scarce.evaluate.evaluate_probe``.
 """

@@ -1,12 +1,12 @@
 """Time a DiffusionBackbone against the full forward it replaces and against the truncation floor.
 
-    diffbackbones benchmark --model test_sd_tiny --size 64 --reps 2
-    diffbackbones benchmark --model sd15 --preset practical --size 256
-    diffbackbones benchmark --model sdxl --size 512 --reps 3
-    diffbackbones benchmark --model sd21 --dift              # DIFT-style feature: up_blocks[1] output
-    diffbackbones benchmark --model sd15 --inversion         # + (i): DDIM inversion against sampled noise
-    diffbackbones benchmark --model sd15 --control           # + (k): a ControlNet against none
-    diffbackbones benchmark --model flux_dev --size 256      # too big here: timed on test_flux_tiny,
+    diffbackbones benchmark test_sd_tiny --size 64 --reps 2
+    diffbackbones benchmark sd15 --preset practical --size 256
+    diffbackbones benchmark sdxl --size 512 --reps 3
+    diffbackbones benchmark sd21 --dift                      # DIFT-style feature: up_blocks[1] output
+    diffbackbones benchmark sd15 --inversion                 # + (i): DDIM inversion against sampled noise
+    diffbackbones benchmark sd15 --control                   # + (k): a ControlNet against none
+    diffbackbones benchmark flux_dev --size 256              # too big here: timed on test_flux_tiny,
                                                              # parameters counted at full size (meta)
 
 Four variants, same input batch, same dtype, all without autograd:
@@ -57,6 +57,7 @@ from diffbackbones.tasks.benchmarking import (DIFT, LABELS, control_stage, contr
 from diffbackbones.models.loading import build_denoiser
 from diffbackbones.models.zoo import MODELS
 from .base import run_command
+from .cli import add_model_argument, resolve_model
 
 
 def parameter_table(model: str, activations) -> None:
@@ -79,7 +80,7 @@ def parameter_table(model: str, activations) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', default='test_sd_tiny', choices=sorted(MODELS))
+    add_model_argument(parser, 'zoo name', default='test_sd_tiny', choices=sorted(MODELS))
     parser.add_argument('--preset', help="preset (default: 'practical', or 'default' for transformers)")
     parser.add_argument('--activations', help='comma-separated layer ids (overrides --preset)')
     parser.add_argument('--dift', action='store_true', help=f'activations {DIFT} (DIFT on sd21; overrides both)')
@@ -101,6 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    resolve_model(args)
     if args.reps < 1 or args.warmup < 1:
         raise SystemExit('--reps and --warmup must be at least 1')
     if args.threads:

@@ -1,7 +1,7 @@
 """Semantic correspondence with a diffusion backbone: SPair-71k's PCK@0.1, two protocols.
 
     diffbackbones make-correspondence data/pairs                               # the embedded set
-    diffbackbones correspondence --model test_sd_tiny --data data/pairs        # prints the table, writes pictures
+    diffbackbones correspondence test_sd_tiny --data data/pairs                # prints the table, writes pictures
 
 From Python: ``result = diffbackbones.tasks.correspondence.evaluate_correspondence('test_sd_tiny', 'data/pairs',
 protocol='trained')``, then ``print(result.table())`` and ``result.save(folder)``.
@@ -32,9 +32,9 @@ in data/SPair-71k with the paper's three JSONs in its JPEGImages/ and the weight
 paper's t=50 as its PNDM scheduler hands it to the UNet, see configs/paper/; the paper ran fp16, ``--dtype fp16``
 on a GPU):
 
-    Ours-v1.5    77.78 / 69.83   diffbackbones correspondence --model sd15 --activations practical --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
-    Ours-XL      81.72 / 75.18   diffbackbones correspondence --model sdxl --activations practical --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
-    Legacy-v1.5  75.14 / 66.73   diffbackbones correspondence --model sd15 --activations legacy --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
+    Ours-v1.5    77.78 / 69.83   diffbackbones correspondence sd15 --activations practical --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
+    Ours-XL      81.72 / 75.18   diffbackbones correspondence sdxl --activations practical --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
+    Legacy-v1.5  75.14 / 66.73   diffbackbones correspondence sd15 --activations legacy --t 51 --data data/SPair-71k --train spair_71k_train.json --val spair_71k_val-360.json --report paper-best-val
     DHF          72.56 / 64.61   (Diffusion Hyperfeatures; not a model of this package)
 
 DIFT's zero-shot evaluation on SPair-71k's test split (its eval_spair.py: per image and per point
@@ -49,7 +49,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .cli import activations_option, given_options, pretrained_option
+from .cli import activations_option, add_model_argument, given_options, pretrained_option, resolve_model
 from diffbackbones.tasks.correspondence.evaluate import CORRESPONDENCE_PRESETS, check_free, evaluate_correspondence
 from diffbackbones.tasks.correspondence.features import DIFT_PROMPT, PAPER_PROMPT
 from diffbackbones.models.zoo import get_model_spec
@@ -72,9 +72,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     def add(*names, **kwargs):
         parser.add_argument(*names, action=_Given, **kwargs)
 
+    # a preset may name the model: the positional may be left out
+    add_model_argument(parser, "zoo name (sd15, sdxl, sd21, shapes_sd_tiny, test_sd_tiny, ...; default: --preset's)",
+                       optional=True)
     add('--preset', choices=sorted(CORRESPONDENCE_PRESETS), default=None,
         help="a published configuration (its options can still be overridden)")
-    add('--model', default=None, help='zoo name (sd15, sdxl, sd21, shapes_sd_tiny, test_sd_tiny, ...)')
     add('--activations', default='practical', help='preset name or comma-separated layer ids')
     add('--levels', default=None, help='comma-separated indices of the levels to use (default: all)')
     add('--data', required=True, help='SPair-71k root, or a list-of-pairs .json')
@@ -114,13 +116,15 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     Applies to flags straight from the parser (they carry which flags were given); once only.
     """
     given = vars(args).pop('_given', set())
+    if resolve_model(args, required=False) is not None:  # named on the command line: the preset yields to it
+        given.add('model')
     if args.preset:
         for key, value in CORRESPONDENCE_PRESETS[args.preset].items():
             flag = _FLAG_OF.get(key, key)
             if flag not in given:  # as the flag would give it: layer ids comma-separated
                 setattr(args, flag, ','.join(value) if isinstance(value, (list, tuple)) else value)
     if args.model is None:
-        raise ValueError('--model (or --preset) is required')
+        raise ValueError('name the model first (or a --preset): `diffbackbones correspondence MODEL --data ...`')
     if args.prompt is None:
         args.prompt = PAPER_PROMPT if args.protocol == 'trained' else DIFT_PROMPT
     return args

@@ -1,7 +1,7 @@
 """Extract a backbone's features for a folder of images to disk (safetensors shards), resumable.
 
     diffbackbones make-shapes data/shapes
-    diffbackbones extract --model test_sd_tiny --images data/shapes/img_dir/val --out work_dirs/features
+    diffbackbones extract test_sd_tiny --images data/shapes/img_dir/val --out work_dirs/features
     diffbackbones extract ... --resume                          # after a kill: continues where it stopped
     torchrun --nproc_per_node=2 tools/extract.py ...            # images split across ranks (gloo on CPU)
     torchrun --nproc_per_node=2 --no-python diffbackbones extract ...   # the same with the installed command
@@ -27,7 +27,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from .cli import activations_option, pretrained_option
+from .cli import activations_option, add_model_argument, pretrained_option, resolve_model
 from diffbackbones.tasks.extraction.extract import STORE_DTYPES, run_extraction
 from diffbackbones.models.zoo import get_model_spec
 from .base import run_command
@@ -35,7 +35,7 @@ from .base import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', required=True, help='zoo name (sd15, sdxl, shapes_sd_tiny, test_sd_tiny, ...)')
+    add_model_argument(parser)
     parser.add_argument('--activations', default='practical', help='preset name or comma-separated layer ids')
     parser.add_argument('--images', required=True, help='an image folder, or a text file with one image path per line')
     parser.add_argument('--out', required=True, help='the store folder')
@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict:
     """Run the extraction (one rank of it under torchrun); returns this rank's counts and timings."""
+    resolve_model(args)
     # The process group belongs to the process, so the entry point (not the library) opens and closes it.
     own_group = int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized()
     if own_group:

@@ -21,14 +21,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import activations_option
+from .cli import activations_option, add_model_argument, resolve_model
 from diffbackbones.tasks.generation import generate_labelled
 from diffbackbones.utils.outputs import refuse_earlier_run
 from .base import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', default='shapes_sd_tiny', help='zoo name of a text-to-image model with weights')
+    add_model_argument(parser, 'zoo name of a text-to-image model with weights', default='shapes_sd_tiny')
     parser.add_argument('--weights', default=None, help="a local diffusers folder (default: the zoo's weights)")
     parser.add_argument('--activations', default='practical', help='preset name or comma-separated layer ids')
     parser.add_argument('--prompt', default=None, help="generation prompt (default: the shapes model's)")
@@ -49,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    resolve_model(args)
     out = Path(args.out)
     try:
         refuse_earlier_run(out / 'labelled.json', args.overwrite)  # before the long part

@@ -16,6 +16,7 @@ from diffbackbones.models.catalog import ActivationInfo, list_activations
 from diffbackbones.models.loading import build_denoiser
 from diffbackbones.models.zoo import MODELS, get_model_spec
 from .base import run_command
+from .cli import add_model_argument, resolve_model
 
 
 def image_size(text: str) -> tuple[int, int]:
@@ -27,13 +28,13 @@ def image_size(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('model', choices=sorted(MODELS), metavar='model', help='zoo name: ' + ', '.join(sorted(MODELS)))
+    add_model_argument(parser, 'zoo name: ' + ', '.join(sorted(MODELS)), choices=sorted(MODELS))
     parser.add_argument('--size', type=image_size, help="image size in pixels, N or HxW (default: the model's own)")
     parser.add_argument('--kind', help='only this kind (res-out, self-k, cross-q, vit-block-out, ...)')
 
 
 def run(args: argparse.Namespace) -> list[ActivationInfo]:
-    spec = get_model_spec(args.model)
+    spec = get_model_spec(resolve_model(args))
     h, w = args.size or (spec.image_size, spec.image_size)
     vae_factor = spec.vae_factor
     if h % vae_factor or w % vae_factor:

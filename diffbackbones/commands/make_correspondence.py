@@ -1,7 +1,7 @@
 """Write the embedded correspondence set (shapes pairs with known similarity transforms) in SPair-71k's layout.
 
     diffbackbones make-correspondence data/shapes-pairs                 # 150 trn / 30 val / 30 test pairs
-    diffbackbones correspondence --model test_sd_tiny --data data/shapes-pairs
+    diffbackbones correspondence test_sd_tiny --data data/shapes-pairs
 """
 from __future__ import annotations
 

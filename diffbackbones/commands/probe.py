@@ -1,7 +1,7 @@
 """Label-scarce segmentation with a diffusion backbone: DDPM-seg's pixel-classifier protocol.
 
     diffbackbones make-shapes data/shapes-ddpm --layout ddpm-seg        # the embedded set, 30 / 20
-    diffbackbones probe --model test_sd_tiny --data data/shapes-ddpm      # prints the table, writes pictures
+    diffbackbones probe test_sd_tiny --data data/shapes-ddpm            # prints the table, writes pictures
 
 From Python: ``result = diffbackbones.tasks.label_scarce.evaluate.evaluate_probe('test_sd_tiny', 'data/shapes-ddpm')``,
 then ``print(result.table())`` and ``result.save(folder)``.
@@ -20,9 +20,9 @@ and ``pictures/`` (image | labels | prediction) in ``--out``.
 The paper's targets (Horse-21, 30 labelled images; Meng et al. 2024, Table 2), given the data in
 ``data/horse21`` (DDPM-seg's release) and the weights:
 
-    Ours-v1.5    60.2 +- 0.9   diffbackbones probe --model sd15 --activations practical --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
-    Ours-XL      62.7 +- 0.7   diffbackbones probe --model sdxl --activations practical --data data/horse21 --prompt "a photo of a horse" --splits 5
-    Legacy-v1.5  59.4 +- 1.3   diffbackbones probe --model sd15 --activations legacy --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
+    Ours-v1.5    60.2 +- 0.9   diffbackbones probe sd15 --activations practical --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
+    Ours-XL      62.7 +- 0.7   diffbackbones probe sdxl --activations practical --data data/horse21 --prompt "a photo of a horse" --splits 5
+    Legacy-v1.5  59.4 +- 1.3   diffbackbones probe sd15 --activations legacy --t 51 --data data/horse21 --prompt "a photo of a horse" --splits 5
     DDPM         65.0          (the DDPM-seg baseline; not a model of this package)
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import activations_option, given_options, pretrained_option
+from .cli import activations_option, add_model_argument, given_options, pretrained_option, resolve_model
 from diffbackbones.tasks.label_scarce.evaluate import check_free, evaluate_probe
 from diffbackbones.models.zoo import get_model_spec
 from .base import run_command
@@ -38,7 +38,7 @@ from .base import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('--model', required=True, help='zoo name (sd15, sdxl, shapes_sd_tiny, test_sd_tiny, ...)')
+    add_model_argument(parser)
     parser.add_argument('--activations', default='practical', help='preset name or comma-separated layer ids')
     parser.add_argument('--data', required=True, help='dataset root (DDPM-seg or mmseg layout)')
     parser.add_argument('--weights', default=None,
@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    resolve_model(args)
     out = Path(args.out)
     try:
         check_free(out, args.overwrite)  # before the long part

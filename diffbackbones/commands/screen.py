@@ -29,7 +29,7 @@ import argparse
 import time
 from pathlib import Path
 
-from .cli import pretrained_option
+from .cli import add_model_argument, pretrained_option, resolve_model
 from diffbackbones.tasks.screening.screen import check_free, screen
 from diffbackbones.utils.outputs import peak_rss_gb
 from diffbackbones.models.zoo import get_model_spec
@@ -37,7 +37,7 @@ from .base import run_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument('model', help='zoo name (sd15, sdxl, shapes_sd_tiny, test_sd_tiny, ...)')
+    add_model_argument(parser)
     parser.add_argument('--weights', default=None,
                         help="'random', a local diffusers folder or hub id; omit: the zoo's weights (random for test models)")
     parser.add_argument('--images', required=True, help='image folder')
@@ -69,6 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict:
+    resolve_model(args)
     start, out = time.time(), Path(args.out)
     try:
         check_free(out, args.overwrite)  # before the long part

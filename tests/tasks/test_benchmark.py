@@ -15,7 +15,7 @@ from conftest import REPO
 
 @pytest.fixture(scope='module')
 def report() -> str:
-    cmd = [sys.executable, str(REPO / 'tools' / 'benchmark.py'), '--model', 'test_sd_tiny', '--size', '64',
+    cmd = [sys.executable, str(REPO / 'tools' / 'benchmark.py'), 'test_sd_tiny', '--size', '64',
            '--reps', '1', '--threads', '1', '--inversion', '--control']
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, 'HF_HUB_OFFLINE': '1'},
                           timeout=600)

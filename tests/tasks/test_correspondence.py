@@ -239,9 +239,10 @@ def test_dift_preset_sets_its_configuration_and_yields_to_explicit_options():
     assert args.prompt == 'a photo of a {category}' and args.weights == 'stabilityai/stable-diffusion-2-1'
     assert parse_args(['--preset', 'dift', '--data', 'x', '--t', '100']).t == 100
     assert parse_args(['--preset', 'dift', '--data', 'x', '--ensemble=1']).ensemble == 1  # given, though the default
-    assert parse_args(['--model', 'sd15', '--data', 'x']).prompt.startswith('a highly realistic photo')
+    assert parse_args(['sd15', '--data', 'x']).prompt.startswith('a highly realistic photo')
+    assert parse_args(['test_sd_tiny', '--preset', 'dift', '--data', 'x']).model == 'test_sd_tiny'  # named: kept
     with pytest.raises(SystemExit):
-        parse_args(['--data', 'x'])   # no --model and no --preset
+        parse_args(['--data', 'x'])   # no model and no --preset
 
 
 @pytest.fixture(scope='module')
@@ -300,7 +301,7 @@ def test_correspondence_command_end_to_end(pairs_root, tmp_path, capsys):
     # the console script's entry; DIFT's preset (zero-shot, its one activation, t and prompt) yields to the
     # flags given; two test pairs from a list-of-pairs JSON, each image matched with itself: every keypoint
     # is found (as with the same settings from Python in test_identity_pairs_give_pck_100_with_any_backbone)
-    argv = ['correspondence', '--preset', 'dift', '--model', 'test_sdxl_tiny', '--weights', 'random', '--image-size',
+    argv = ['correspondence', 'test_sdxl_tiny', '--preset', 'dift', '--weights', 'random', '--image-size',
             '64', '--ensemble', '1', '--data', str(pairs_root), '--test',
             _pair_list(pairs_root, 'test', 2, identity=True), '--out', str(out), '--pictures', '1']
     assert diffbackbones_main(argv) == 0

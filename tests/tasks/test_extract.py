@@ -32,7 +32,7 @@ def image_dir(tmp_path_factory):
 
 def _cmd(images, out, *extra):
     """The command as users run it from the source tree: the ``tools/extract.py`` shim."""
-    return [sys.executable, str(REPO / 'tools' / 'extract.py'), '--model', 'test_sd_tiny', '--images', str(images),
+    return [sys.executable, str(REPO / 'tools' / 'extract.py'), 'test_sd_tiny', '--images', str(images),
             '--out', str(out), '--shard-size', '2', *map(str, extra)]
 
 
@@ -169,7 +169,7 @@ def test_the_command_end_to_end(image_dir, full_run, tmp_path, capsys):
     listing = tmp_path / 'list.txt'
     listing.write_text(''.join(os.path.relpath(image_dir / n, tmp_path) + '\n' for n in names))
     out = tmp_path / 'features'
-    argv = ['extract', '--model', 'test_sd_tiny', '--images', str(listing), '--out', str(out), '--shard-size', '2',
+    argv = ['extract', 'test_sd_tiny', '--images', str(listing), '--out', str(out), '--shard-size', '2',
             '--batch-size', '2', '--store-dtype', 'fp32']
     assert diffbackbones_main(argv) == 0
     assert f'3 / 3 images in {out} (3 new on rank 0, 0 there before)' in capsys.readouterr().out

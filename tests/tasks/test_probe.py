@@ -292,7 +292,7 @@ def test_the_probe_command_end_to_end_and_its_refusals(tmp_path, capsys):
     # the command's plumbing, on the smallest set (1 train / 1 test image): the accuracy is the library's test
     data = make_shapes_dataset(tmp_path / 'shapes-ddpm', n_train=1, n_val=1, layout='ddpm-seg')
     out = tmp_path / 'cli'
-    status = diffbackbones_command(['probe', '--model', 'shapes_sd_tiny', '--data', str(data), '--out', str(out),
+    status = diffbackbones_command(['probe', 'shapes_sd_tiny', '--data', str(data), '--out', str(out),
                                     '--pictures', '1', *FAST_FLAGS])
     assert status == 0
     printed = capsys.readouterr().out.splitlines()
@@ -315,6 +315,6 @@ def test_the_probe_command_end_to_end_and_its_refusals(tmp_path, capsys):
     spec.loader.exec_module(tool)
     assert tool.main is probe_command
     with pytest.raises(SystemExit, match=r'probe.json holds an earlier run; choose another folder or pass .*--overwrite'):
-        tool.main(['--model', 'shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out)])
+        tool.main(['shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out)])
     with pytest.raises(SystemExit, match=r"No 'train' split under .*nowhere"):  # the library's errors, as messages
-        tool.main(['--model', 'shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out), '--overwrite'])
+        tool.main(['shapes_sd_tiny', '--data', str(tmp_path / 'nowhere'), '--out', str(out), '--overwrite'])
