@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffbackbones.data.shapes import VARIANTS, make_shapes_dataset
+from diffbackbones.integrations.mmseg.demo import unit_variance_scale
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / 'configs' / 'toy'
@@ -64,21 +65,6 @@ def random_backbone(config: Path, activations: str | None = None):
         raise SystemExit(f'{config.name}: --activations and random weights need a single-model backbone; '
                          f'this one is {settings.type}')
     return DiffusionBackbone(settings.model, activations or settings.activations, pretrained=False)
-
-
-def unit_variance_scale(config: Path, data_root: Path, n_images: int = 32) -> float:
-    """The ``latent_scale`` that gives the random-weight VAE unit-variance latents on training images."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from diffbackbones.backbone.diffusion_backbone import pixels_to_input
-    backbone = random_backbone(config)
-    paths = sorted((data_root / 'img_dir' / 'train').glob('*.png'))[:n_images]
-    pixels = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
-    with torch.no_grad():
-        latents = backbone.encode(pixels_to_input(pixels))
-    return backbone.vae.scaling_factor / latents.float().std().item()
 
 
 def activation_options(config: Path, activations: str) -> list[str]:

@@ -14,9 +14,10 @@ from typing import Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from diffbackbones.utils.pictures import GAP, side_by_side, stack_rows
+
 __all__ = ['colorize_depth', 'depth_panel', 'save_depth_panels']
 
-_GAP = 4
 _CMAP = 'magma'
 
 
@@ -48,7 +49,7 @@ def _resize_depth(depth: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
-def depth_panel(image, gt, pred, max_depth: float = 10.0, gap: int = _GAP) -> np.ndarray:
+def depth_panel(image, gt, pred, max_depth: float = 10.0, gap: int = GAP) -> np.ndarray:
     """Input | ground truth | prediction side by side: (H, 3W + 2 * gap, 3) uint8, white gaps.
 
     ``gt`` and ``pred`` are resized (nearest) to the image's size if they differ, and share one colour scale.
@@ -64,25 +65,16 @@ def depth_panel(image, gt, pred, max_depth: float = 10.0, gap: int = _GAP) -> np
         if depth.ndim == 3 and depth.shape[0] == 1:
             depth = depth[0]
         columns.append(colorize_depth(_resize_depth(depth, shape), max_depth))
-    spacer = np.full((shape[0], gap, 3), 255, np.uint8)
-    return np.concatenate([columns[0], spacer, columns[1], spacer, columns[2]], axis=1)
+    return side_by_side(columns, gap=gap)
 
 
 def save_depth_panels(samples: Iterable[Sequence], path: str | Path, max_depth: float = 10.0,
-                      gap: int = _GAP) -> Path:
+                      gap: int = GAP) -> Path:
     """Stack ``depth_panel(image, gt, pred)`` of each ``(image, gt, pred)`` vertically and write a PNG."""
     panels = [depth_panel(image, gt, pred, max_depth, gap) for image, gt, pred in samples]
     if not panels:
         raise ValueError('save_depth_panels needs at least one (image, gt, pred) sample')
-    width = max(p.shape[1] for p in panels)
-    rows = []
-    for i, panel in enumerate(panels):
-        if panel.shape[1] < width:
-            panel = np.concatenate([panel, np.full((panel.shape[0], width - panel.shape[1], 3), 255, np.uint8)], 1)
-        if i:
-            rows.append(np.full((gap, width, 3), 255, np.uint8))
-        rows.append(panel)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(path)
+    Image.fromarray(stack_rows(panels, gap)).save(path)
     return path
