@@ -17,21 +17,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _fixtures_root() -> Path:
     # DIFFBACKBONES_FIXTURES names a fixtures folder (one holding reference-activations/); otherwise the
-    # project's ../shared/fixtures beside the clone. A public clone has neither: those tests skip.
+    # project's ../shared/fixtures beside the clone, the full set.
     env = os.environ.get('DIFFBACKBONES_FIXTURES')
     return Path(env) if env else REPO.parent / 'shared' / 'fixtures'
 
 
 FIXTURES = _fixtures_root() / 'reference-activations'
+# The shrunk copy in the repository (tools/shrink_reference_fixtures.py): SD, PixArt and Flux topologies, a
+# subset of their activations. A user's clone runs the parity tests on it; SDXL's need the full set.
+SHIPPED_FIXTURES = REPO / 'tests' / 'fixtures' / 'reference-activations'
 
 
 def reference_fixture(topology: str) -> Path:
-    """The reference-activation fixture folder of ``topology``, or a skip that says where it was looked for."""
-    root = FIXTURES / topology
-    if not (root / 'activations.json').is_file():
-        pytest.skip(f'reference fixtures not found at {root}: set DIFFBACKBONES_FIXTURES to a folder holding '
-                    'reference-activations/ (the project keeps them in ../shared/fixtures)')
-    return root
+    """The reference-activation fixture folder of ``topology`` (the full set first, else the shipped copy),
+    or a skip that says where it was looked for."""
+    for root in (FIXTURES / topology, SHIPPED_FIXTURES / topology):
+        if (root / 'activations.json').is_file():
+            return root
+    pytest.skip(f'reference fixtures of the {topology} topology not found at {FIXTURES / topology} (the shipped '
+                f'copy in tests/fixtures has sd, pixart and flux only): set DIFFBACKBONES_FIXTURES to a folder '
+                'holding the full reference-activations/ (the project keeps them in ../shared/fixtures)')
 
 
 def pytest_configure(config):

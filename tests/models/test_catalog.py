@@ -91,3 +91,21 @@ def test_layer_stride_from_configs_agrees_with_the_catalog(model):
     for preset, levels in spec.presets.items():
         cfg = timm.models.get_pretrained_cfg(f'{model}_{preset}').to_dict()
         assert cfg['pool_size'] == (spec.image_size // layer_stride(spec, levels[-1][0]),) * 2
+
+
+@pytest.mark.parametrize('topology', ['sd', 'pixart', 'flux'])
+def test_the_shipped_reference_fixtures_are_a_faithful_copy_of_the_full_set(topology):
+    # a user's clone runs the parity tests on tests/fixtures' shrunk copy: it must hold the very weights,
+    # inputs and values of the full set (here, where both exist), a subset of the activations only
+    from safetensors.torch import load_file
+
+    from conftest import FIXTURES, SHIPPED_FIXTURES
+    full, shipped = FIXTURES / topology, SHIPPED_FIXTURES / topology
+    if not (full / 'activations.json').is_file():
+        pytest.skip(f'the full reference set is not at {full}: nothing to compare the shipped copy with')
+    for path in sorted(p for p in shipped.rglob('*') if p.is_file() and p.name != 'activations.safetensors'):
+        assert path.read_bytes() == (full / path.relative_to(shipped)).read_bytes(), path
+    kept, reference = load_file(shipped / 'activations.safetensors'), load_file(full / 'activations.safetensors')
+    assert len(kept) >= min(25, len(reference)) and any(n.endswith('noise-pred') for n in kept)
+    for name, value in kept.items():
+        assert torch.equal(value, reference[name]), name
