@@ -39,6 +39,21 @@ def reference_fixture(topology: str) -> Path:
                 'holding the full reference-activations/ (the project keeps them in ../shared/fixtures)')
 
 
+def segmentation_batch(size: int = 128, n: int = 2, seed: int = 0, classes: int = 4) -> dict:
+    """An mmseg data batch as a dataloader hands it to ``train_step``/``test_step``: uint8 images and
+    ``SegDataSample``s with random label maps (seeded)."""
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g) for _ in range(n)]
+    samples = []
+    for _ in inputs:
+        sample = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+        sample.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, size, size), generator=g))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: longer than a few seconds; still part of make test')
 

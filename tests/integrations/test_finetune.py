@@ -6,14 +6,12 @@ import torch
 pytest.importorskip('mmseg')
 from mmengine.config import Config  # noqa: E402
 from mmengine.optim import build_optim_wrapper  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, segmentation_batch  # noqa: E402
 
 register_all_modules()
 
@@ -80,23 +78,12 @@ def test_vpd_multipliers_give_each_parameter_group_its_lr(segmentor):
     assert len(lrs) == len(list(segmentor.parameters()))
 
 
-def _batch(seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randint(0, 256, (3, 128, 128), dtype=torch.uint8, generator=g) for _ in range(2)]
-    samples = []
-    for _ in inputs:
-        sample = SegDataSample(metainfo=dict(img_shape=(128, 128), ori_shape=(128, 128)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 128, 128), generator=g))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
-
-
 def _gradients(segmentor) -> dict[str, torch.Tensor]:
     """One training step's gradients, the way mmseg's ``train_step`` gets there: the data preprocessor in
     training mode, the losses of the decode and auxiliary heads, ``parse_losses``, backward."""
     segmentor.zero_grad(set_to_none=True)
     torch.manual_seed(0)  # the heads' dropout draws the same masks in both runs
-    data = segmentor.data_preprocessor(_batch(), True)
+    data = segmentor.data_preprocessor(segmentation_batch(), True)
     loss, _ = segmentor.parse_losses(segmentor(**data, mode='loss'))
     loss.backward()
     return {n: p.grad.clone() for n, p in segmentor.named_parameters() if p.grad is not None}

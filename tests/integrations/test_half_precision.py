@@ -9,28 +9,15 @@ pytest.importorskip('mmseg')
 from mmengine.config import Config  # noqa: E402
 from mmengine.optim import OptimWrapper  # noqa: E402
 from mmengine.runner import autocast  # noqa: E402
-from mmengine.structures import PixelData  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
 from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, segmentation_batch  # noqa: E402
 
 register_all_modules()
 TOY = REPO / 'configs' / 'toy' / 'upernet_test-sd-tiny-practical_1xb8-300_shapes-128x128.py'
-
-
-def _batch() -> dict:
-    g = torch.Generator().manual_seed(0)
-    inputs = [torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=g) for _ in range(2)]
-    samples = []
-    for _ in inputs:
-        sample = SegDataSample(metainfo=dict(img_shape=(64, 64), ori_shape=(64, 64)))
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 4, (1, 64, 64), generator=g))
-        samples.append(sample)
-    return dict(inputs=inputs, data_samples=samples)
 
 
 @pytest.mark.parametrize('amp', [False, True], ids=['fp32-head', 'autocast-bf16'])
@@ -47,12 +34,12 @@ def test_a_bf16_backbone_under_fp32_heads_trains_a_step_and_predicts(amp, fusion
     wrapper = OptimWrapper(torch.optim.SGD([p for p in segmentor.parameters() if p.requires_grad], lr=0.1))
     # mmengine's AmpOptimWrapper needs a GPU; on the CPU its optim_context is this same autocast
     with autocast(device_type='cpu', dtype=torch.bfloat16, enabled=amp):
-        losses = segmentor.train_step(_batch(), wrapper)
+        losses = segmentor.train_step(segmentation_batch(64), wrapper)
         assert all(torch.isfinite(v) for v in losses.values())
         segmentor.eval()
         with torch.no_grad():
             features = segmentor.backbone(torch.zeros(1, 3, 64, 64))
-            (prediction, _) = segmentor.test_step(_batch())
+            (prediction, _) = segmentor.test_step(segmentation_batch(64))
     assert all(f.dtype == torch.float32 for f in features)  # the input's dtype, whatever the denoiser's
     assert any(not torch.equal(b, p) for b, p in zip(before, head_weights))  # the fp32 head trained
     assert all(p.dtype == torch.float32 for p in head_weights)
