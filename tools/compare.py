@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffbackbones.data.shapes import VARIANTS, make_shapes_dataset
-from diffbackbones.integrations.mmseg.demo import unit_variance_scale
+from diffbackbones.integrations.mmseg.demo import random_backbone, unit_variance_scale
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / 'configs' / 'toy'
@@ -53,18 +53,6 @@ RECIPES = {
     'shapes_flux_tiny': Recipe(TOY / 'upernet_shapes-flux-tiny-default_1xb8-300_shapes-geometry-128x128.py'),
     'combined': Recipe(TOY / 'upernet_shapes-sd-flux-tiny-combined_1xb8-300_shapes-geometry-128x128.py', ('trained',)),
 }
-
-
-def random_backbone(config: Path, activations: str | None = None):
-    """The config's (single-model) backbone with random weights, for its latents and channels."""
-    from mmengine.config import Config
-
-    from diffbackbones import DiffusionBackbone
-    settings = Config.fromfile(config).model.backbone
-    if settings.get('type', 'DiffusionBackbone') != 'DiffusionBackbone':
-        raise SystemExit(f'{config.name}: --activations and random weights need a single-model backbone; '
-                         f'this one is {settings.type}')
-    return DiffusionBackbone(settings.model, activations or settings.activations, pretrained=False)
 
 
 def activation_options(config: Path, activations: str) -> list[str]:

@@ -1,5 +1,5 @@
 """``diffbackbones correspondence``, as a script in the source tree (same flags): see
-``diffbackbones correspondence --help``; from Python, ``diffbackbones.tasks.correspondence.evaluate_correspondence``.
+``diffbackbones correspondence --help``; from Python, ``diffbackbones.evaluate_correspondence``.
 
     python tools/make_correspondence.py data/shapes-pairs
     python tools/correspondence.py test_sd_tiny --data data/shapes-pairs           # prints the table, writes pictures

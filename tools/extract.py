@@ -4,7 +4,7 @@
     python tools/extract.py ... --resume                        # after a kill: continues where it stopped
     torchrun --nproc_per_node=2 tools/extract.py ...            # images split across ranks (gloo on CPU)
 
-From Python: ``diffbackbones.tasks.extraction.extract.extract(model, images, out, ...)`` (a ``FeatureStore``).
+From Python: ``diffbackbones.extract(model, images, out, ...)`` (a ``FeatureStore``).
 """
 import sys
 

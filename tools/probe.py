@@ -3,7 +3,7 @@
     python tools/make_shapes.py data/shapes-ddpm --layout ddpm-seg
     python tools/probe.py test_sd_tiny --data data/shapes-ddpm
 
-From Python: ``diffbackbones.tasks.label_scarce.evaluate.evaluate_probe``.
+From Python: ``diffbackbones.evaluate_probe``.
 """
 import sys
 

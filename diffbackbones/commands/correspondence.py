@@ -3,7 +3,7 @@
     diffbackbones make-correspondence data/pairs                               # the embedded set
     diffbackbones correspondence test_sd_tiny --data data/pairs                # prints the table, writes pictures
 
-From Python: ``result = diffbackbones.tasks.correspondence.evaluate_correspondence('test_sd_tiny', 'data/pairs',
+From Python: ``result = diffbackbones.evaluate_correspondence('test_sd_tiny', 'data/pairs',
 protocol='trained')``, then ``print(result.table())`` and ``result.save(folder)``.
 
 Data: an SPair-71k root (``JPEGImages/``, ``PairAnnotation/{trn,val,test}/``) with ``--train/--val/--test``

@@ -14,7 +14,7 @@ holding another run is refused (``--resume`` continues a run with identical sett
 setting that differs). Under ``torchrun`` this command initialises the process group (nccl with GPUs, gloo
 otherwise) and rank r of N takes images r, r + N, ...
 
-From Python: ``store = diffbackbones.tasks.extraction.extract.extract('test_sd_tiny', images, out, t=50)``, then
+From Python: ``store = diffbackbones.extract('test_sd_tiny', images, out, t=50)``, then
 
     from diffbackbones import FeatureStore
     store = FeatureStore('work_dirs/features')      # lazy: by image, by activation

@@ -3,7 +3,7 @@
     diffbackbones make-shapes data/shapes-ddpm --layout ddpm-seg        # the embedded set, 30 / 20
     diffbackbones probe test_sd_tiny --data data/shapes-ddpm            # prints the table, writes pictures
 
-From Python: ``result = diffbackbones.tasks.label_scarce.evaluate.evaluate_probe('test_sd_tiny', 'data/shapes-ddpm')``,
+From Python: ``result = diffbackbones.evaluate_probe('test_sd_tiny', 'data/shapes-ddpm')``,
 then ``print(result.table())`` and ``result.save(folder)``.
 
 Data: ``ROOT/real/{train,test}/`` (images with same-name ``.npy`` label maps, DDPM-seg's layout) or

@@ -1,5 +1,5 @@
 """Label-scarce segmentation (DDPM-seg protocol): metric, features, classifier rules, data, the library call
-(``diffbackbones.tasks.label_scarce.evaluate.evaluate_probe``) end to end, and the ``diffbackbones probe`` command."""
+(``diffbackbones.evaluate_probe``) end to end, and the ``diffbackbones probe`` command."""
 import contextlib
 import importlib.util
 import io

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ['DemoRun', 'run_demo', 'comparison_table', 'unit_variance_scale', 'draw_comparisons']
+__all__ = ['DemoRun', 'run_demo', 'comparison_table', 'random_backbone', 'unit_variance_scale', 'draw_comparisons']
 
 WEIGHTS = {'trained': 'trained (shipped weights)', 'random': 'random (latents rescaled)'}
 
@@ -34,19 +34,27 @@ class DemoRun:
     predictions: Path | None = None
 
 
+def random_backbone(config: str | Path, activations=None):
+    """The config's (single-model) backbone with seeded random weights, for its latents and channels;
+    ``activations`` replaces the config's."""
+    from mmengine.config import Config
+
+    from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
+    settings = Config.fromfile(str(config)).model.backbone
+    if settings.get('type', 'DiffusionBackbone') != 'DiffusionBackbone':
+        raise ValueError(f'{Path(config).name}: random weights and other activations need a single-model '
+                         f'backbone; this one is {settings.type}')
+    return DiffusionBackbone(settings.model, activations or settings.activations, pretrained=False)
+
+
 def unit_variance_scale(config: str | Path, data_root: str | Path, n_images: int = 32) -> float:
     """The VAE ``scale`` that gives the config's backbone, with random weights, unit-variance latents on
     the training images: the fair random baseline (see the module docstring)."""
     import torch
-    from mmengine.config import Config
     from PIL import Image
 
-    from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone, pixels_to_input
-    settings = Config.fromfile(str(config)).model.backbone
-    if settings.get('type', 'DiffusionBackbone') != 'DiffusionBackbone':
-        raise ValueError(f'{Path(config).name}: random weights need a single-model backbone; this one is '
-                         f'{settings.type}')
-    backbone = DiffusionBackbone(settings.model, settings.activations, pretrained=False)
+    from diffbackbones.backbone.diffusion_backbone import pixels_to_input
+    backbone = random_backbone(config)
     paths = sorted((Path(data_root) / 'img_dir' / 'train').glob('*.png'))[:n_images]
     if not paths:
         raise FileNotFoundError(f'no training images under {Path(data_root) / "img_dir" / "train"}: '
@@ -104,7 +112,7 @@ def draw_comparisons(runs: Sequence[DemoRun], data_root: str | Path, out: str | 
     out, data_root = Path(out), Path(data_root)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    titles = ['input', 'ground truth', *(WEIGHTS.get(run.weights, run.weights).split(' (')[0] for run in runs)]
+    titles = ['input', 'ground truth', *(run.weights for run in runs)]
     for truth_path in sorted((data_root / 'ann_dir' / 'val').glob('*.png')):
         image = np.asarray(Image.open(data_root / 'img_dir' / 'val' / truth_path.name).convert('RGB'))
         labels = [np.asarray(Image.open(truth_path))] + [np.asarray(Image.open(run.predictions / truth_path.name))
