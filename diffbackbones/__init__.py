@@ -16,7 +16,8 @@ from .tasks.screening.screen import ScreenReport, screen
 from .tasks.extraction.extract import extract
 from .tasks.generation import capture_generation
 from .tasks.label_scarce.evaluate import ProbeResult, evaluate_probe
-from .tasks.correspondence import CorrespondenceResult, evaluate_correspondence
+from .tasks.correspondence import (CorrespondenceResult, GeometricResult, TemporalResult, evaluate_correspondence,
+                                   evaluate_geometric, evaluate_temporal)
 from .backbone.stages import Stages
 from .models.loading import WeightsNotFoundError
 from .tasks.extraction.store import FeatureStore
@@ -33,5 +34,6 @@ else:
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',
            'screen', 'ScreenReport', 'extract', 'capture_generation', 'evaluate_probe', 'ProbeResult',
-           'evaluate_correspondence', 'CorrespondenceResult',
+           'evaluate_correspondence', 'CorrespondenceResult', 'evaluate_geometric', 'GeometricResult',
+           'evaluate_temporal', 'TemporalResult',
            'Stages', '__version__']

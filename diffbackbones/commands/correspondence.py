@@ -1,7 +1,19 @@
-"""Semantic correspondence with a diffusion backbone: SPair-71k's PCK@0.1, two protocols.
+"""Correspondence with a diffusion backbone: semantic (SPair-71k's PCK@0.1, two protocols; the default),
+geometric (HPatches homography estimation) and temporal (DAVIS-2017 J&F, JHMDB PCK) with ``--task``.
 
     diffbackbones make-correspondence data/pairs                               # the embedded set
     diffbackbones correspondence test_sd_tiny --data data/pairs                # prints the table, writes pictures
+    diffbackbones make-correspondence data/geo --task geometric                # HPatches' layout
+    diffbackbones correspondence shapes_sd_tiny --task geometric --data data/geo
+    diffbackbones make-correspondence data/video --task temporal               # DAVIS' layout (+ JHMDB's in jhmdb/)
+    diffbackbones correspondence shapes_sd_tiny --task temporal --data data/video
+
+``--task geometric``: SIFT keypoints (``--keypoints`` 1000), described by the activations, mutual nearest
+neighbours, ``cv2.findHomography`` (``--estimator ransac`` with ``--ransac-threshold`` 3 px, or ``lmeds``);
+mean corner error and accuracy at 1, 3, 5 px, illumination and viewpoint apart, with SIFT's own descriptors as
+a baseline row. ``--task temporal``: DINO's label propagation of frame 0's masks (DAVIS) or joints (JHMDB),
+frames one by one through the backbone at ``--short-side`` (default: the model's size). Their options from
+Python: ``diffbackbones.evaluate_geometric`` / ``evaluate_temporal``.
 
 From Python: ``result = diffbackbones.evaluate_correspondence('test_sd_tiny', 'data/pairs',
 protocol='trained')``, then ``print(result.table())`` and ``result.save(folder)``.
@@ -50,7 +62,12 @@ from pathlib import Path
 from typing import Sequence
 
 from .cli import activations_option, add_model_argument, given_options, pretrained_option, resolve_model
-from diffbackbones.tasks.correspondence.evaluate import CORRESPONDENCE_PRESETS, check_free, evaluate_correspondence
+from diffbackbones.tasks.correspondence.evaluate import (CORRESPONDENCE_PRESETS, TASKS, check_free,
+                                                         evaluate_correspondence)
+from diffbackbones.tasks.correspondence.geometric.evaluate import RESULT_FILE as GEOMETRIC_FILE, evaluate_geometric
+from diffbackbones.tasks.correspondence.geometric.hpatches import D2NET_EXCLUDED
+from diffbackbones.tasks.correspondence.temporal.evaluate import RESULT_FILE as TEMPORAL_FILE, evaluate_temporal
+from diffbackbones.utils.outputs import refuse_earlier_run
 from diffbackbones.tasks.correspondence.features import DIFT_PROMPT, PAPER_PROMPT
 from diffbackbones.models.zoo import get_model_spec
 from .base import command_parser, run_command
@@ -58,13 +75,17 @@ from .base import command_parser, run_command
 
 # evaluate_correspondence's argument -> this command's flag, where the names differ
 _FLAG_OF = {'pretrained': 'weights', 'ensemble_size': 'ensemble'}
+# flags of one task only: given with another, they stop the command instead of being ignored
+_SEMANTIC_ONLY = {'preset', 'protocol', 'train', 'val', 'test', 'report', 'epochs', 'steps_per_epoch', 'lr',
+                  'weight_decay', 'temperature', 'feature_size', 'load_size', 'val_every', 'alpha', 'seed'}
+_OTHER_TASKS = {'keypoints', 'estimator', 'ransac_threshold', 'all_sequences', 'short_side'}
 
 
 class _Given(argparse.Action):
     """Store the value and remember that the command line gave it: a preset yields to it."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)  # nargs=0: a switch
         namespace._given = getattr(namespace, '_given', set()) | {self.dest}
 
 
@@ -79,7 +100,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a published configuration (its options can still be overridden)")
     add('--activations', default='practical', help='preset name or comma-separated layer ids')
     add('--levels', default=None, help='comma-separated indices of the levels to use (default: all)')
-    add('--data', required=True, help='SPair-71k root, or a list-of-pairs .json')
+    add('--task', choices=TASKS, default='semantic',
+        help='semantic (SPair-71k pairs), geometric (HPatches) or temporal (DAVIS / JHMDB)')
+    add('--data', required=True, help='SPair-71k root or list-of-pairs .json; HPatches folder (geometric); DAVIS '
+                                      'or JHMDB root, or the embedded video set (temporal)')
     add('--protocol', choices=('trained', 'zero-shot'), default='trained')
     add('--weights', default=None,
         help="'random', a local diffusers folder or hub id; omit: the zoo's weights (random for test models)")
@@ -105,6 +129,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add('--alpha', type=float, default=0.1)
     add('--seed', type=int, default=0)
     add('--cache-mb', type=float, default=2048, help='image features kept in memory')
+    add('--keypoints', type=int, default=1000, help='geometric: most SIFT keypoints kept per image')
+    add('--estimator', choices=('ransac', 'lmeds'), default='ransac', help='geometric: cv2.findHomography method')
+    add('--ransac-threshold', type=float, default=3.0, help='geometric: RANSAC reprojection threshold, px')
+    add('--all-sequences', nargs=0, const=True, default=False,
+        help="geometric: keep the 8 large sequences D2-Net's download deletes (CAPS and DIFT leave them out)")
+    add('--short-side', type=int, default=None, help="temporal: the frames' working short side (default: the "
+                                                       "model's image size)")
     add('--out', default='work_dirs/correspondence')
     add('--pictures', type=int, default=8, help='pairs drawn')
     parser.add_argument('--overwrite', action='store_true', help="replace an earlier run's correspondence.json")
@@ -125,6 +156,17 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
                 setattr(args, flag, ','.join(value) if isinstance(value, (list, tuple)) else value)
     if args.model is None:
         raise ValueError('name the model first (or a --preset): `diffbackbones correspondence MODEL --data ...`')
+    if args.task != 'semantic':
+        semantic = sorted(given & _SEMANTIC_ONLY)
+        if semantic:
+            raise ValueError(f'--{", --".join(f.replace("_", "-") for f in semantic)}: the semantic task\'s, not '
+                             f'--task {args.task}\'s')
+        args.prompt = args.prompt or ''
+    else:
+        other = sorted(given & _OTHER_TASKS)
+        if other:
+            raise ValueError(f'--{", --".join(f.replace("_", "-") for f in other)}: geometric or temporal, '
+                             'not semantic (add --task)')
     if args.prompt is None:
         args.prompt = PAPER_PROMPT if args.protocol == 'trained' else DIFT_PROMPT
     return args
@@ -140,13 +182,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error(str(e))
 
 
+def _run_other_task(args: argparse.Namespace, options: dict):
+    """--task geometric / temporal: the result (its own file in --out, checked free before the long part)."""
+    if args.task == 'geometric':
+        refuse_earlier_run(Path(args.out) / GEOMETRIC_FILE, args.overwrite)
+        return evaluate_geometric(
+            args.model, args.data, activations=activations_option(args.activations), levels=_levels(args.levels),
+            pretrained=pretrained_option(get_model_spec(args.model), args.weights), prompt=args.prompt,
+            keypoints=args.keypoints, estimator=args.estimator, ransac_threshold=args.ransac_threshold,
+            exclude=() if args.all_sequences else D2NET_EXCLUDED, pictures=args.pictures, cache_mb=args.cache_mb,
+            progress=True, **options)
+    if 'image_size' in options:
+        raise ValueError('--task temporal sets the working size with --short-side (the aspect ratio is kept)')
+    refuse_earlier_run(Path(args.out) / TEMPORAL_FILE, args.overwrite)
+    return evaluate_temporal(
+        args.model, args.data, activations=activations_option(args.activations), levels=_levels(args.levels),
+        pretrained=pretrained_option(get_model_spec(args.model), args.weights), prompt=args.prompt,
+        short_side=args.short_side, pictures=args.pictures, progress=True, **options)
+
+
 def run(args: argparse.Namespace) -> dict:
     try:
         if hasattr(args, '_given'):  # not yet resolved (parse_args resolves)
             resolve(args)
         out = Path(args.out)
-        check_free(out, args.overwrite)  # before the long part
         options = dict(dtype=args.dtype, ensemble_size=args.ensemble, **given_options(args))
+        if args.task != 'semantic':
+            result = _run_other_task(args, options)
+            result.settings['command'] = {k: v for k, v in vars(args).items() if k != 'command'}
+            result.save(out, overwrite=True)
+            print(result.table())
+            print(f'peak memory {result.peak_rss_gb:.2f} GB (RSS), {result.seconds:.0f} s; written to {out}')
+            return result.to_dict()
+        check_free(out, args.overwrite)  # before the long part
         result = evaluate_correspondence(
             args.model, args.data, protocol=args.protocol, activations=activations_option(args.activations),
             levels=_levels(args.levels),

@@ -44,19 +44,21 @@ import torch
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
 from diffbackbones.backbone.stages import set_default_option
-from diffbackbones.models.zoo import default_weights, get_model_spec
+from diffbackbones.models.zoo import get_model_spec
 from .data import Pair, find_pairs
-from .features import DIFT_PROMPT, PAPER_PROMPT, FeatureSource
+from .geometric.evaluate import GeometricResult, evaluate_geometric
+from .temporal.evaluate import TemporalResult, evaluate_temporal
+from .features import DIFT_PROMPT, PAPER_PROMPT, FeatureSource, build_feature_source
 from .matching import PCKTable, evaluate_pairs, pck_correct
 from diffbackbones.utils.outputs import peak_rss_gb, refuse_earlier_run
 from .trained import CorrespondenceHead, train_steps, training_schedule
 
-__all__ = ['evaluate_correspondence', 'CorrespondenceResult', 'CORRESPONDENCE_PRESETS', 'PROTOCOLS', 'REPORTS',
+__all__ = ['evaluate_correspondence', 'CorrespondenceResult', 'CORRESPONDENCE_PRESETS', 'PROTOCOLS', 'REPORTS', 'TASKS',
            'train_head', 'draw_pair', 'check_free']
 
 PROTOCOLS = ('trained', 'zero-shot')
+TASKS = ('semantic', 'geometric', 'temporal')
 REPORTS = ('test', 'paper-best-val')
 
 # name -> the arguments of evaluate_correspondence it sets; t / ensemble_size / image_size are backbone options
@@ -69,7 +71,8 @@ _OWN_KEYS = ('model', 'pretrained', 'activations', 'prompt', 'protocol')
 RESULT_FILE = 'correspondence.json'
 
 
-def evaluate_correspondence(model: str | None = None, data: str | Path | None = None, *, preset: str | None = None,
+def evaluate_correspondence(model: str | None = None, data: str | Path | None = None, *, task: str = 'semantic',
+                            preset: str | None = None,
                             protocol: str | None = None, activations: str | Sequence | None = None,
                             levels: Sequence[int] | None = None, pretrained: bool | str | None = None,
                             prompt: str | None = None, train: str = 'trn', val: str = 'val', test: str = 'test',
@@ -77,12 +80,19 @@ def evaluate_correspondence(model: str | None = None, data: str | Path | None = 
                             weight_decay: float = 0.01, temperature: float = 0.07, feature_size: int = 128,
                             load_size: int = 512, val_every: int = 500, alpha: float = 0.1, seed: int = 0,
                             cache_mb: float = 2048, pictures: int = 8, progress: bool = False,
-                            **backbone_options: Any) -> CorrespondenceResult:
+                            **backbone_options: Any) -> CorrespondenceResult | GeometricResult | TemporalResult:
     """PCK of semantic correspondence with ``model``'s activations on the keypoint pairs of ``data``.
+
+    ``task='geometric'`` runs ``evaluate_geometric`` (HPatches homography estimation) and ``task='temporal'``
+    ``evaluate_temporal`` (DAVIS / JHMDB label propagation) instead, with ``model``, ``data``, ``activations``,
+    ``levels``, ``pretrained``, ``prompt`` (default: empty), ``pictures``, ``progress`` and the keywords that
+    task takes (``keypoints=``, ``estimator=``, ``short_side=``, ...) or the backbone's; the semantic task's own
+    arguments do not apply there.
 
     Args:
         model: Zoo name (``'sd15'``, ``'sdxl'``, ``'sd21'``, ``'shapes_sd_tiny'``, ``'test_sd_tiny'``, ...);
             may be left out when ``preset`` names one.
+        task: ``'semantic'`` (default: SPair-71k keypoint pairs), ``'geometric'`` or ``'temporal'``.
         data: An SPair-71k root (``JPEGImages/``, ``PairAnnotation/{trn,val,test}/``), or a list-of-pairs
             ``.json``.
         preset: A name in ``CORRESPONDENCE_PRESETS`` (``'dift'``): a published configuration whose values
@@ -129,6 +139,16 @@ def evaluate_correspondence(model: str | None = None, data: str | Path | None = 
         ValueError: An unknown model, preset, protocol or report; an empty split; a bad annotation.
         FileNotFoundError: ``data`` or a split is not where it should be.
     """
+    if task != 'semantic':
+        if task not in TASKS:
+            raise ValueError(f'task must be one of {TASKS}; got {task!r}')
+        if preset is not None or protocol is not None:
+            raise ValueError(f"preset= and protocol= are the semantic task's; task={task!r} takes neither")
+        if model is None or data is None:
+            raise ValueError(f'model and data are required for task={task!r}')
+        run = evaluate_geometric if task == 'geometric' else evaluate_temporal
+        return run(model, data, activations=activations or 'practical', levels=levels, pretrained=pretrained,
+                   prompt=prompt or '', pictures=pictures, progress=progress, **backbone_options)
     start = time.time()
     options = dict(backbone_options)
     given = dict(model=model, pretrained=pretrained, activations=activations, prompt=prompt, protocol=protocol)
@@ -155,12 +175,7 @@ def evaluate_correspondence(model: str | None = None, data: str | Path | None = 
         raise ValueError('give the prompt template as prompt=... ({category} is filled in per pair), '
                          'not in conditioning=dict(prompt=...)')
     prompt = given['prompt'] or (PAPER_PROMPT if protocol == 'trained' else DIFT_PROMPT)
-    spec = get_model_spec(model)
-    pretrained = default_weights(spec, pretrained)
-    if options.get('image_size', 0) is None:
-        del options['image_size']  # None: the model's own size, as when left out
-    set_default_option(options, 'image_size', spec.image_size)
-    set_default_option(options, 'resize_features', False)
+    get_model_spec(model)  # an unknown model fails before the data is read
 
     trained = protocol == 'trained'
     wanted = {'train': train, 'val': val} if trained else {}
@@ -172,13 +187,9 @@ def evaluate_correspondence(model: str | None = None, data: str | Path | None = 
             raise ValueError(f'the {name} split ({wanted[name]!r}) of {data} has no pairs')
     categories = sorted({p.category for split_pairs in pairs.values() for p in split_pairs})
     prompts = list(dict.fromkeys(prompt.format(category=c) for c in categories))
-    if isinstance(activations, str) and '-' in activations and not activations.endswith('.json'):
-        activations = [activations]  # one layer id (ids have hyphens, preset names never do)
-    backbone = DiffusionBackbone(model, activations, pretrained=pretrained, prompt=prompts, **options)
-    if levels is not None:
-        backbone.select_levels(levels)
-    h, w = backbone.stages.image.size
-    features = FeatureSource(backbone, (w, h), prompt, cache_mb)
+    features = build_feature_source(model, activations, levels, pretrained, prompt, prompts, cache_mb, **options)
+    backbone, (w, h) = features.backbone, features.size
+    pretrained, activations, options = (features.settings[k] for k in ('pretrained', 'activations', 'backbone_options'))
     channels = sum(info['num_chs'] for info in backbone.feature_info)
 
     training = None

@@ -15,9 +15,14 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from diffbackbones.backbone.conditioning.prompt import PromptConditioning
+from typing import Any, Sequence
 
-__all__ = ['load_image', 'FeatureSource', 'PAPER_PROMPT', 'DIFT_PROMPT']
+from diffbackbones.backbone.conditioning.prompt import PromptConditioning
+from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
+from diffbackbones.backbone.stages import set_default_option
+from diffbackbones.models.zoo import default_weights, get_model_spec
+
+__all__ = ['load_image', 'FeatureSource', 'build_feature_source', 'PAPER_PROMPT', 'DIFT_PROMPT']
 
 # The paper's correspondence code conditions every image on one prompt naming SPair-71k's categories.
 PAPER_PROMPT = ('a highly realistic photo that may contain an aeroplane, a bicycle, a bird, a boat, a bottle, a bus, '
@@ -77,3 +82,32 @@ class FeatureSource:
                 self.used -= sum(level.numel() * 4 for level in dropped)
             self.cache[key], self.used = levels, self.used + size
         return levels
+
+
+def build_feature_source(model: str, activations: str | Sequence = 'practical', levels: Sequence[int] | None = None,
+                         pretrained: bool | str | None = None, prompt: str = '', prompts: Sequence[str] = ('',),
+                         cache_mb: float = 2048, **options: Any) -> FeatureSource:
+    """The backbone every correspondence task reads, built the same way for all three: the zoo's weights
+    unless told (random for test models), the model's working size, levels on the working grid
+    (``resize_features=False``) unless ``options`` say otherwise; one layer id may be given as a string.
+
+    ``prompts`` are every prompt the tasks will use (encoded once); ``prompt`` is the template that picks one
+    per image (``{category}`` filled in). ``options`` are ``DiffusionBackbone``'s, flat or as stage dicts.
+    The source's ``settings`` records the options as resolved and ``pretrained``.
+    """
+    spec = get_model_spec(model)
+    pretrained = default_weights(spec, pretrained)
+    options = dict(options)
+    if options.get('image_size', 0) is None:
+        del options['image_size']  # None: the model's own size, as when left out
+    set_default_option(options, 'image_size', spec.image_size)
+    set_default_option(options, 'resize_features', False)
+    if isinstance(activations, str) and '-' in activations and not activations.endswith('.json'):
+        activations = [activations]  # one layer id (ids have hyphens, preset names never do)
+    backbone = DiffusionBackbone(model, activations, pretrained=pretrained, prompt=list(prompts), **options)
+    if levels is not None:
+        backbone.select_levels(levels)
+    h, w = backbone.stages.image.size
+    source = FeatureSource(backbone, (w, h), prompt, cache_mb)
+    source.settings = dict(pretrained=pretrained, activations=activations, backbone_options=options)
+    return source

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['CATEGORIES', 'make_correspondence_dataset', 'render_object']
+__all__ = ['CATEGORIES', 'make_correspondence_dataset', 'render_object', 'object_mask', 'similarity_matrix',
+           'background_texture', 'apply_matrix']
 
 # Canonical convex outlines (x, y), centred near 0, radius about 1. Irregular on purpose: no symmetry maps
 # one corner onto another.
@@ -40,23 +41,45 @@ SPLITS = {'trn': 0, 'val': 1, 'test': 2}
 MAX_ROTATION = math.pi / 5
 
 
-def _similarity(scale: float, angle: float, flip: bool, shift) -> np.ndarray:
+def similarity_matrix(scale: float, angle: float, flip: bool, shift) -> np.ndarray:
     """2 x 3 matrix: x' = s R(angle) F x + shift, F mirroring x when ``flip``."""
     c, s = math.cos(angle), math.sin(angle)
     linear = scale * np.array([[c, -s], [s, c]]) @ np.diag([-1.0 if flip else 1.0, 1.0])
     return np.concatenate([linear, np.asarray(shift, float)[:, None]], axis=1)
 
 
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """(N, 2) points moved by a 2 x 3 affine matrix."""
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def _background(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+def background_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """(h, w, 3) float RGB in about [0, 255]: a tinted grey of two sine blotches and fine noise."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     blotch = sum(np.sin(xx / rng.uniform(6, 18) + rng.uniform(0, 6)) * np.sin(yy / rng.uniform(6, 18) + rng.uniform(0, 6))
                  for _ in range(2)) / 2
     grey = 0.5 + 0.3 * blotch + 0.08 * rng.standard_normal((h, w))
     return grey[..., None] * rng.uniform(60, 200, 3)
+
+
+def _object_frame(matrix: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """The object-frame coordinates (u, v) of every pixel centre of an h x w image."""
+    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    u, v = np.moveaxis(apply_matrix(inverse, np.stack([xx + 0.5, yy + 0.5], -1)), -1, 0)  # pixel centres
+    return u, v
+
+
+def _inside(outline: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    inside = np.ones(u.shape, bool)
+    for a, b in zip(outline, np.roll(outline, -1, axis=0)):  # convex, clockwise in image coordinates
+        inside &= (b[0] - a[0]) * (v - a[1]) - (b[1] - a[1]) * (u - a[0]) >= 0
+    return inside
+
+
+def object_mask(outline: np.ndarray, matrix: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(h, w) bool: the pixels ``render_object`` paints for this outline and placement."""
+    return _inside(outline, *_object_frame(matrix, h, w))
 
 
 def render_object(image: np.ndarray, outline: np.ndarray, matrix: np.ndarray, colours: np.ndarray,
@@ -67,12 +90,8 @@ def render_object(image: np.ndarray, outline: np.ndarray, matrix: np.ndarray, co
     rendered target is exactly the source object moved by the relative transform.
     """
     h, w = image.shape[:2]
-    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
-    u, v = np.moveaxis(_apply(inverse, np.stack([xx + 0.5, yy + 0.5], -1)), -1, 0)  # pixel centres
-    inside = np.ones((h, w), bool)
-    for a, b in zip(outline, np.roll(outline, -1, axis=0)):  # convex, clockwise in image coordinates
-        inside &= (b[0] - a[0]) * (v - a[1]) - (b[1] - a[1]) * (u - a[0]) >= 0
+    u, v = _object_frame(matrix, h, w)
+    inside = _inside(outline, u, v)
     ramp = np.clip((v + 1) / 2, 0, 1)[..., None]
     stripes = 0.55 + 0.45 * (np.sin(2 * np.pi * u / period) > 0)[..., None]
     paint = ((1 - ramp) * colours[0] + ramp * colours[1]) * stripes
@@ -84,9 +103,9 @@ def _place(rng: np.random.Generator, outline: np.ndarray, h: int, w: int, flip: 
     """A random similarity that keeps the whole object (and its keypoints) well inside an h x w image."""
     scale = rng.uniform(0.22, 0.34) * min(h, w)
     angle = rng.uniform(-MAX_ROTATION, MAX_ROTATION)
-    placed = _apply(_similarity(scale, angle, flip, (0, 0)), outline)
+    placed = apply_matrix(similarity_matrix(scale, angle, flip, (0, 0)), outline)
     low, high = -placed.min(0) + 4, np.array([w, h]) - placed.max(0) - 4
-    return _similarity(scale, angle, flip, rng.uniform(low, high))
+    return similarity_matrix(scale, angle, flip, rng.uniform(low, high))
 
 
 def _image_record(name: str, category: str, kps: np.ndarray, bbox: list[int], w: int, h: int) -> dict:
@@ -119,10 +138,10 @@ def make_correspondence_dataset(root: str | Path, n_train: int = 150, n_val: int
             for side, flip in (('src', False), ('trg', mirror)):
                 h, w = (int(v) for v in rng.integers(96, 161, 2))
                 matrix = _place(rng, outline, h, w, flip)
-                image = render_object(_background(h, w, rng), outline, matrix, colours, period)
+                image = render_object(background_texture(h, w, rng), outline, matrix, colours, period)
                 name = f'{split}_{pair_id:05d}_{side}'
-                kps = np.clip(np.round(_apply(matrix, keypoints) - 0.5), 0, [w - 1, h - 1]).astype(int)
-                corners = _apply(matrix, outline)
+                kps = np.clip(np.round(apply_matrix(matrix, keypoints) - 0.5), 0, [w - 1, h - 1]).astype(int)
+                corners = apply_matrix(matrix, outline)
                 bbox = [int(math.floor(corners[:, 0].min())), int(math.floor(corners[:, 1].min())),
                         int(math.ceil(corners[:, 0].max())), int(math.ceil(corners[:, 1].max()))]
                 (root / 'JPEGImages' / category).mkdir(parents=True, exist_ok=True)
