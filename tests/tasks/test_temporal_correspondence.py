@@ -108,7 +108,7 @@ def test_a_still_video_propagates_perfectly_and_a_moving_one_follows():
     assert (still[0] - first).abs().max() == pytest.approx(44 / (np.exp(10) + 47), rel=1e-4)
     assert all((soft - first).abs().max() < 5e-3 for soft in still[1:])
     # every frame the whole grid one column further right (wrapping): the labels move with it
-    protocol = Propagation(context=2, radius=2, topk=5, temperature=0.1)
+    protocol = Propagation(context=2, radius=0, topk=5, temperature=0.1)   # radius 0: no neighbourhood (it wraps)
     moving = list(propagate(first, [_position_features(6, 8, t) for t in range(4)], protocol))
     assert all(torch.equal(soft.argmax(0), torch.roll(labels, t + 1, dims=1)) for t, soft in enumerate(moving))
 
