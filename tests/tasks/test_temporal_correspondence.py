@@ -204,3 +204,11 @@ def test_temporal_command_end_to_end(video_root, tmp_path, capsys):
     assert json.loads((out / 'temporal.json').read_text())['settings']['short_side'] == 64
     with pytest.raises(SystemExit, match='--short-side'):
         diffbackbones_main(argv[:-6] + ['--image-size', '64', '--out', str(tmp_path / 'other')])
+
+
+def test_on_still_videos_the_held_still_baseline_is_perfect(video_root):
+    still = make_temporal_dataset(video_root.parent / 'still-baseline', videos=1, frames=4, static=True)
+    result = evaluate_correspondence('test_sd_tiny', still, task='temporal', pictures=0)
+    assert result.results['davis']['held_still'] == dict(JF=100.0, J=100.0, F=100.0)
+    assert result.results['jhmdb']['held_still'] == {'PCK@0.1': 100.0, 'PCK@0.2': 100.0}
+    assert re.search(r'\nframe 0 held still +100\.0 +100\.0 +100\.0\n', result.table())

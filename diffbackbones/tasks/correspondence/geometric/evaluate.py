@@ -200,7 +200,7 @@ class GeometricResult:
 
     def table(self) -> str:
         """Corner error (px) and accuracy (% of pairs within 1, 3, 5 px), per method and split."""
-        header = (f'{"method":<18} {"split":<13} {"pairs":>5} {"no H":>5} {"mean err":>9} '
+        header = (f'{"method":<26} {"split":<13} {"pairs":>5} {"no H":>5} {"mean err":>9} '
                   + ' '.join(f'{"acc@" + str(e):>6}' for e in THRESHOLDS))
         estimator = ('LMEDS' if self.settings['estimator'] == 'lmeds'
                      else f'RANSAC threshold {self.settings["ransac_threshold"]:g} px')
@@ -208,7 +208,7 @@ class GeometricResult:
                  f'{self.working_size[0]} x {self.working_size[1]}; {estimator}', header]
         for method in self.methods:
             for split, row in self.summary[method].items():
-                lines.append(f'{method:<18} {split:<13} {row["pairs"]:>5} {row["failed"]:>5} '
+                lines.append(f'{method:<26} {split:<13} {row["pairs"]:>5} {row["failed"]:>5} '
                              f'{row["mean_error"]:>9.2f} ' + ' '.join(f'{row[f"acc@{e}"]:>6.1f}' for e in THRESHOLDS))
         return '\n'.join(lines)
 

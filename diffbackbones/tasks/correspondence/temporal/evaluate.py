@@ -52,6 +52,7 @@ DAVIS_PROPAGATION = Propagation(context=7, radius=12, topk=5, temperature=0.1)  
 JHMDB_PROPAGATION = Propagation(context=20, radius=12, topk=10, temperature=0.07)  # VideoWalk's defaults
 PCK_THRESHOLDS = (0.1, 0.2)
 RESULT_FILE = 'temporal.json'
+HELD_STILL = "frame 0 held still"  # the baseline row: the given masks / joints copied to every frame
 
 
 def frame_features(levels: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -133,6 +134,13 @@ def run_jhmdb(source: FeatureSource, videos, protocol: Propagation, progress: bo
     return predictions
 
 
+def _jf(scores: dict) -> dict:
+    """J&F-Mean, J-Mean and F-Mean in % over every object of every video (the official aggregation)."""
+    objects = [o for video in scores.values() for o in video.values()]
+    j, f = float(np.mean([o['J'] for o in objects])), float(np.mean([o['F'] for o in objects]))
+    return dict(JF=100 * (j + f) / 2, J=100 * j, F=100 * f)
+
+
 def _prepend(first, rest):
     yield first
     yield from rest
@@ -177,10 +185,12 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
         source = build_feature_source(model, activations, levels, pretrained, prompt, [prompt], 0,
                                       image_size=(work_h, work_w), **backbone_options)
         predictions, scores = run_davis(source, videos, davis, progress)
-        objects = [s for video in scores.values() for s in video.values()]
-        j, f = float(np.mean([o['J'] for o in objects])), float(np.mean([o['F'] for o in objects]))
-        results['davis'] = dict(videos=len(videos), objects=len(objects), working_size=[work_w, work_h],
-                                JF=100 * (j + f) / 2, J=100 * j, F=100 * f, per_video=scores)
+        held = {}  # the baseline: frame 0's masks held still
+        for video in videos:
+            true = [read_labels(path) for path in video.annotations]
+            held[video.name] = score_video([true[0]] * len(true), true)
+        results['davis'] = dict(videos=len(videos), objects=sum(len(v) for v in scores.values()),
+                                working_size=[work_w, work_h], **_jf(scores), per_video=scores, held_still=_jf(held))
         drawn = [(v, predictions[v.name]) for v in videos[:pictures]]
         settings.update(source.settings)
     if 'jhmdb' in found:
@@ -189,8 +199,11 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
                                       image_size=(side, side), **backbone_options)
         predictions = run_jhmdb(source, videos, jhmdb, progress)
         scored = pck([predictions[v.name] for v in videos], [v.joints for v in videos], PCK_THRESHOLDS)
+        held = pck([np.repeat(v.joints[:1], len(v.joints), 0) for v in videos], [v.joints for v in videos],
+                   PCK_THRESHOLDS)
         results['jhmdb'] = dict(videos=len(videos), working_size=[side, side],
                                 **{f'PCK@{a:g}': value for a, value in scored.items()},
+                                held_still={f'PCK@{a:g}': value for a, value in held.items()},
                                 predicted={name: p.tolist() for name, p in predictions.items()})
         settings.update(source.settings)
     label = model if settings.get('pretrained') is not False else f'{model} (random)'
@@ -201,7 +214,9 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
 @dataclass
 class TemporalResult:
     """What ``evaluate_temporal`` measured: ``results['davis']`` (J&F-Mean, J-Mean, F-Mean in %, per video
-    and object) and ``results['jhmdb']`` (PCK@0.1, PCK@0.2 in %, predicted joints), with ``settings``."""
+    and object) and ``results['jhmdb']`` (PCK@0.1, PCK@0.2 in %, predicted joints), with ``settings``. Each
+    has ``held_still``: the scores of frame 0's masks / joints copied to every frame, the baseline that any
+    propagation must beat on moving objects."""
     settings: dict
     label: str
     results: dict
@@ -215,13 +230,15 @@ class TemporalResult:
             d = self.results['davis']
             lines += [f'DAVIS-2017 label propagation ({d["videos"]} videos, {d["objects"]} objects; working size '
                       f'{d["working_size"][0]} x {d["working_size"][1]})',
-                      f'{"model":<26} {"J&F-Mean":>9} {"J-Mean":>7} {"F-Mean":>7}',
-                      f'{self.label:<26} {d["JF"]:>9.1f} {d["J"]:>7.1f} {d["F"]:>7.1f}']
+                      f'{"model":<26} {"J&F-Mean":>9} {"J-Mean":>7} {"F-Mean":>7}']
+            for name, row in ((self.label, d), (HELD_STILL, d['held_still'])):
+                lines.append(f'{name:<26} {row["JF"]:>9.1f} {row["J"]:>7.1f} {row["F"]:>7.1f}')
         if 'jhmdb' in self.results:
             d = self.results['jhmdb']
             lines += [f'JHMDB keypoint propagation ({d["videos"]} videos; working size {d["working_size"][0]} x '
-                      f'{d["working_size"][1]})', f'{"model":<26} {"PCK@0.1":>8} {"PCK@0.2":>8}',
-                      f'{self.label:<26} {d["PCK@0.1"]:>8.1f} {d["PCK@0.2"]:>8.1f}']
+                      f'{d["working_size"][1]})', f'{"model":<26} {"PCK@0.1":>8} {"PCK@0.2":>8}']
+            for name, row in ((self.label, d), (HELD_STILL, d['held_still'])):
+                lines.append(f'{name:<26} {row["PCK@0.1"]:>8.1f} {row["PCK@0.2"]:>8.1f}')
         return '\n'.join(lines)
 
     def to_dict(self) -> dict:
