@@ -90,8 +90,9 @@ def evaluate_geometric(model: str, data: str | Path, *, activations: str | Seque
         model: Zoo name (``'sd21'``, ``'shapes_sd_tiny'``, ``'test_sd_tiny'``, ...).
         data: HPatches' ``hpatches-sequences-release`` folder (or its parent), or the embedded set
             (``make_geometric_dataset``).
-        activations / levels / pretrained: As ``evaluate_correspondence``'s (default ``'practical'``; the zoo's
-            weights, random for the test models).
+        activations: A preset name of the model (default ``'practical'``), a preset file, a layer id or a list.
+        levels: Indices of the levels to keep; None keeps all.
+        pretrained: As ``DiffusionBackbone``'s; None: the zoo's weights, random for the test models.
         prompt: The prompt every image is encoded with (DIFT uses the empty prompt off SPair-71k).
         detector: ``'sift'``, or a callable taking an (H, W, 3) uint8 image and returning (N, 2) x, y pixels.
         keypoints: The most keypoints kept per image (the strongest; SuperPoint's evaluation: 1000).

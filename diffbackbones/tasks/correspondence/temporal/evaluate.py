@@ -157,11 +157,14 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
         model: Zoo name (``'sd21'``, ``'shapes_sd_tiny'``, ``'test_sd_tiny'``, ...).
         data: A DAVIS-2017 root, a JHMDB root, or the embedded set (DAVIS in it, JHMDB in its ``jhmdb/``);
             every one found is evaluated.
-        activations / levels / pretrained: As ``evaluate_correspondence``'s.
+        activations: A preset name of the model (default ``'practical'``), a preset file, a layer id or a list.
+        levels: Indices of the levels to keep; None keeps all.
+        pretrained: As ``DiffusionBackbone``'s; None: the zoo's weights, random for the test models.
         prompt: The prompt every frame is encoded with (empty by default).
         short_side: The working size's short side (DAVIS) and the square's side (JHMDB); default: the
             model's image size.
-        davis / jhmdb: The propagation parameters of each (``Propagation``).
+        davis: DAVIS' propagation parameters (``Propagation``; DINO's by default).
+        jhmdb: JHMDB's propagation parameters (VideoWalk's defaults).
         split: DAVIS' ``ImageSets/2017/<split>.txt``.
         pictures: Videos whose predictions ``TemporalResult.save`` draws (DAVIS).
         progress: Show progress bars.
