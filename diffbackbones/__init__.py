@@ -30,6 +30,7 @@ except ImportError:
     pass
 else:
     from .integrations import mmseg as _mmseg_registrations  # noqa: F401
+    from .integrations import mmdet as _mmdet_registrations  # noqa: F401  (mmdet comes with mmseg's extra)
 
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
            'MODELS', 'get_model_spec', 'Preset',

@@ -10,6 +10,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')  # tests never touch the network
 os.environ['DIFFBACKBONES_CACHE'] = tempfile.mkdtemp(prefix='diffbackbones-test-cache-')
 
 import pytest
+
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,3 +67,26 @@ def _deterministic():
 def random_images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, h, w, generator=g) * 2 - 1
+
+
+def mmseg_config(name: str):
+    """One of mmseg's shipped configs (``mask2former/...py``), read from the installed package."""
+    import mmseg
+    from mmengine.config import Config
+    return Config.fromfile(os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', name))
+
+
+def config_differences(a, b, prefix='') -> set[str]:
+    """Dotted keys whose values differ between two config dicts (a key on one side only counts). ``_scope_``
+    is left out: mmengine writes it into every dict of a base read through ``mmseg::``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = (set(a) | set(b)) - {'_scope_'}
+        return set().union(*(config_differences(a.get(k), b.get(k), f'{prefix}{k}.') for k in keys)) if keys else set()
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return set().union(*(config_differences(x, y, f'{prefix}{i}.') for i, (x, y) in enumerate(zip(a, b))))
+    return set() if a == b else {prefix[:-1]}
+
+
+def collapse_keys(keys: set[str], to: set[str]) -> set[str]:
+    """Each differing key as the listed key it lies under (model.backbone.type -> model.backbone)."""
+    return {next((t for t in to if k == t or k.startswith(t + '.')), k) for k in keys}

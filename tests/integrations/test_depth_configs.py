@@ -1,6 +1,5 @@
 """configs/depth/: mmseg's own shipped VPD configs with only the backbone replaced. Each is read next to the
 mmseg config it inherits, every setting compared, and built at full size on the meta device (no weights)."""
-import os
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import REPO  # noqa: E402
+from conftest import REPO, collapse_keys, config_differences, mmseg_config  # noqa: E402
 
 register_all_modules(init_default_scope=False)
 DEPTH = REPO / 'configs' / 'depth'
@@ -30,27 +29,6 @@ CONFIGS = {  # ours -> (mmseg's, the changes beyond OURS)
 }
 
 
-def _mmseg_config(name: str) -> Config:
-    import mmseg
-    return Config.fromfile(os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', name))
-
-
-def _differences(a, b, prefix='') -> set[str]:
-    """Dotted keys whose values differ between two config dicts (a key on one side only counts). ``_scope_``
-    is left out: mmengine writes it into every dict of a base read through ``mmseg::``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        keys = (set(a) | set(b)) - {'_scope_'}
-        return set().union(*(_differences(a.get(k), b.get(k), f'{prefix}{k}.') for k in keys)) if keys else set()
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        return set().union(*(_differences(x, y, f'{prefix}{i}.') for i, (x, y) in enumerate(zip(a, b))))
-    return set() if a == b else {prefix[:-1]}
-
-
-def _collapse(keys: set[str], to: set[str]) -> set[str]:
-    """Each differing key as the listed key it lies under (model.backbone.type -> model.backbone)."""
-    return {next((t for t in to if k == t or k.startswith(t + '.')), k) for k in keys}
-
-
 def test_every_depth_config_is_listed():
     assert sorted(p.name for p in DEPTH.glob('*_nyu-*.py')) == sorted(CONFIGS)
 
@@ -58,9 +36,9 @@ def test_every_depth_config_is_listed():
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_depth_configs_keep_every_mmseg_setting_but_the_backbone(name):
     base_name, extra = CONFIGS[name]
-    ours, base = Config.fromfile(DEPTH / name), _mmseg_config(base_name)
+    ours, base = Config.fromfile(DEPTH / name), mmseg_config(base_name)
     assert base.model.backbone.type == 'VPD'  # the ldm-based backbone being replaced
-    assert _collapse(_differences(ours.to_dict(), base.to_dict()), OURS | extra) == OURS | extra
+    assert collapse_keys(config_differences(ours.to_dict(), base.to_dict()), OURS | extra) == OURS | extra
     # the inherited settings themselves, spot-checked against what mmseg ships
     assert ours.model.type == 'DepthEstimator' and ours.model.decode_head.type == 'VPDDepthHead'
     assert ours.train_dataloader.dataset.type == 'NYUDataset' and ours.val_evaluator.type == 'DepthMetric'
