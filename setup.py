@@ -44,8 +44,8 @@ setup(
         # ship; >= 77.0.3 is torch 2.14's own floor.
         # mmdet: mmseg's Mask2Former/MaskFormer heads import it, and its detectors take the backbone too;
         # pycocotools, shapely, terminaltables, six and scipy are what mmdet imports.
-        'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'pycocotools', 'shapely', 'terminaltables',
-                  'six', 'scipy', 'ftfy', 'regex', 'setuptools>=77.0.3,<81'],
+        'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'pycocotools', 'shapely',
+                  'terminaltables', 'six', 'scipy', 'ftfy', 'regex', 'setuptools>=77.0.3,<81'],
         'docs': ['mkdocs==1.6.1', 'mkdocs-material>=9.8.2', 'mkdocstrings[python]>=1.0.8'],
     },
 )

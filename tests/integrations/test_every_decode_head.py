@@ -5,7 +5,6 @@ input channels set to those levels. Each builds, trains one step and predicts a 
 Two things change for one CPU process, as mmseg's own unit tests change them: SyncBN becomes BN, and the data
 preprocessor takes the backbone's input range (mean = std = 127.5). DPT is out of scope: its head reads a
 ViT's class token, which a diffusion backbone does not have."""
-import copy
 
 import pytest
 import torch

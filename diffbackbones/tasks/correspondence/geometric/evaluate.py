@@ -161,7 +161,8 @@ def evaluate_geometric(model: str, data: str | Path, *, activations: str | Seque
         records.append(record)
     settings = dict(model=model, data=str(data), levels=None if levels is None else list(levels), prompt=prompt,
                     detector=detector if isinstance(detector, str) else repr(detector), keypoints=keypoints,
-                    ransac_threshold=ransac_threshold, estimator=estimator, resize=resize, kinds=list(kinds), **features.settings)
+                    ransac_threshold=ransac_threshold, estimator=estimator, resize=resize, kinds=list(kinds),
+                    **features.settings)
     return GeometricResult(settings=settings, methods=methods, pairs=records, summary=summarize(records, methods),
                            working_size=features.size, peak_rss_gb=peak_rss_gb(), seconds=time.time() - start,
                            drawn=[drawn[i] for i in sorted(set(np.linspace(0, len(drawn) - 1, pictures).round()

@@ -74,7 +74,8 @@ def _image(folder: Path, index: int) -> Path:
 
 
 def load_hpatches(root: str | Path, kinds: tuple[str, ...] = ('illumination', 'viewpoint'),
-                  sequences: list[str] | None = None, exclude: tuple[str, ...] = D2NET_EXCLUDED) -> list[HomographyPair]:
+                  sequences: list[str] | None = None,
+                  exclude: tuple[str, ...] = D2NET_EXCLUDED) -> list[HomographyPair]:
     """The (1, k) pairs of every sequence under ``root`` (sorted by name) of the ``kinds`` asked for, or of
     the ``sequences`` named, leaving out ``exclude`` (by default D2-Net's 8, as CAPS and DIFT do; ``()``
     keeps all 116). Every file is checked to be there; an error names the first that is not."""

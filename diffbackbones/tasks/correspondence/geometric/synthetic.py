@@ -57,7 +57,8 @@ def _write_homography(path: Path, H: np.ndarray) -> None:
     path.write_text(''.join(' '.join(f'{v:.12g}' for v in row) + '\n' for row in H))
 
 
-def make_geometric_dataset(root: str | Path, illumination: int = 6, viewpoint: int = 6, size: tuple[int, int] = (192, 144),
+def make_geometric_dataset(root: str | Path, illumination: int = 6, viewpoint: int = 6,
+                           size: tuple[int, int] = (192, 144),
                            seed: int = 0) -> Path:
     """Write ``illumination`` i_* and ``viewpoint`` v_* sequences of ``size`` = (w, h) images under ``root``
     (idempotent: a complete set is left as it is). Returns ``root``."""

@@ -64,7 +64,8 @@ def make_temporal_dataset(root: str | Path, videos: int = 3, frames: int = 10, s
             start = _pose(rng, h, w, scale, side)
             end = start if static else _pose(rng, h, w, scale, None if side is None else 1 - side)
             paths.append((CATEGORIES[kind], scale, start, end, rng.uniform(30, 255, (2, 3)), rng.uniform(0.25, 0.45)))
-        folders = {key: root / sub / name for key, sub in (('frames', 'JPEGImages/480p'), ('labels', 'Annotations/480p'))}
+        folders = {key: root / sub / name
+                   for key, sub in (('frames', 'JPEGImages/480p'), ('labels', 'Annotations/480p'))}
         folders['jhmdb'] = jhmdb / 'Rename_Images' / 'shapes' / name
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
