@@ -6,6 +6,7 @@ import timm
 import torch
 
 import diffbackbones  # noqa: F401  (registers the entry points)
+from diffbackbones.integrations import timm_models
 
 from conftest import random_images
 
@@ -127,3 +128,40 @@ def test_forward_intermediates_contract():
 def test_in_chans_other_than_three_is_refused():
     with pytest.raises(ValueError, match='in_chans must be 3'):
         timm.create_model('test_sd_tiny_practical', in_chans=1)
+
+
+# Entries with fewer than three levels, and why timm's test_model_forward_features (at least three: a rule for
+# its CNN families) does not apply to them:
+# - by definition: the paper's SDXL presets sit at two strides ('practical' 16 and 32, 'legacy' 8 and 16); a
+#   third level would make the entry something other than the preset it is named after;
+# - by size: a transformer's 'default' is four mid-depth block outputs (1/4 to 5/8 of its depth), and these
+#   test models have 2 to 3 blocks; their real-size models (REAL_SIZE) have all four.
+FEWER_THAN_THREE_LEVELS = {'test_sdxl_tiny_practical': 2, 'test_sdxl_tiny_legacy': 2, 'test_sd3_tiny_default': 2,
+                           'test_dit_tiny_default': 2, 'test_hunyuan_tiny_default': 2, 'test_pixart_tiny_default': 2}
+REAL_SIZE = {'test_sd3_tiny_default': 'sd3', 'test_dit_tiny_default': 'dit_xl',
+             'test_hunyuan_tiny_default': 'hunyuan_dit', 'test_pixart_tiny_default': 'pixart_sigma'}
+
+
+def test_the_real_size_transformers_have_four_default_levels():
+    from diffbackbones.models.zoo import MODELS
+    assert all(len(MODELS[real].presets['default']) == 4 for real in REAL_SIZE.values())
+
+
+@pytest.mark.parametrize('name', sorted(n for n in timm_models._ENTRIES if n.startswith(('test_', 'shapes_'))))
+def test_timm_forward_features_check(name):
+    """timm's own test_model_forward_features (tests/test_models.py), for every tiny entry: its checks at its
+    input size (the default, at most 96 px), the level count apart for the entries listed above."""
+    import math
+    model = timm.create_model(name, pretrained=False, features_only=True).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) == FEWER_THAN_THREE_LEVELS.get(name, len(channels)) and \
+        (len(channels) >= 3 or name in FEWER_THAN_THREE_LEVELS)
+    size = [min(x, 96) for x in model.default_cfg['input_size']]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # randn input: outside the VAE's range, as timm feeds every model
+        outputs = model(torch.randn(1, *size))
+    assert len(outputs) == len(channels)
+    for expected, reduction, output in zip(channels, reductions, outputs):
+        assert output.shape[1] == expected and output.shape[0] == 1 and not torch.isnan(output).any()
+        assert output.shape[2] <= math.ceil(size[1] / reduction) + 1
+        assert output.shape[3] <= math.ceil(size[2] / reduction) + 1
