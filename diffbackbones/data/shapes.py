@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'VARIANTS', 'LAYOUTS', 'make_shapes_dataset', 'render_sample']
+__all__ = ['SHAPES_CLASSES', 'SHAPES_PALETTE', 'VARIANTS', 'LAYOUTS', 'make_shapes_dataset', 'render_sample',
+           'render_instances']
 
 SHAPES_CLASSES = ('background', 'circle', 'square', 'triangle')
 SHAPES_PALETTE = [[0, 0, 0], [220, 60, 60], [60, 200, 60], [60, 90, 230]]
@@ -76,25 +77,33 @@ def _appearance(kind: int, geometry: bool, rng: np.random.Generator) -> int:
 
 def render_sample(rng: np.random.Generator, size: int = 128, variant: str = 'texture') -> tuple[np.ndarray, np.ndarray]:
     """One (H, W, 3) uint8 image and its (H, W) uint8 label map."""
+    image, label, _ = render_instances(rng, size, variant)
+    return image, label
+
+
+def render_instances(rng: np.random.Generator, size: int = 128,
+                     variant: str = 'texture') -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``render_sample``'s image and label map (the same draws), and the (H, W) uint8 instance map: 0 the
+    background, k the k-th shape drawn where it is visible (a later shape hides an earlier one)."""
     if variant not in VARIANTS:
         raise ValueError(f'variant must be one of {VARIANTS}; got {variant!r}')
     geometry = variant == 'geometry'
-    label = np.zeros((size, size), np.uint8)
+    label, instances = np.zeros((size, size), np.uint8), np.zeros((size, size), np.uint8)
     look = _appearance(0, geometry, rng)
     colour = _CLASS_RGB[look] + rng.uniform(-25, 25, 3)
     if geometry:  # the background wears any family's texture, as the shapes do
         image = (0.45 + 0.55 * _texture(look, size, rng)[..., None]) * colour
     else:
         image = _texture(0, size, rng)[..., None] * colour * 1.2
-    for _ in range(rng.integers(1, 4)):
+    for number in range(1, int(rng.integers(1, 4)) + 1):
         kind = int(rng.integers(1, 4))
         mask = _mask(kind, size, rng)
         look = _appearance(kind, geometry, rng)
         colour = _CLASS_RGB[look] + rng.uniform(-30, 30, 3)
         pattern = 0.45 + 0.55 * _texture(look, size, rng)[..., None]
         image = np.where(mask[..., None], pattern * colour, image)
-        label[mask] = kind
-    return np.clip(image, 0, 255).astype(np.uint8), label
+        label[mask], instances[mask] = kind, number
+    return np.clip(image, 0, 255).astype(np.uint8), label, instances
 
 
 def make_shapes_dataset(root: str | Path, n_train: int = 200, n_val: int = 50, size: int = 128,

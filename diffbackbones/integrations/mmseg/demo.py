@@ -47,18 +47,21 @@ def random_backbone(config: str | Path, activations=None):
     return DiffusionBackbone(settings.model, activations or settings.activations, pretrained=False)
 
 
-def unit_variance_scale(config: str | Path, data_root: str | Path, n_images: int = 32) -> float:
+def unit_variance_scale(config: str | Path, data_root: str | Path, n_images: int = 32,
+                        image_dir: str | Path | None = None) -> float:
     """The VAE ``scale`` that gives the config's backbone, with random weights, unit-variance latents on
-    the training images: the fair random baseline (see the module docstring)."""
+    the training images (``image_dir``, by default mmseg's ``data_root/img_dir/train``): the fair random
+    baseline (see the module docstring)."""
     import torch
     from PIL import Image
 
     from diffbackbones.backbone.diffusion_backbone import pixels_to_input
     backbone = random_backbone(config)
-    paths = sorted((Path(data_root) / 'img_dir' / 'train').glob('*.png'))[:n_images]
+    folder = Path(image_dir) if image_dir is not None else Path(data_root) / 'img_dir' / 'train'
+    paths = sorted(folder.glob('*.png'))[:n_images]
     if not paths:
-        raise FileNotFoundError(f'no training images under {Path(data_root) / "img_dir" / "train"}: '
-                                'write the set first (diffbackbones make-shapes DIR)')
+        raise FileNotFoundError(f'no training images under {folder}: write the set first '
+                                '(diffbackbones make-shapes DIR)')
     pixels = np.stack([np.asarray(Image.open(p).convert('RGB')) for p in paths])
     with torch.no_grad():
         latents = backbone.encode(pixels_to_input(pixels))
