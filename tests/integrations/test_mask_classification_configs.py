@@ -19,7 +19,8 @@ register_all_modules(init_default_scope=False)
 # what each config changes in the mmseg config it inherits: the backbone, its input range, and the head's
 # inputs; everything else must be mmseg's, unchanged
 OURS = {'model.backbone', 'model.data_preprocessor.mean', 'model.data_preprocessor.std', 'data_preprocessor.mean',
-        'data_preprocessor.std', 'custom_imports', 'model.decode_head.in_channels'}
+        'data_preprocessor.std', 'custom_imports', 'custom_hooks', 'model.decode_head.in_channels',
+        'sd15_practical_backbone', 'diffusion_input'}   # the last two: configs/_base_/models/sd15_practical_frozen.py
 CONFIGS = {  # ours -> (mmseg's, changes beyond OURS)
     'mask2former/mask2former_sd15-practical_8xb2-160k_ade20k-512x512.py':
         ('mask2former/mask2former_r50_8xb2-160k_ade20k-512x512.py', {'model.decode_head.strides'}),

@@ -22,7 +22,7 @@ MMDET = REPO / 'configs' / 'mmdet'
 # what each config changes in the mmdet config it inherits: the backbone, its input range and what reads its
 # levels (channels, and the strides anchors and RoIs are placed at); everything else must be mmdet's
 OURS = {'model.backbone', 'model.data_preprocessor.mean', 'model.data_preprocessor.std', 'custom_imports',
-        'custom_hooks'}
+        'custom_hooks', 'sd15_practical_backbone', 'diffusion_input'}   # the last two: the shared base's names
 MASK_RCNN = {'model.neck.in_channels', 'model.rpn_head.anchor_generator.strides',
              'model.roi_head.bbox_roi_extractor.featmap_strides', 'model.roi_head.mask_roi_extractor.featmap_strides'}
 CONFIGS = {  # ours -> (mmdet's, changes beyond OURS)
