@@ -69,11 +69,12 @@ def random_images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, h, w, generator=g) * 2 - 1
 
 
-def mmseg_config(name: str):
-    """One of mmseg's shipped configs (``mask2former/...py``), read from the installed package."""
-    import mmseg
+def shipped_config(name: str, package: str = 'mmseg'):
+    """One of mmseg's (or mmdet's) shipped configs (``mask2former/...py``), read from the installed package."""
+    import importlib
     from mmengine.config import Config
-    return Config.fromfile(os.path.join(os.path.dirname(mmseg.__file__), '.mim', 'configs', name))
+    root = os.path.dirname(importlib.import_module(package).__file__)
+    return Config.fromfile(os.path.join(root, '.mim', 'configs', name))
 
 
 def config_differences(a, b, prefix='') -> set[str]:

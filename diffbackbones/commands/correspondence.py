@@ -184,21 +184,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _run_other_task(args: argparse.Namespace, options: dict):
     """--task geometric / temporal: the result (its own file in --out, checked free before the long part)."""
+    common = dict(activations=activations_option(args.activations), levels=_levels(args.levels),
+                  pretrained=pretrained_option(get_model_spec(args.model), args.weights), prompt=args.prompt,
+                  pictures=args.pictures, progress=True, **options)
     if args.task == 'geometric':
         refuse_earlier_run(Path(args.out) / GEOMETRIC_FILE, args.overwrite)
-        return evaluate_geometric(
-            args.model, args.data, activations=activations_option(args.activations), levels=_levels(args.levels),
-            pretrained=pretrained_option(get_model_spec(args.model), args.weights), prompt=args.prompt,
-            keypoints=args.keypoints, estimator=args.estimator, ransac_threshold=args.ransac_threshold,
-            exclude=() if args.all_sequences else D2NET_EXCLUDED, pictures=args.pictures, cache_mb=args.cache_mb,
-            progress=True, **options)
-    if 'image_size' in options:
-        raise ValueError('--task temporal sets the working size with --short-side (the aspect ratio is kept)')
+        return evaluate_geometric(args.model, args.data, keypoints=args.keypoints, estimator=args.estimator,
+                                  ransac_threshold=args.ransac_threshold, cache_mb=args.cache_mb,
+                                  exclude=() if args.all_sequences else D2NET_EXCLUDED, **common)
     refuse_earlier_run(Path(args.out) / TEMPORAL_FILE, args.overwrite)
-    return evaluate_temporal(
-        args.model, args.data, activations=activations_option(args.activations), levels=_levels(args.levels),
-        pretrained=pretrained_option(get_model_spec(args.model), args.weights), prompt=args.prompt,
-        short_side=args.short_side, pictures=args.pictures, progress=True, **options)
+    return evaluate_temporal(args.model, args.data, short_side=args.short_side, **common)
 
 
 def run(args: argparse.Namespace) -> dict:

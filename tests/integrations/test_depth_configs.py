@@ -14,7 +14,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import REPO, collapse_keys, config_differences, mmseg_config  # noqa: E402
+from conftest import REPO, collapse_keys, config_differences, shipped_config  # noqa: E402
 
 register_all_modules(init_default_scope=False)
 DEPTH = REPO / 'configs' / 'depth'
@@ -36,7 +36,7 @@ def test_every_depth_config_is_listed():
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_depth_configs_keep_every_mmseg_setting_but_the_backbone(name):
     base_name, extra = CONFIGS[name]
-    ours, base = Config.fromfile(DEPTH / name), mmseg_config(base_name)
+    ours, base = Config.fromfile(DEPTH / name), shipped_config(base_name)
     assert base.model.backbone.type == 'VPD'  # the ldm-based backbone being replaced
     assert collapse_keys(config_differences(ours.to_dict(), base.to_dict()), OURS | extra) == OURS | extra
     # the inherited settings themselves, spot-checked against what mmseg ships

@@ -18,7 +18,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import mmseg_config, segmentation_batch  # noqa: E402
+from conftest import shipped_config, segmentation_batch  # noqa: E402
 
 register_all_modules(init_default_scope=True)
 # four levels at strides 8, 16, 32, 64 (a 128 px input: 16, 8, 4, 2 cells)
@@ -96,7 +96,7 @@ def _heads(model: dict) -> list[dict]:
 
 
 def swapped_config(name: str) -> ConfigDict:
-    cfg = mmseg_config(name)
+    cfg = shipped_config(name)
     model = _no_syncbn(cfg.model.to_dict())
     base_levels = len(model['backbone'].get('out_indices', range(4)))   # JPU's ResNet gives 3 levels
     levels = list(range(4))[-base_levels:]

@@ -13,7 +13,7 @@ from mmseg.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone)
 
-from conftest import REPO, collapse_keys, config_differences, mmseg_config  # noqa: E402
+from conftest import REPO, collapse_keys, config_differences, shipped_config  # noqa: E402
 
 register_all_modules(init_default_scope=False)
 # what each config changes in the mmseg config it inherits: the backbone, its input range, and the head's
@@ -40,7 +40,7 @@ def test_every_mask_classification_config_is_listed():
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_mask_classification_configs_keep_every_mmseg_setting_but_the_backbone(name):
     base_name, extra = CONFIGS[name]
-    ours, base = Config.fromfile(REPO / 'configs' / name), mmseg_config(base_name)
+    ours, base = Config.fromfile(REPO / 'configs' / name), shipped_config(base_name)
     assert base.model.backbone.type == 'ResNet'  # the ResNet-50 being replaced
     assert collapse_keys(config_differences(ours.to_dict(), base.to_dict()), OURS | extra) == OURS | extra
     assert ours.model.decode_head.type == base.model.decode_head.type

@@ -2,8 +2,6 @@
 the config it inherits and every setting compared, and built at full size on the meta device); the embedded
 instances set in COCO format; the toy detector trained and tested through mmdet's own tools/train.py and
 tools/test.py, COCO bbox and segm mAP from pycocotools, the checkpoints lean."""
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,7 @@ from mmdet.utils import register_all_modules  # noqa: E402
 
 import diffbackbones  # noqa: E402,F401  (registers DiffusionBackbone in mmdet's registries)
 
-from conftest import REPO, collapse_keys, config_differences  # noqa: E402
+from conftest import REPO, collapse_keys, config_differences, shipped_config  # noqa: E402
 
 register_all_modules(init_default_scope=False)
 MMDET = REPO / 'configs' / 'mmdet'
@@ -36,11 +34,6 @@ CONFIGS = {  # ours -> (mmdet's, changes beyond OURS)
 }
 
 
-def _mmdet_config(name: str) -> Config:
-    import mmdet
-    return Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), '.mim', 'configs', name))
-
-
 def test_every_mmdet_config_is_listed():
     assert sorted(p.name for p in MMDET.glob('*.py')) == sorted(CONFIGS)
 
@@ -48,7 +41,7 @@ def test_every_mmdet_config_is_listed():
 @pytest.mark.parametrize('name', sorted(CONFIGS))
 def test_mmdet_configs_keep_every_mmdet_setting_but_the_backbone(name):
     base_name, extra = CONFIGS[name]
-    ours, base = Config.fromfile(MMDET / name), _mmdet_config(base_name)
+    ours, base = Config.fromfile(MMDET / name), shipped_config(base_name, 'mmdet')
     assert base.model.backbone.type == 'ResNet'  # the ResNet-50 being replaced
     assert collapse_keys(config_differences(ours.to_dict(), base.to_dict()), OURS | extra) == OURS | extra
     assert ours.model.type == base.model.type and ours.model.backbone.type == 'DiffusionBackbone'

@@ -132,9 +132,10 @@ def test_a_still_video_keeps_grid_aligned_masks_through_the_davis_path(tmp_path)
     for t in range(5):
         Image.new('RGB', (64, 48)).save(tmp_path / 'JPEGImages/480p/still' / f'{t:05d}.jpg')
         write_labels(tmp_path / 'Annotations/480p/still' / f'{t:05d}.png', labels)
-    predictions, scores = run_davis(_PositionSource(), load_davis(tmp_path), Propagation())
+    predictions, scores, held = run_davis(_PositionSource(), load_davis(tmp_path), Propagation())
     assert all(np.array_equal(p, labels) for p in predictions['still'])
     assert scores == {'still': {1: dict(J=1.0, F=1.0), 2: dict(J=1.0, F=1.0)}}
+    assert held == scores   # a still video: holding frame 0 is the truth too
 
 
 def test_dino_working_size():

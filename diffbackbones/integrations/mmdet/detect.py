@@ -14,7 +14,6 @@ mmdet's own (``--show-dir``: ground truth beside the predicted boxes and masks).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,7 +50,7 @@ def _data_options(data_root: Path) -> list[str]:
 def _tool(script: str, arguments: Sequence[str], log: Path) -> None:
     with open(log, 'w') as out:
         done = subprocess.run([sys.executable, str(mmdet_tools() / script), *arguments], stdout=out,
-                              stderr=subprocess.STDOUT, env=dict(os.environ))
+                              stderr=subprocess.STDOUT)
     if done.returncode:
         tail = ''.join(log.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f'mmdet {script} failed (exit {done.returncode}); its log: {log}\n{tail}')

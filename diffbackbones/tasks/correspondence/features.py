@@ -9,20 +9,19 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image
 
-from typing import Any, Sequence
-
 from diffbackbones.backbone.conditioning.prompt import PromptConditioning
 from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
 from diffbackbones.backbone.stages import set_default_option
 from diffbackbones.models.zoo import default_weights, get_model_spec
 
-__all__ = ['load_image', 'FeatureSource', 'build_feature_source', 'PAPER_PROMPT', 'DIFT_PROMPT']
+__all__ = ['load_image', 'FeatureSource', 'build_feature_source', 'weights_label', 'PAPER_PROMPT', 'DIFT_PROMPT']
 
 # The paper's correspondence code conditions every image on one prompt naming SPair-71k's categories.
 PAPER_PROMPT = ('a highly realistic photo that may contain an aeroplane, a bicycle, a bird, a boat, a bottle, a bus, '
@@ -50,10 +49,13 @@ class FeatureSource:
         size: Working size (w, h) every image is resized to.
         prompt: The prompt template; ``{category}`` is replaced by the pair's category.
         cache_mb: Levels of recently used images kept in memory (least recently used dropped first).
+        settings: How the backbone was built, for the tasks' records (``build_feature_source`` fills it in).
     """
 
-    def __init__(self, backbone: nn.Module, size: tuple[int, int], prompt: str, cache_mb: float = 2048):
+    def __init__(self, backbone: nn.Module, size: tuple[int, int], prompt: str, cache_mb: float = 2048,
+                 settings: dict | None = None):
         self.backbone, self.size, self.prompt = backbone, tuple(size), prompt
+        self.settings = dict(settings or {})
         self.cache: OrderedDict = OrderedDict()
         self.budget, self.used = cache_mb * 2 ** 20, 0
         self.device = next(backbone.parameters()).device
@@ -108,6 +110,10 @@ def build_feature_source(model: str, activations: str | Sequence = 'practical', 
     if levels is not None:
         backbone.select_levels(levels)
     h, w = backbone.stages.image.size
-    source = FeatureSource(backbone, (w, h), prompt, cache_mb)
-    source.settings = dict(pretrained=pretrained, activations=activations, backbone_options=options)
-    return source
+    return FeatureSource(backbone, (w, h), prompt, cache_mb,
+                         settings=dict(pretrained=pretrained, activations=activations, backbone_options=options))
+
+
+def weights_label(model: str, pretrained: bool | str | None) -> str:
+    """How a result table names a run: the model, marked when its weights are random."""
+    return f'{model} (random)' if pretrained is False else model

@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from diffbackbones.utils.outputs import peak_rss_gb, refuse_earlier_run
-from ..features import build_feature_source
+from ..features import build_feature_source, weights_label
 from .hpatches import D2NET_EXCLUDED, KINDS, load_hpatches
 from .homography import (RANSAC_THRESHOLD, corner_error, describe, estimate_homography, mutual_nearest_neighbours,
                          sift_keypoints)
@@ -124,7 +124,7 @@ def evaluate_geometric(model: str, data: str | Path, *, activations: str | Seque
         raise ValueError(f'no pairs of kinds {list(kinds)} in {data}')
     features = build_feature_source(model, activations, levels, pretrained, prompt, [prompt], cache_mb,
                                     **backbone_options)
-    label = model if features.settings['pretrained'] is not False else f'{model} (random)'
+    label = weights_label(model, features.settings['pretrained'])
     methods = [label] + ([SIFT] if sift_baseline and detector == 'sift' else [])
     detections: dict[Path, tuple] = {}
 
@@ -134,6 +134,8 @@ def evaluate_geometric(model: str, data: str | Path, *, activations: str | Seque
             points, sift = _points(detector, image, keypoints)
             wh = (image.shape[1], image.shape[0])
             ours = describe(features(path, ''), points, wh)  # the prompt is no template
+            if sift is not None:  # unit length, as ours: the matcher compares by dot product
+                sift = sift / np.maximum(np.linalg.norm(sift, axis=1, keepdims=True), 1e-12)
             if len(detections) > 16:  # the pairs come sequence by sequence: keep only the recent images
                 detections.clear()
             detections[path] = (image, scale, points, {label: ours, SIFT: sift})
@@ -147,10 +149,7 @@ def evaluate_geometric(model: str, data: str | Path, *, activations: str | Seque
         h, w = source.shape[:2]
         record = dict(pair=pair.name, kind=pair.kind, keypoints=[len(source_points), len(target_points)])
         for method in methods:
-            a, b = source_descriptors[method], target_descriptors[method]
-            if method == SIFT:
-                a, b = (d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12) for d in (a, b))
-            matches = mutual_nearest_neighbours(a, b)
+            matches = mutual_nearest_neighbours(source_descriptors[method], target_descriptors[method])
             H, inliers = estimate_homography(source_points[matches[:, 0]], target_points[matches[:, 1]],
                                              ransac_threshold, estimator)
             record[method] = dict(matches=len(matches), inliers=int(inliers.sum()),

@@ -25,6 +25,7 @@ video with copies of frame 0).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from diffbackbones.models.zoo import get_model_spec
 from diffbackbones.utils.outputs import peak_rss_gb, refuse_earlier_run
 from diffbackbones.utils.pictures import colorize_labels, side_by_side, stack_rows
-from ..features import FeatureSource, build_feature_source
+from ..features import FeatureSource, build_feature_source, weights_label
 from .davis import PALETTE, load_davis, read_labels, score_video
 from .jhmdb import keypoint_maps, load_jhmdb, pck, read_keypoints
 from .propagation import Propagation, one_hot, propagate
@@ -99,9 +100,10 @@ def _upsampled_argmax(soft: torch.Tensor, work_hw: tuple[int, int], frame_hw: tu
 
 
 def run_davis(source: FeatureSource, videos, protocol: Propagation, progress: bool = False):
-    """Predicted id maps of every frame of every video (frame 0: the given one), and the official scores."""
+    """Predicted id maps of every frame of every video (frame 0: the given one), the official scores, and those
+    of the baseline that holds frame 0's masks still (per video and object)."""
     work_hw = source.size[::-1]
-    predictions, scores = {}, {}
+    predictions, scores, held = {}, {}, {}
     for video in tqdm(videos, desc='davis', disable=not progress):
         true = [read_labels(path) for path in video.annotations]
         features = (frame_features(source(path, '')) for path in video.frames)
@@ -109,10 +111,11 @@ def run_davis(source: FeatureSource, videos, protocol: Propagation, progress: bo
         grid = tuple(first_features.shape[-2:])
         classes = int(true[0].max()) + 1
         first = one_hot(_labels_to_grid(true[0], grid), classes)  # every object a channel, even if tiny
-        chain = propagate(first, _prepend(first_features, features), protocol)
+        chain = propagate(first, itertools.chain([first_features], features), protocol)
         predicted = [true[0]] + [_upsampled_argmax(soft, work_hw, true[0].shape) for soft in chain]
         predictions[video.name], scores[video.name] = predicted, score_video(predicted, true)
-    return predictions, scores
+        held[video.name] = score_video([true[0]] * len(true), true)
+    return predictions, scores, held
 
 
 def run_jhmdb(source: FeatureSource, videos, protocol: Propagation, progress: bool = False):
@@ -127,7 +130,7 @@ def run_jhmdb(source: FeatureSource, videos, protocol: Propagation, progress: bo
         to_grid = np.array([gw / w, gh / h])
         first = keypoint_maps(video.joints[0] * to_grid, gh, gw)
         joints = [video.joints[0]]
-        for soft in propagate(first, _prepend(first_features, features), protocol):
+        for soft in propagate(first, itertools.chain([first_features], features), protocol):
             xy = read_keypoints(soft)
             joints.append(np.where(xy >= 0, xy / to_grid, -1.0))
         predictions[video.name] = np.stack(joints)
@@ -139,11 +142,6 @@ def _jf(scores: dict) -> dict:
     objects = [o for video in scores.values() for o in video.values()]
     j, f = float(np.mean([o['J'] for o in objects])), float(np.mean([o['F'] for o in objects]))
     return dict(JF=100 * (j + f) / 2, J=100 * j, F=100 * f)
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest
 
 
 def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequence = 'practical',
@@ -175,8 +173,8 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
     found = _find(Path(data))
     side = short_side or get_model_spec(model).image_size
     if 'image_size' in backbone_options:
-        raise ValueError('the working size of videos is set by short_side= (DINO keeps the aspect ratio), '
-                         'not image_size=')
+        raise ValueError('the working size of videos is set by short_side= (--short-side; DINO keeps the aspect '
+                         'ratio), not image_size= (--image-size)')
     results: dict[str, Any] = {}
     settings = dict(model=model, data=str(data), prompt=prompt, short_side=side, split=split,
                     davis=asdict(davis), jhmdb=asdict(jhmdb), levels=None if levels is None else list(levels))
@@ -187,11 +185,7 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
             work_w, work_h = davis_working_size(image.size, side)
         source = build_feature_source(model, activations, levels, pretrained, prompt, [prompt], 0,
                                       image_size=(work_h, work_w), **backbone_options)
-        predictions, scores = run_davis(source, videos, davis, progress)
-        held = {}  # the baseline: frame 0's masks held still
-        for video in videos:
-            true = [read_labels(path) for path in video.annotations]
-            held[video.name] = score_video([true[0]] * len(true), true)
+        predictions, scores, held = run_davis(source, videos, davis, progress)
         results['davis'] = dict(videos=len(videos), objects=sum(len(v) for v in scores.values()),
                                 working_size=[work_w, work_h], **_jf(scores), per_video=scores, held_still=_jf(held))
         drawn = [(v, predictions[v.name]) for v in videos[:pictures]]
@@ -209,7 +203,7 @@ def evaluate_temporal(model: str, data: str | Path, *, activations: str | Sequen
                                 held_still={f'PCK@{a:g}': value for a, value in held.items()},
                                 predicted={name: p.tolist() for name, p in predictions.items()})
         settings.update(source.settings)
-    label = model if settings.get('pretrained') is not False else f'{model} (random)'
+    label = weights_label(model, settings.get('pretrained'))
     return TemporalResult(settings=settings, label=label, results=results, peak_rss_gb=peak_rss_gb(),
                           seconds=time.time() - start, drawn=drawn)
 
