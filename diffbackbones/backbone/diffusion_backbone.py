@@ -238,7 +238,11 @@ class DiffusionBackbone(nn.Module):
             parts = [acts[n] for n in level]
             feature = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
             feature = feature.to(images.dtype)  # the input's dtype: a bf16 denoiser under an fp32 head (no AMP)
-            outputs.append(self.stages.image.restore(feature, in_hw, self.feature_info[i]['reduction']))
+            feature = self.stages.image.restore(feature, in_hw, self.feature_info[i]['reduction'])
+            # Standard NCHW memory, whatever the denoiser ran in (the VAE runs channels-last on the CPU):
+            # compiled ops such as mmcv's RoIAlign read the memory as NCHW without checking the strides, and
+            # on channels-last levels they pool the wrong cells (Mask R-CNN then learned nothing).
+            outputs.append(feature.contiguous())
         return tuple(outputs)
 
     def activations(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor] | None = None

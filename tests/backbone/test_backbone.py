@@ -31,6 +31,7 @@ def test_levels_match_feature_info_at_any_size(model, preset, batch, hw):
         s = info['reduction']
         assert feat.shape == (batch, info['num_chs'], math.ceil(hw[0] / s), math.ceil(hw[1] / s))
         assert torch.isfinite(feat).all()
+        assert feat.is_contiguous()   # NCHW memory, though the VAE runs channels-last on the CPU (test_mmdet.py)
 
 
 def test_seeded_noise_is_deterministic_and_the_seed_matters(sd_tiny):

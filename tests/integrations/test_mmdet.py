@@ -99,6 +99,22 @@ def test_instances_set_is_coco_and_matches_the_segmentation_set(tmp_path):
         assert ((union > 0) == (label > 0)).mean() > 0.99
 
 
+def test_rois_pool_the_cells_they_cover_on_the_backbone_levels():
+    # mmcv's compiled RoIAlign reads its input's memory as NCHW without checking the strides; on channels-last
+    # levels (the CPU's channels-last VAE carries through the denoiser) it pooled other cells, and Mask R-CNN's
+    # box classifier learned nothing. torchvision's roi_align honours strides: the two must agree
+    import torchvision
+    from mmcv.ops import RoIAlign
+    backbone = diffbackbones.DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False)
+    with torch.no_grad():
+        levels = backbone(torch.rand(2, 3, 64, 64) * 2 - 1)
+    rois = torch.tensor([[0, 4., 8, 40, 30], [1, 20, 10, 60, 62], [0, 0, 0, 63, 63]])
+    for level, info in zip(levels, backbone.feature_info):
+        scale = 1 / info['reduction']
+        expected = torchvision.ops.roi_align(level, rois, (7, 7), scale, sampling_ratio=0, aligned=True)
+        torch.testing.assert_close(RoIAlign((7, 7), scale, sampling_ratio=0, aligned=True)(level, rois), expected)
+
+
 TOY = REPO / 'configs' / 'toy' / 'mask-rcnn_shapes-sd-tiny-practical_1xb8-300_shapes-instances-128x128.py'
 
 
