@@ -17,8 +17,8 @@ $(STAMP): setup.py Makefile tools/install_mmcv.sh
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	bash tools/install_mmcv.sh $(PY) $(WHEELS)
 	# The pins ride along so the resolver can never swap torch or mmcv for another build.
-	$(PIP) install -q -e '.[test,mmseg,docs]' torch==2.14.1 torchvision==0.29.1 mmcv==2.1.0
-	$(PY) -c "import torch, diffusers, timm, mmcv.ops, mmseg.models, mmdet.models; print('installed: torch', torch.__version__, 'diffusers', diffusers.__version__, 'timm', timm.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__)"
+	$(PIP) install -q -e '.[test,mmseg,docs,quant]' torch==2.14.1 torchvision==0.29.1 mmcv==2.1.0
+	$(PY) -c "import torch, diffusers, timm, mmcv.ops, mmseg.models, mmdet.models, torchao, gguf; print('installed: torch', torch.__version__, 'diffusers', diffusers.__version__, 'timm', timm.__version__, 'mmcv', mmcv.__version__, 'mmdet', mmdet.__version__)"
 	touch $(STAMP)
 
 test: install

@@ -47,5 +47,8 @@ setup(
         'mmseg': ['mmengine==0.10.7', 'mmsegmentation==1.2.2', 'mmdet==3.3.0', 'pycocotools', 'shapely',
                   'terminaltables', 'six', 'scipy', 'ftfy', 'regex', 'setuptools>=77.0.3,<81'],
         'docs': ['mkdocs==1.6.1', 'mkdocs-material>=9.8.2', 'mkdocstrings[python]>=1.0.8'],
+        # quantized denoisers (denoiser=dict(quantization='int8' | 'float8'), pretrained='x.gguf'); nf4 needs
+        # bitsandbytes and a CUDA GPU, so it is not in the extra
+        'quant': ['torchao==0.18.0', 'gguf>=0.19.0'],
     },
 )

@@ -22,7 +22,7 @@ import torch.nn as nn
 from diffbackbones.backbone.denoiser.capture import ActivationCapture
 from diffbackbones.models.catalog import activation_points, catalog_index, latent_multiple
 from diffbackbones.models.families import family_of
-from diffbackbones.models.loading import load_components
+from diffbackbones.models.loading import is_gguf, load_components
 from .presets import ActivationsArg, resolve_levels
 from .stages import build_stages
 from diffbackbones.models.zoo import Levels, get_model_spec
@@ -58,8 +58,9 @@ class DiffusionBackbone(nn.Module):
             ``Preset`` or preset file (``'preset.json'``, as ``diffbackbones screen --rank`` writes), a flat
             list of layer ids (grouped by stride, fine to coarse), or a list of levels.
         pretrained: True (the zoo entry's hub id, from the local cache when offline, or the weights shipped
-            in the package), a local diffusers folder, or False (exact architecture, seeded random
-            weights, no network).
+            in the package), a local diffusers folder, False (exact architecture, seeded random
+            weights, no network), or a ``.gguf`` file of the denoiser (quantized as stored; the VAE and text
+            encoders then come from the zoo entry).
         dtype: Denoiser dtype, ``'fp32'``/``'fp16'``/``'bf16'`` or a torch dtype. The VAE runs in fp32
             under fp16 (SDXL's VAE overflows in fp16). Features leave in the input's dtype (fp32 in: fp32 out).
         channels_last: ``None`` (default): the VAE encoder channels-last on the CPU (measured faster there),
@@ -108,6 +109,8 @@ class DiffusionBackbone(nn.Module):
         stages.image.bind(spec)
         stages.noise.bind(spec)
 
+        if is_gguf(pretrained):
+            stages.denoiser.check_quantized_weights()
         parts = load_components(spec, pretrained, self.dtype,
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
@@ -126,6 +129,7 @@ class DiffusionBackbone(nn.Module):
         self.control = stages.control.build(spec, pretrained, self.dtype, self.denoiser, self.capture)
         # a noise variant that runs the whole denoiser (DDIM inversion) needs the modules pruning would drop
         self.pruned = self.prune_tail() if stages.denoiser.prune and not stages.noise.runs_denoiser else []
+        self.quantized = stages.denoiser.quantize(self.denoiser, self.dtype)  # what pruning kept, after pruning
         if channels_last:
             self.denoiser.to(memory_format=torch.channels_last)
         self.compiled = stages.denoiser.compile_parts(self.denoiser, self.capture) if stages.denoiser.compile else []
@@ -184,6 +188,18 @@ class DiffusionBackbone(nn.Module):
         self.control.follow(self.capture)  # a ControlNet whose residuals are no longer consumed stops running
         if self.fusion is not None:
             self.fusion = nn.ModuleList(self.fusion[i] for i in indices)
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .half() reach every submodule through _apply; an offloaded denoiser's weights stay in
+        # CPU memory (diffusers' hooks move its blocks to the GPU in turn), so it is left out of the move
+        if self.stages.denoiser.offload is None:
+            return super()._apply(fn, recurse)
+        modules = self._modules
+        self._modules = {name: m for name, m in modules.items() if name != 'denoiser'}
+        try:
+            return super()._apply(fn, recurse)
+        finally:
+            self._modules = modules
 
     def train(self, mode: bool = True) -> 'DiffusionBackbone':
         super().train(mode)

@@ -3,10 +3,14 @@
 ``pretrained=True`` loads the zoo entry's hub id with diffusers/transformers ``from_pretrained`` (the
 local Hugging Face cache when offline); a path loads a local diffusers folder; ``False`` builds the
 exact architecture from the embedded configs with seeded random weights (same seed, same weights).
+A ``.gguf`` file loads the denoiser alone from it, quantized as the file is (diffusers' ``from_single_file``
+with ``GGUFQuantizationConfig``; the community format of FLUX and Qwen-Image downloads); the VAE and the text
+encoders then come from the zoo entry as with ``pretrained=True`` (seeded random ones for a test model).
 The VAE decoder is dropped as soon as the VAE is built and never becomes part of a backbone.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +24,7 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from .zoo import ModelSpec, load_config
 
 __all__ = ['WeightsNotFoundError', 'VaeEncoder', 'PixelSpace', 'Components', 'load_components', 'build_denoiser', 'denoiser_class',
-           'resolve_source', 'from_pretrained']
+           'resolve_source', 'from_pretrained', 'is_gguf', 'load_gguf_denoiser']
 
 RANDOM_INIT_SEED = 0
 
@@ -139,6 +143,10 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
         vae_dtype: VAE encoder dtype (defaults to ``dtype``).
     """
     vae_dtype = vae_dtype or dtype
+    if is_gguf(pretrained):
+        denoiser = load_gguf_denoiser(spec, pretrained, dtype)
+        rest = load_components(spec, spec.weights_dir is not None or spec.hub_id is not None, dtype, vae_dtype)
+        return Components(_cast(denoiser, dtype), rest.vae, rest.source)
     if pretrained is False:
         denoiser = build_denoiser(spec)
         with torch.random.fork_rng(devices=[]):
@@ -154,6 +162,34 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
     vae_encoder = VaeEncoder(vae)
     del vae  # the decoder goes with it
     return Components(_cast(denoiser, dtype), _cast(vae_encoder, vae_dtype), source)
+
+
+def is_gguf(pretrained: bool | str) -> bool:
+    """Whether ``pretrained`` names a GGUF file."""
+    return isinstance(pretrained, (str, os.PathLike)) and os.fspath(pretrained).lower().endswith('.gguf')
+
+
+def load_gguf_denoiser(spec: ModelSpec, path: str | os.PathLike, dtype: torch.dtype) -> nn.Module:
+    """The denoiser from a GGUF file, its layers quantized as stored (dequantized on the fly to ``dtype``);
+    its architecture from the entry's embedded config, so no hub access is needed."""
+    import tempfile
+
+    from diffusers import GGUFQuantizationConfig
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f'pretrained={os.fspath(path)!r}: no such GGUF file. Give the path of a .gguf file '
+                                   f'holding the {spec.architecture} of {spec.name!r} (diffusers or original key names).')
+    with tempfile.TemporaryDirectory() as folder:  # from_single_file reads the config from a folder
+        config_dir = Path(folder) / spec.denoiser_component
+        config_dir.mkdir()
+        (config_dir / 'config.json').write_text(json.dumps(load_config(spec, spec.denoiser_component)))
+        try:
+            return denoiser_class(spec).from_single_file(
+                os.fspath(path), config=folder, subfolder=spec.denoiser_component,
+                quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), torch_dtype=dtype)
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise WeightsNotFoundError(f'{os.fspath(path)!r} did not load as the {spec.architecture} of {spec.name!r}: '
+                                       f'{e}\nIs it a GGUF of this model (same architecture and size)?') from e
 
 
 def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:

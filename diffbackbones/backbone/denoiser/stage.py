@@ -1,7 +1,8 @@
 """The denoise-and-capture stage: one batched denoiser forward, stopped right after the last requested
 activation, with the parts it never needs pruned and, optionally, the parts without hooks compiled.
 
-``denoiser=dict(trainable=False, prune=True, compile=False)`` in a backbone's options (the flat keywords
+``denoiser=dict(trainable=False, prune=True, compile=False, quantization=None, offload=None)`` in a backbone's
+options (the flat keywords
 ``trainable_denoiser``, ``prune`` and ``compile`` map here, ``stages.py``).
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ from .capture import ActivationCapture
 from .lora import (AppliedLora, TrainableLora, adapter_free_prefixes, add_trainable_lora, apply_lora, is_lora_weight,
                    normalize_lora)
 from .pruning import SkippedLinear, prune_unexecuted
+from .offload import normalize_offload
+from .quantization import normalize_quantization
 
 __all__ = ['DenoiserStage']
 
@@ -39,18 +42,36 @@ class DenoiserStage:
             dropout=0.0)`` instead adds a new adapter (``TrainableLora``) that trains on the frozen denoiser
             (``trainable`` must stay False): only its ``lora_A``/``lora_B`` weights get gradients, and lean
             checkpoints hold them (``frozen_prefixes``).
+        quantization: Quantize the frozen denoiser after pruning (``quantization.py``): ``'int8'`` (torchao
+            int8 weight-only, CPU and GPU), ``'float8'`` (torchao, Hopper GPUs), ``'nf4'`` (bitsandbytes, CUDA),
+            or any diffusers ``TorchAoConfig`` / ``BitsAndBytesConfig``. A GGUF file is given as
+            ``pretrained='denoiser.gguf'`` instead.
+        offload: Keep the frozen denoiser in CPU memory and move its blocks to the GPU in turn (diffusers' group
+            offloading, ``offload.py``): ``'block'``, ``'leaf'``, or ``dict(type='block', blocks_per_group=1,
+            use_stream=False)``.
     """
 
     trainable: bool = False
     prune: bool = True
     compile: bool = False
     lora: Any = ()
+    quantization: Any = None
+    offload: Any = None
 
     def __post_init__(self):
         for name in ('trainable', 'prune', 'compile'):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f'denoiser {name} must be True or False; got {getattr(self, name)!r}')
         self.lora = normalize_lora(self.lora)
+        self.quantization = normalize_quantization(self.quantization)
+        self.offload = normalize_offload(self.offload)
+        if self.offload is not None and (self.trainable or self.compile):
+            raise ValueError('offload=... is for a frozen denoiser run eagerly: drop trainable=True and compile=True '
+                             '(or drop offload)')
+        if self.trainable and self.quantization is not None:
+            raise ValueError(f'a quantized denoiser (quantization={self.quantization.name!r}) cannot train: its integer '
+                             'weights have no gradient. Train a LoRA adapter on it instead, as QLoRA does: '
+                             "denoiser=dict(quantization=..., lora=dict(rank=8, targets=['to_q', 'to_k', 'to_v'])).")
         if self.trainable and isinstance(self.lora, TrainableLora):
             raise ValueError('denoiser trainable=True trains the whole denoiser, lora=dict(...) trains a LoRA adapter '
                              'on a frozen one: give one of them (timm entries train the denoiser unless built with '
@@ -68,6 +89,19 @@ class DenoiserStage:
         if isinstance(self.lora, TrainableLora):
             return add_trainable_lora(denoiser, self.lora, model_name)
         return apply_lora(denoiser, family, self.lora, model_name)
+
+    def check_quantized_weights(self) -> None:
+        """Refuse what a denoiser loaded quantized (``pretrained='denoiser.gguf'``) cannot do."""
+        if self.quantization is not None:
+            raise ValueError(f'pretrained= is a GGUF file, whose weights are quantized already; drop '
+                             f'quantization={self.quantization.name!r}.')
+        if self.trainable:
+            raise ValueError('a GGUF denoiser cannot train (its quantized weights have no gradient); train a LoRA '
+                             "adapter on it instead: denoiser=dict(lora=dict(rank=8, targets=['to_q', 'to_v'])).")
+
+    def quantize(self, denoiser: nn.Module, dtype: torch.dtype) -> list[str]:
+        """Quantize the (pruned) denoiser's linear layers in place, if asked; the paths of those quantized."""
+        return self.quantization.apply(denoiser, dtype) if self.quantization is not None else []
 
     def set_requires_grad(self, denoiser: nn.Module) -> None:
         """Freeze the denoiser unless ``trainable``; a trainable LoRA adapter's weights train either way."""
@@ -99,6 +133,8 @@ class DenoiserStage:
 
         ``keep_graph``: build a graph when anything upstream trains (a trainable VAE needs it through a
         frozen denoiser)."""
+        if self.offload is not None:
+            self.offload.attach(denoiser, next(v.device for v in kwargs.values() if torch.is_tensor(v)))
         with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()), capture:
             denoiser(**kwargs)
         captured, capture.activations = capture.activations, {}
