@@ -109,8 +109,7 @@ class DiffusionBackbone(nn.Module):
         stages.image.bind(spec)
         stages.noise.bind(spec)
 
-        if is_gguf(pretrained):
-            stages.denoiser.check_quantized_weights()
+        stages.denoiser.check_weights(gguf=is_gguf(pretrained))
         parts = load_components(spec, pretrained, self.dtype,
                                 vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
@@ -127,12 +126,11 @@ class DiffusionBackbone(nn.Module):
         self._set_levels(resolve_levels(spec, activations, self.points, self.stride_of))
         self.fusion = stages.fusion.build([[self._channels[n] for n in level] for level in self.levels])
         self.control = stages.control.build(spec, pretrained, self.dtype, self.denoiser, self.capture)
-        # a noise variant that runs the whole denoiser (DDIM inversion) needs the modules pruning would drop
-        self.pruned = self.prune_tail() if stages.denoiser.prune and not stages.noise.runs_denoiser else []
-        self.quantized = stages.denoiser.quantize(self.denoiser, self.dtype)  # what pruning kept, after pruning
-        if channels_last:
-            self.denoiser.to(memory_format=torch.channels_last)
-        self.compiled = stages.denoiser.compile_parts(self.denoiser, self.capture) if stages.denoiser.compile else []
+        # prune, quantize what is kept, offload, compile; a noise variant that runs the whole denoiser (DDIM
+        # inversion) needs the modules pruning would drop
+        self.pruned, self.quantized, self.compiled = stages.denoiser.prepare(
+            self.denoiser, self.capture, None if stages.noise.runs_denoiser else self.prune_tail, self.dtype,
+            channels_last)
 
         self.vae.requires_grad_(stages.vae.trainable)
         stages.denoiser.set_requires_grad(self.denoiser)  # a trainable LoRA adapter trains on a frozen denoiser
@@ -159,8 +157,7 @@ class DiffusionBackbone(nn.Module):
                                          catalog=self.points)
 
     def prune_tail(self) -> list[str]:
-        """Drop the denoiser modules the requested activations never need (``DenoiserStage.prune_tail``):
-        measured with one probe forward at the smallest valid latent size."""
+        """Drop the denoiser modules the activations never need (``DenoiserStage.prune_tail``), by a probe forward."""
         device = next(self.denoiser.parameters()).device
         m, f = self.latent_multiple, self.vae.downsample_factor
         probe = torch.zeros(1, self.vae.latent_channels, m, m, device=device, dtype=self.dtype, requires_grad=True)
@@ -188,18 +185,6 @@ class DiffusionBackbone(nn.Module):
         self.control.follow(self.capture)  # a ControlNet whose residuals are no longer consumed stops running
         if self.fusion is not None:
             self.fusion = nn.ModuleList(self.fusion[i] for i in indices)
-
-    def _apply(self, fn, recurse=True):
-        # .to() / .cuda() / .half() reach every submodule through _apply; an offloaded denoiser's weights stay in
-        # CPU memory (diffusers' hooks move its blocks to the GPU in turn), so it is left out of the move
-        if self.stages.denoiser.offload is None:
-            return super()._apply(fn, recurse)
-        modules = self._modules
-        self._modules = {name: m for name, m in modules.items() if name != 'denoiser'}
-        try:
-            return super()._apply(fn, recurse)
-        finally:
-            self._modules = modules
 
     def train(self, mode: bool = True) -> 'DiffusionBackbone':
         super().train(mode)
@@ -240,9 +225,8 @@ class DiffusionBackbone(nn.Module):
 
     def features(self, images: torch.Tensor, encode: Callable[[torch.Tensor], torch.Tensor] | None = None
                  ) -> tuple[torch.Tensor, ...]:
-        """The forward after ``check_images``, with the VAE encode step replaceable: ``encode`` maps the
-        resized and padded images to latents (``CombinedDiffusionBackbone`` passes one that encodes once
-        for members sharing a VAE)."""
+        """The forward after ``check_images``; ``encode`` (resized, padded images -> latents) replaces the VAE step
+        (``CombinedDiffusionBackbone`` encodes once for members sharing a VAE)."""
         in_hw = tuple(images.shape[-2:])
         if images.shape[0] == 0:  # an empty batch: empty levels of the shapes a full one would have
             grid_hw = self.stages.image.output_grid(in_hw)
@@ -255,9 +239,8 @@ class DiffusionBackbone(nn.Module):
             feature = self.fusion[i](parts) if self.fusion is not None else torch.cat(parts, dim=1)
             feature = feature.to(images.dtype)  # the input's dtype: a bf16 denoiser under an fp32 head (no AMP)
             feature = self.stages.image.restore(feature, in_hw, self.feature_info[i]['reduction'])
-            # Standard NCHW memory, whatever the denoiser ran in (the VAE runs channels-last on the CPU):
-            # compiled ops such as mmcv's RoIAlign read the memory as NCHW without checking the strides, and
-            # on channels-last levels they pool the wrong cells (Mask R-CNN then learned nothing).
+            # NCHW memory, whatever the denoiser ran in: compiled ops such as mmcv's RoIAlign read memory as NCHW
+            # without checking strides, and pooled the wrong cells of channels-last levels (docs/mmdet.md)
             outputs.append(feature.contiguous())
         return tuple(outputs)
 
@@ -283,11 +266,8 @@ class DiffusionBackbone(nn.Module):
         return self.stages.vae(self.vae, images.to(self.vae_dtype), self.stages.noise.seed, self.channels_last)
 
     def denoiser_inputs(self, latents: torch.Tensor, image_hw: tuple[int, int]) -> dict:
-        """Keyword arguments of one batched denoiser call: noisy latents, timesteps and conditioning.
-
-        Every (timestep, noise sample) member gets a copy of the batch, member-major, so the call has
-        ``stages.noise.members * B`` rows; ``self.denoiser(**kwargs)`` runs it (the family decides the names).
-        """
+        """Keyword arguments of one batched denoiser call (names by family): noisy latents, timesteps, conditioning;
+        a copy of the batch per (timestep, noise sample) member, member-major: ``stages.noise.members * B`` rows."""
         noisy, timesteps = self.stages.noise(latents, functools.partial(self.predict, image_hw=image_hw))
         # Explicit both ways: a channels-last latent from the VAE must not switch the denoiser's format.
         noisy = noisy.to(self.dtype, memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
@@ -302,7 +282,6 @@ class DiffusionBackbone(nn.Module):
     def extract(self, latents: torch.Tensor, image_hw: tuple[int, int], images: torch.Tensor | None = None
                 ) -> dict[str, torch.Tensor]:
         """Run the denoiser on all members up to the last requested activation; member-averaged activations.
-
         ``images``: the working-size input, for a ControlNet's control image (``control=``)."""
         # a graph when anything upstream of the capture trains: the VAE, the denoiser, or learned conditioning
         trains = (self.stages.denoiser.trains or self.stages.vae.trainable

@@ -14,6 +14,7 @@ diffusers' own group offloading (``ModelMixin.enable_group_offload``), not a loo
 """
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -40,6 +41,12 @@ class Offload:
             raise ValueError(f'offload blocks_per_group must be a positive integer; got {self.blocks_per_group!r}')
         self.device: torch.device | None = None  # where the hooks load the weights; fixed at the first forward
 
+    @staticmethod
+    def pin(denoiser: nn.Module) -> None:
+        """Leave ``denoiser`` out of its parents' ``.to()``, ``.cuda()`` and ``.half()``, which reach every
+        submodule through ``_apply``: its weights stay in CPU memory, and diffusers' hooks move its blocks."""
+        denoiser._apply = types.MethodType(_stay, denoiser)
+
     def attach(self, denoiser: nn.Module, device: torch.device) -> None:
         """Attach diffusers' hooks for ``device`` at the first call; later calls must come on the same device."""
         if self.device is None:
@@ -50,8 +57,12 @@ class Offload:
                                           offload_type=OFFLOAD_TYPES[self.type], use_stream=self.use_stream, **options)
             self.device = device
         elif device != self.device:
-            raise RuntimeError(f'the offloaded denoiser loads its blocks onto {self.device}, fixed at the first forward; '
-                               f'got images on {device}. Build a new backbone for another device.')
+            raise RuntimeError(f'the offloaded denoiser loads its blocks onto {self.device}, fixed at the first '
+                               f'forward; got images on {device}. Build a new backbone for another device.')
+
+
+def _stay(module: nn.Module, fn, recurse: bool = True) -> nn.Module:
+    return module
 
 
 def normalize_offload(value: Any) -> Offload | None:
@@ -66,6 +77,7 @@ def normalize_offload(value: Any) -> Offload | None:
     if isinstance(value, Mapping):
         unknown = set(value) - {'type', 'blocks_per_group', 'use_stream'}
         if unknown:
-            raise ValueError(f'unknown offload option(s) {sorted(unknown)}; options: type, blocks_per_group, use_stream')
+            raise ValueError(f'unknown offload option(s) {sorted(unknown)}; options: type, blocks_per_group, '
+                             'use_stream')
         return Offload(**value)
     raise ValueError(f"offload must be None, True, 'block', 'leaf' or a dict of options; got {value!r}")

@@ -69,8 +69,8 @@ class DenoiserStage:
             raise ValueError('offload=... is for a frozen denoiser run eagerly: drop trainable=True and compile=True '
                              '(or drop offload)')
         if self.trainable and self.quantization is not None:
-            raise ValueError(f'a quantized denoiser (quantization={self.quantization.name!r}) cannot train: its integer '
-                             'weights have no gradient. Train a LoRA adapter on it instead, as QLoRA does: '
+            raise ValueError(f'a quantized denoiser (quantization={self.quantization.name!r}) cannot train: its '
+                             'integer weights have no gradient. Train a LoRA adapter on it instead, as QLoRA does: '
                              "denoiser=dict(quantization=..., lora=dict(rank=8, targets=['to_q', 'to_k', 'to_v'])).")
         if self.trainable and isinstance(self.lora, TrainableLora):
             raise ValueError('denoiser trainable=True trains the whole denoiser, lora=dict(...) trains a LoRA adapter '
@@ -90,8 +90,10 @@ class DenoiserStage:
             return add_trainable_lora(denoiser, self.lora, model_name)
         return apply_lora(denoiser, family, self.lora, model_name)
 
-    def check_quantized_weights(self) -> None:
+    def check_weights(self, gguf: bool) -> None:
         """Refuse what a denoiser loaded quantized (``pretrained='denoiser.gguf'``) cannot do."""
+        if not gguf:
+            return
         if self.quantization is not None:
             raise ValueError(f'pretrained= is a GGUF file, whose weights are quantized already; drop '
                              f'quantization={self.quantization.name!r}.')
@@ -99,9 +101,20 @@ class DenoiserStage:
             raise ValueError('a GGUF denoiser cannot train (its quantized weights have no gradient); train a LoRA '
                              "adapter on it instead: denoiser=dict(lora=dict(rank=8, targets=['to_q', 'to_v'])).")
 
-    def quantize(self, denoiser: nn.Module, dtype: torch.dtype) -> list[str]:
-        """Quantize the (pruned) denoiser's linear layers in place, if asked; the paths of those quantized."""
-        return self.quantization.apply(denoiser, dtype) if self.quantization is not None else []
+    def prepare(self, denoiser: nn.Module, capture: ActivationCapture, prune_tail: Callable[[], list[str]] | None,
+                dtype: torch.dtype, channels_last: bool | None) -> tuple[list[str], list[str], list[str]]:
+        """The loaded denoiser made ready, in this order: pruned (``prune_tail()``, unless ``prune=False`` or
+        None is given), the linear layers pruning kept quantized, pinned to CPU memory when offloaded
+        (``Offload.pin``), channels-last if asked, its hook-free parts compiled. The paths pruned, quantized
+        and compiled."""
+        pruned = prune_tail() if self.prune and prune_tail is not None else []
+        quantized = self.quantization.apply(denoiser, dtype) if self.quantization is not None else []
+        if self.offload is not None:
+            self.offload.pin(denoiser)
+        if channels_last:
+            denoiser.to(memory_format=torch.channels_last)
+        compiled = self.compile_parts(denoiser, capture) if self.compile else []
+        return pruned, quantized, compiled
 
     def set_requires_grad(self, denoiser: nn.Module) -> None:
         """Freeze the denoiser unless ``trainable``; a trainable LoRA adapter's weights train either way."""
