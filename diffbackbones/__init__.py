@@ -6,6 +6,9 @@
 from .requirements import check_versions
 
 check_versions()  # before anything imports diffusers or timm: an old install fails here, naming the version
+from .utils.quiet import drop_third_party_notices  # noqa: E402
+
+drop_third_party_notices()  # before diffusers imports torchao (utils/quiet.py says which notices, and why)
 from .version import __version__  # noqa: E402
 from .backbone.diffusion_backbone import DiffusionBackbone
 from .backbone.denoiser.capture import ActivationCapture

@@ -81,3 +81,15 @@ def test_no_folder_holds_more_than_15_modules():
     crowded = {str(folder.relative_to(PACKAGE_DIR.parent)): n for folder in [PACKAGE_DIR, *PACKAGE_DIR.rglob('*/')]
                if (n := len(list(folder.glob('*.py')))) > 15}
     assert not crowded, f'folders over 15 modules: {crowded}'
+
+
+def test_importing_the_package_with_torchao_prints_no_third_party_notices():
+    # torchao (the quant extra) is imported by diffusers' models; its version-pair notices are dropped by message
+    # (diffbackbones/utils/quiet.py). The check that torchao was imported keeps this from passing vacuously.
+    pytest.importorskip('torchao')
+    code = ('import sys, diffbackbones; from diffusers import UNet2DConditionModel; '
+            "assert 'torchao' in sys.modules, 'torchao was not imported'")
+    run = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ})
+    assert run.returncode == 0, run.stderr
+    for notice in ('is an Enum subclass and is now natively supported', 'Unable to import `torchao` Tensor objects'):
+        assert notice not in run.stderr

@@ -28,6 +28,7 @@ COMMANDS = {
     'probe': ('probe', "label-scarce segmentation: DDPM-seg's pixel-classifier protocol"),
     'correspondence': ('correspondence', 'semantic correspondence: PCK of zero-shot or trained features'),
     'benchmark': ('benchmark', 'speed and memory of the backbone against baselines in the same process'),
+    'memory': ('memory', 'parameter memory at real size per weight format, GPU fit, fine-tuning memory per rank'),
     'train-diffusion': ('train_diffusion', 'train the tiny latent diffusion model shipped as shapes_sd_tiny'),
     'make-shapes': ('make_shapes', 'draw the embedded shapes sets: segmentation (mmseg or DDPM-seg layout) or depth (NYU layout)'),
     'make-correspondence': ('make_correspondence', 'draw the embedded synthetic correspondence set'),

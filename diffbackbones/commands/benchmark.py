@@ -6,6 +6,7 @@
     diffbackbones benchmark sd21 --dift                      # DIFT-style feature: up_blocks[1] output
     diffbackbones benchmark sd15 --inversion                 # + (i): DDIM inversion against sampled noise
     diffbackbones benchmark sd15 --control                   # + (k): a ControlNet against none
+    diffbackbones benchmark sd15 --quantization int8         # + (q): torchao int8 weight-only against (c)
     diffbackbones benchmark flux_dev --size 256              # too big here: timed on test_flux_tiny,
                                                              # parameters counted at full size (meta)
 
@@ -28,6 +29,9 @@ Four variants, same input batch, same dtype, all without autograd:
                 is its cost (its time includes the OpenCV canny, its FLOPs do not). When every requested
                 activation lies in the down blocks / mid block, which never see its residuals, the backbone
                 skips it (control.consumed False): k/c ~1.
+  (q) quantized with --quantization int8|float8: a second backbone, same weights, its denoiser quantized
+                (denoiser=dict(quantization=...)); q/c is its time against (c), and its features' error is
+                printed (quantization changes them; the other variants must not).
 Variants run interleaved, in alternating order (a, b, c, d, d, c, b, a, ...), so machine noise hits
 all alike. The table reports the median time over the rounds and the largest peak memory growth of a
 call; each ratio is the median of the per-round ratios (paired: slow and fast rounds cancel), with its
@@ -99,6 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='DDIM schedule steps of (i) over the training range (default: 100, the paper code\'s)')
     parser.add_argument('--control', action='store_true',
                         help="also time (k): the backbone with a ControlNet (control='random') against none (c)")
+    parser.add_argument('--quantization', choices=['int8', 'float8'],
+                        help='also time (q): the backbone with its denoiser quantized (torchao) against (c)')
 
 
 def run(args: argparse.Namespace) -> None:
@@ -137,6 +143,10 @@ def run(args: argparse.Namespace) -> None:
         compiled = DiffusionBackbone(args.model, activations, pretrained=pretrained, dtype=args.dtype,
                                      compile=True).to(device)
         variants['e'] = lambda: compiled(images)
+    if args.quantization:  # seeded random init (or the same pretrained weights): (c)'s weights, then quantized
+        quantized = DiffusionBackbone(timed, activations, pretrained=pretrained, dtype=args.dtype, prune=False,
+                                      denoiser=dict(quantization=args.quantization)).to(device)
+        variants['q'] = lambda: quantized(images)
     deepest = bb.capture.last_point
 
     print(f'machine: {machine(device)}')
@@ -154,6 +164,8 @@ def run(args: argparse.Namespace) -> None:
             err = max(relative_error(torch.cat([acts[n] for n in level], 1), f) for level, f in zip(bb.levels, feats))
             if 'e' in outs:
                 err_e = max(relative_error(e, f) for e, f in zip(outs['e'], feats))
+            if 'q' in outs:
+                err_q = [relative_error(q, f) for q, f in zip(outs['q'], feats)]
             if 'k' in outs:  # how far the ControlNet's residuals move the features (0 when it is skipped)
                 diff_k = max(relative_error(k, f) for k, f in zip(outs['k'], feats))
             del outs, acts, feats
@@ -164,9 +176,9 @@ def run(args: argparse.Namespace) -> None:
                 times[name].append(seconds)
                 peaks[name] = max(peaks[name], peak)
         # (e) runs (c)'s arithmetic; counting through compiled graphs would only recompile them
-        flops = {name: count_flops(variants[name]) for name in times if name != 'e'}
-        if 'e' in times:
-            flops['e'] = flops['c']
+        flops = {name: count_flops(variants[name]) for name in times if name not in 'eq'}
+        for same_arithmetic in {'e', 'q'} & set(times):  # compiled graphs, or dequantizing kernels: (c)'s FLOPs
+            flops[same_arithmetic] = flops['c']
         vae_flops = count_flops(lambda: bb.encode(images))  # shared by all three: bounds any denoiser saving
         if control is not None:  # one ControlNet call, counted even when (k) skips it
             control_flops = controlnet_flops(bb, control, images)
@@ -176,6 +188,9 @@ def run(args: argparse.Namespace) -> None:
     print(f'check: (a) vs (c) features, max relative L2 error {err:.2e}')
     if 'e' in times:
         print(f'check: (e) vs (c) features, max relative L2 error {err_e:.2e}')
+    if 'q' in times:
+        print(f'check: (q) vs (c) features, relative L2 error per level {", ".join(f"{e:.2e}" for e in err_q)} '
+              f'({args.quantization} weights, {len(quantized.quantized)} linear layers)')
     if 'k' in times:
         print(f'check: (k) vs (c) features, max relative L2 difference {diff_k:.2e} '
               f'({"the ControlNet residuals reach them" if control.consumed else "ControlNet skipped: identical"})')
@@ -206,6 +221,8 @@ def run(args: argparse.Namespace) -> None:
     print(f'd/a throughput: {ratio("a", "d")}: repeated images skip the VAE encoder')
     if 'e' in times:
         print(f'e/c throughput: {ratio("c", "e")}: torch.compile against eager')
+    if 'q' in times:
+        print(f'q/c time: {ratio("q", "c")}: {args.quantization} weight-only (torchao) against {args.dtype}')
     if 'i' in times:
         inversion = inversion_stage(bb, args.inversion_steps)
         print(f'i/c time: {ratio("i", "c")}: DDIM inversion to t={inversion.t} ({args.inversion_steps}-step schedule) '

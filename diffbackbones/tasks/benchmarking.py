@@ -32,7 +32,7 @@ from diffbackbones.models.zoo import MODELS, load_config
 DIFT = ['up-level1-upsampler-out']  # DIFT (Tang et al. 2023) on SD2.1: the output of up_blocks[1]
 LABELS = {'a': '(a) full forward + capture', 'b': '(b) floor: truncated, no hooks', 'c': '(c) DiffusionBackbone.forward',
           'd': '(d) (c) + warm latent cache', 'e': '(e) (c) with compile=True',
-          'i': '(i) (c) with DDIM inversion', 'k': '(k) (c) with a ControlNet'}
+          'i': '(i) (c) with DDIM inversion', 'k': '(k) (c) with a ControlNet', 'q': '(q) (c), denoiser quantized'}
 
 
 class _Cut(Exception):

@@ -146,3 +146,23 @@ def test_offloaded_features_are_identical_and_the_denoiser_stays_on_the_cpu(offl
     assert next(backbone.denoiser.parameters()).dtype == torch.float32
     with pytest.raises(RuntimeError, match='fixed at the first forward'):
         backbone.stages.denoiser.offload.attach(backbone.denoiser, torch.device('meta'))
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """Bytes a tensor holds, a torchao tensor's inner tensors (values, scales, zero points) included."""
+    if hasattr(tensor, '__tensor_flatten__') and type(tensor) is not nn.Parameter:
+        return sum(getattr(tensor, name).nbytes for name in tensor.__tensor_flatten__()[0])
+    return tensor.nbytes
+
+
+@pytest.mark.parametrize('fmt', ['bf16', 'int8', 'float8'])
+def test_the_memory_tables_count_what_a_quantized_backbone_holds(fmt):
+    from diffbackbones.tasks.memory import GIB, backbone_memory, memory_tables
+    counted = backbone_memory('test_sd_tiny', 'practical')   # on the meta device
+    options = {} if fmt == 'bf16' else dict(quantization=fmt)
+    backbone = DiffusionBackbone('test_sd_tiny', 'practical', pretrained=False, dtype='bf16', denoiser=options)
+    held = sum(stored_bytes(p) for m in (backbone.denoiser, backbone.vae) for p in m.parameters())
+    assert counted.gib(fmt) * GIB == pytest.approx(held, rel=1e-6)
+    assert counted.denoiser_kept == sum(p.numel() for p in backbone.denoiser.parameters())
+    tables = memory_tables([counted])
+    assert '| test_sd_tiny | practical |' in tables and 'rank' in tables
