@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, mark_capture_holders
 from diffbackbones.models.catalog import activation_points, catalog_index, latent_multiple
 from diffbackbones.models.families import family_of
 from diffbackbones.models.loading import is_gguf, load_components
@@ -155,6 +155,7 @@ class DiffusionBackbone(nn.Module):
                                   module=f'levels.{i}') for i, level in enumerate(levels)]
         self.capture = ActivationCapture(self.denoiser, [n for level in levels for n in level], stop_early=True,
                                          catalog=self.points)
+        mark_capture_holders(self.denoiser, self.capture.points)  # FSDP's wrap policy leaves these to the root
 
     def prune_tail(self) -> list[str]:
         """Drop the denoiser modules the activations never need (``DenoiserStage.prune_tail``), by a probe forward."""

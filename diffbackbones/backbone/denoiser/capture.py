@@ -21,7 +21,10 @@ from diffusers.models.attention_processor import Attention
 
 from diffbackbones.models.catalog import ActivationPoint, activation_points, resolve_names
 
-__all__ = ['ActivationCapture', 'StopForward']
+__all__ = ['ActivationCapture', 'StopForward', 'HOLDS_CAPTURE', 'mark_capture_holders']
+
+# attribute set on the denoiser modules that hold one of the backbone's capture points (mark_capture_holders)
+HOLDS_CAPTURE = '_diffbackbones_holds_capture'
 
 
 class StopForward(Exception):
@@ -281,6 +284,7 @@ class ActivationCapture:
 
     def __enter__(self) -> 'ActivationCapture':
         self.activations = {}
+        _refuse_points_inside_fsdp_units(self.denoiser, self.points)  # FSDP wraps after construction
         self._refuse_fused_projections()
         try:
             grids = {p.grid_module: p.grid_patch for p in self.points if p.grid_module is not None}
@@ -335,3 +339,33 @@ class ActivationCapture:
     def complete(self) -> bool:
         """True when every requested activation was captured."""
         return len(self.activations) == len(self.points)
+
+
+def mark_capture_holders(denoiser: nn.Module, points: Sequence[ActivationPoint]) -> None:
+    """Tag the modules that hold a capture point (the point's module and every module above it) with
+    ``HOLDS_CAPTURE``, replacing earlier tags: what FSDP's ``diffusion_block_wrap_policy`` leaves unwrapped."""
+    for module in denoiser.modules():
+        module.__dict__.pop(HOLDS_CAPTURE, None)
+    for point in points:
+        parts = point.module.split('.')
+        for end in range(len(parts) + 1):
+            setattr(denoiser.get_submodule('.'.join(parts[:end])), HOLDS_CAPTURE, True)
+
+
+def _refuse_points_inside_fsdp_units(denoiser: nn.Module, points: Sequence[ActivationPoint]) -> None:
+    """A captured tensor computed inside an FSDP unit reaches the loss around the unit's outputs, where FSDP
+    hooks its backward: the unit's weights are never gathered again, and backward fails deep in FSDP. Say so."""
+    import torch.distributed as dist
+    if not dist.is_available():
+        return
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    for point in points:
+        parts = point.module.split('.')
+        for end in range(1, len(parts) + 1):
+            path = '.'.join(parts[:end])
+            if isinstance(denoiser.get_submodule(path), (FullyShardedDataParallel, FSDPModule)):
+                raise RuntimeError(
+                    f'activation {point.name!r} ({point.module}) lies inside the FSDP unit {path!r}: its gradient '
+                    "would bypass the unit's outputs, where FSDP hooks its backward. Wrap with "
+                    "auto_wrap_policy=dict(type='diffusion_block_wrap_policy'), which leaves the blocks holding "
+                    'activations to the enclosing unit.')

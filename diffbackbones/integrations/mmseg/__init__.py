@@ -23,6 +23,7 @@ else:
     from diffbackbones.backbone.combined import CombinedDiffusionBackbone
     from .datasets import ShapesDataset
     from .hooks import LeanCheckpointHook
+    from .fsdp import diffusion_block_wrap_policy  # noqa: F401  (registered in mmengine's FUNCTIONS)
     from .visualization import DepthPanelVisualizer
     from .runtime import (allow_mmengine_checkpoints, build_runner, check_segmentor, finish_distributed,
                           init_cpu_distributed, load_tool_config)

@@ -133,10 +133,13 @@ def load_tool_config(config: str, cfg_options: dict | None, work_dir: str | None
 
 
 def build_runner(cfg):
-    """The mmengine Runner with safe checkpoint loading, gloo on CPU and the channel check done."""
-    from mmengine.runner import Runner
+    """The mmengine Runner (or the config's ``runner_type``, e.g. ``FlexibleRunner`` for FSDP) with safe
+    checkpoint loading, gloo on CPU and the channel check done."""
+    from mmengine.registry import RUNNERS
     allow_mmengine_checkpoints()
     init_cpu_distributed(cfg.launcher)
-    runner = Runner.from_cfg(cfg)
-    check_segmentor(runner.model.module if hasattr(runner.model, 'module') else runner.model)
+    runner = RUNNERS.get(cfg.get('runner_type', 'Runner')).from_cfg(cfg)
+    model = runner.model.module if hasattr(runner.model, 'module') else runner.model
+    if isinstance(model, nn.Module):  # FlexibleRunner builds its model when training starts: checked there
+        check_segmentor(model)
     return runner
