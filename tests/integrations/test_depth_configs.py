@@ -30,7 +30,8 @@ CONFIGS = {  # ours -> (mmseg's, the changes beyond OURS)
 
 
 def test_every_depth_config_is_listed():
-    assert sorted(p.name for p in DEPTH.glob('*_nyu-*.py')) == sorted(CONFIGS)
+    # the sharded variant (*_fsdp-*) inherits one of these, not mmseg's: tests/integrations/test_fsdp.py
+    assert sorted(p.name for p in DEPTH.glob('*_nyu-*.py') if '_fsdp-' not in p.name) == sorted(CONFIGS)
 
 
 @pytest.mark.parametrize('name', sorted(CONFIGS))

@@ -86,3 +86,33 @@ def test_two_rank_fsdp_fine_tuning_shards_the_denoiser_matches_one_process_and_s
     single_weights = torch.load(tmp_path / 'single' / f'iter_{ITERS}.pth', map_location='cpu', weights_only=False)
     for key, value in single_weights['state_dict'].items():   # and the same weights as one process trained
         torch.testing.assert_close(checkpoint['state_dict'][key], value, rtol=1e-4, atol=1e-6)
+
+
+SDXL_FSDP = REPO / 'configs' / 'depth' / 'vpd-diffusers_sdxl-practical_fsdp-8xb4-25k_nyu-480x480.py'
+
+
+def test_the_sdxl_vpd_fsdp_config_changes_only_the_runner_and_wraps_the_blocks_without_activations():
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    from diffbackbones.backbone.denoiser.capture import HOLDS_CAPTURE
+    from diffbackbones.integrations.mmseg.fsdp import diffusion_block_wrap_policy, is_diffusion_block
+    from conftest import collapse_keys, config_differences
+    register_all_modules(init_default_scope=False)
+    ours = Config.fromfile(SDXL_FSDP)
+    base = Config.fromfile(SDXL_FSDP.parent / 'vpd-diffusers_sdxl-practical_4xb8-25k_nyu-480x480.py')
+    changed = {'runner_type', 'strategy', 'train_dataloader.batch_size'}
+    assert collapse_keys(config_differences(ours.to_dict(), base.to_dict()), changed) == changed
+    assert ours.train_dataloader.batch_size * 8 == base.train_dataloader.batch_size * 4   # the same global batch
+    assert ours.strategy.model_wrapper.auto_wrap_policy.type == 'diffusion_block_wrap_policy'
+    ours.model.backbone.pretrained = False
+    with torch.device('meta'):
+        model = MODELS.build(ours.model)
+    denoiser = model.backbone.denoiser
+    blocks = [m for m in denoiser.modules() if is_diffusion_block(m)]
+    wrapped = [m for m in blocks if diffusion_block_wrap_policy(m, recurse=False)]
+    kept = [m for m in blocks if getattr(m, HOLDS_CAPTURE, False)]
+    assert wrapped and kept and len(wrapped) + len(kept) == len(blocks)
+    assert not any(diffusion_block_wrap_policy(m, recurse=False) for m in model.modules() if not is_diffusion_block(m))
+    count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())
+    assert count(wrapped) > 0.8 * count([denoiser])   # most of SDXL's denoiser is sharded block by block
