@@ -48,6 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--image-size', type=int, default=None, help="backbone working size (default: the model's)")
     parser.add_argument('--resolution', type=int, default=256, help='label resolution features are upsampled to')
     parser.add_argument('--dtype', default='fp32')
+    parser.add_argument('--quantization', choices=['int8', 'float8', 'nf4'],
+                        help="quantize the denoiser's linear layers (denoiser=dict(quantization=...))")
     parser.add_argument('--models', type=int, default=10, help='classifiers in the ensemble')
     parser.add_argument('--max-epochs', type=int, default=100)
     parser.add_argument('--batch-size', type=int, default=64, help='pixels per classifier batch')
@@ -66,6 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     try:
         check_free(out, args.overwrite)  # before the long part
         options = dict(prompt=args.prompt, dtype=args.dtype, **given_options(args))
+        if args.quantization:
+            options['denoiser'] = dict(quantization=args.quantization)
         result = evaluate_probe(args.model, args.data, activations=activations_option(args.activations),
                                 pretrained=pretrained_option(get_model_spec(args.model), args.weights),
                                 splits=args.splits, seed=args.seed, resolution=args.resolution, models=args.models,

@@ -12,7 +12,9 @@ Everything is counted, nothing allocated: the backbone is built on the meta devi
 - nf4 (bitsandbytes): linear weights 4 bits plus one fp32 absmax per 64-value block (0.5625 bytes), the rest bf16.
 
 A model "fits" a GPU when its parameters take at most ``FIT_FRACTION`` of the GPU's memory, leaving the rest to
-the activations and the framework (a rule of thumb, stated with every table).
+the activations and the framework (a rule of thumb, stated with every table). The first call of a new prompt
+also loads the text encoders, one at a time, in bf16, and releases each (``conditioning``): the largest of them
+is counted on top, as what that call needs at its peak.
 
 Fine-tuning with AdamW in mixed precision keeps, per trained parameter, fp32 weights, fp32 gradients and two fp32
 moments: 16 bytes (2.6 B parameters of SDXL's UNet are 42 GB). Full sharding (FSDP's FULL_SHARD, ZeRO-3) divides
@@ -48,11 +50,16 @@ class BackboneMemory:
     linear_weights: int  # of those kept: linear-layer weight matrices (what quantization converts)
     linear_rows: int     # their rows (a scale each under int8 / float8)
     vae: int             # the VAE encoder the backbone holds
+    largest_text_encoder: int = 0   # loaded for a new prompt's first call only, then released
 
     def gib(self, fmt: str) -> float:
         """Parameter GiB of the backbone (pruned denoiser + VAE encoder) with the denoiser in ``fmt``."""
         rest = self.denoiser_kept - self.linear_weights + self.vae
         return (self.linear_weights * LINEAR_BYTES[fmt] + self.linear_rows * ROW_BYTES[fmt] + 2 * rest) / GIB
+
+    def first_call_gib(self, fmt: str) -> float:
+        """``gib(fmt)`` plus the largest text encoder in bf16: a new prompt's first call, at its peak."""
+        return self.gib(fmt) + 2 * self.largest_text_encoder / GIB
 
     def training_gib_per_rank(self, ranks: int) -> float:
         """Fine-tuning the pruned denoiser with AdamW, fully sharded over ``ranks``; the bf16 VAE on every rank."""
@@ -64,26 +71,33 @@ def backbone_memory(model: str, preset: str) -> BackboneMemory:
     from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
     from diffbackbones.models.loading import build_denoiser
     from diffbackbones.models.zoo import MODELS
+    from .benchmarking import pipeline_parts_on_meta
     with torch.device('meta'):
         backbone = DiffusionBackbone(model, preset, pretrained=False, prompt_cache=False)
         full = build_denoiser(MODELS[model], 'meta')
     linears = [m for m in backbone.denoiser.modules() if type(m) is nn.Linear]
     count = lambda module: sum(p.numel() for p in module.parameters())
+    _, encoders = pipeline_parts_on_meta(MODELS[model])
     return BackboneMemory(model, preset, count(full), count(backbone.denoiser), sum(m.weight.numel() for m in linears),
-                          sum(m.out_features for m in linears), count(backbone.vae))
+                          sum(m.out_features for m in linears), count(backbone.vae),
+                          max((count(encoder) for encoder in encoders.values()), default=0))
 
 
 def memory_tables(entries: list[BackboneMemory]) -> str:
     """The three Markdown tables: parameter GiB per format, what fits each GPU, fine-tuning GiB per rank."""
-    lines = ['| model | preset | denoiser kept | ' + ' | '.join(f'{f} GiB' for f in FORMATS) + ' |',
-             '| --- | --- | --- |' + ' --- |' * len(FORMATS)]
+    lines = ['| model | preset | denoiser kept | ' + ' | '.join(f'{f} GiB' for f in FORMATS) +
+             ' | largest text encoder (bf16) |', '| --- | --- | --- |' + ' --- |' * (len(FORMATS) + 1)]
     for e in entries:
         kept = f'{e.denoiser_kept / 1e9:.2f} B of {e.denoiser_full / 1e9:.2f} B ({e.denoiser_kept / e.denoiser_full:.2f}x)'
-        lines.append(f'| {e.model} | {e.preset} | {kept} | ' + ' | '.join(f'{e.gib(f):.1f}' for f in FORMATS) + ' |')
-    lines += ['', f'Formats whose parameters take at most {FIT_FRACTION:.0%} of the GPU:', '',
+        lines.append(f'| {e.model} | {e.preset} | {kept} | ' + ' | '.join(f'{e.gib(f):.1f}' for f in FORMATS) +
+                     f' | +{2 * e.largest_text_encoder / GIB:.1f} GiB, first call of a prompt |')
+    lines += ['', f'Formats whose parameters take at most {FIT_FRACTION:.0%} of the GPU (steady state; in brackets, '
+              'those that also fit the first call of a new prompt, text encoder included):', '',
               '| model | preset | ' + ' | '.join(f'{g} GB' for g in GPUS_GIB) + ' |', '| --- | --- |' + ' --- |' * len(GPUS_GIB)]
     for e in entries:
-        cells = [', '.join(f for f in FORMATS if e.gib(f) <= FIT_FRACTION * g) or 'none' for g in GPUS_GIB]
+        cells = [(', '.join(f for f in FORMATS if e.gib(f) <= FIT_FRACTION * g) or 'none') + ' (' +
+                 (', '.join(f for f in FORMATS if e.first_call_gib(f) <= FIT_FRACTION * g) or 'none') + ')'
+                 for g in GPUS_GIB]
         lines.append(f'| {e.model} | {e.preset} | ' + ' | '.join(cells) + ' |')
     ranks = (1, 2, 4, 8)
     lines += ['', f'Fine-tuning the pruned denoiser with AdamW ({TRAINING_BYTES} bytes a parameter), fully sharded, '
