@@ -14,6 +14,7 @@ import torch
 
 from diffbackbones import DiffusionBackbone, evaluate_probe
 from diffbackbones.data.shapes import make_shapes_dataset
+from diffbackbones.models.zoo import MODELS
 from diffbackbones.tasks.fidelity import feature_fidelity
 from diffbackbones.utils.images import read_image
 
@@ -23,7 +24,8 @@ def main(argv=None) -> None:
     parser.add_argument('--models', nargs='+', default=['shapes_sd_tiny', 'shapes_flux_tiny'])
     parser.add_argument('--formats', nargs='+', default=['int8', 'float8'])
     parser.add_argument('--data', default='data/shapes-ddpm')
-    parser.add_argument('--probe-models', type=int, default=3, help='classifiers in the probe ensemble')
+    parser.add_argument('--probe-formats', nargs='*', default=['int8'], help='formats the probe also runs on')
+    parser.add_argument('--probe-models', type=int, default=1, help='classifiers in the probe ensemble')
     args = parser.parse_args(argv)
     start = time.time()
     data = Path(args.data)
@@ -31,21 +33,23 @@ def main(argv=None) -> None:
         make_shapes_dataset(data, n_train=30, n_val=20, layout='ddpm-seg')
     images = torch.stack([read_image(p) for p in sorted((data / 'real' / 'test').glob('*.png'))])
     batches = images.split(4)
-    rows = []
-    for model in args.models:
-        reference = DiffusionBackbone(model)
-        probe = evaluate_probe(model, data, models=args.probe_models)
-        rows.append((model, 'fp32', '', '', f'{probe.miou_mean:.2f}'))
-        for fmt in args.formats:
-            quantized = DiffusionBackbone(model, denoiser=dict(quantization=fmt))
-            levels = feature_fidelity(reference, quantized, batches)
-            probe = evaluate_probe(model, data, models=args.probe_models, denoiser=dict(quantization=fmt))
-            rows.append((model, fmt, ', '.join(f'{100 * level["relative_error"]:.2f}' for level in levels),
-                         ', '.join(f'{level["cosine"]:.5f}' for level in levels), f'{probe.miou_mean:.2f}'))
     print('| model | weights | relative error per level (%) | cosine per level | probe mIoU |')
-    print('| --- | --- | --- | --- | --- |')
-    for row in rows:
-        print('| ' + ' | '.join(row) + ' |')
+    print('| --- | --- | --- | --- | --- |', flush=True)
+    for model in args.models:
+        preset = 'practical' if 'practical' in MODELS[model].presets else 'default'
+        reference = DiffusionBackbone(model, preset)
+        probe = evaluate_probe(model, data, activations=preset, models=args.probe_models)
+        print(f'| {model} | fp32 | | | {probe.miou_mean:.2f} |', flush=True)
+        for fmt in args.formats:
+            quantized = DiffusionBackbone(model, preset, denoiser=dict(quantization=fmt))
+            levels = feature_fidelity(reference, quantized, batches)
+            miou = ''
+            if fmt in args.probe_formats:
+                result = evaluate_probe(model, data, activations=preset, models=args.probe_models,
+                                        denoiser=dict(quantization=fmt))
+                miou = f'{result.miou_mean:.2f}'
+            print(f'| {model} | {fmt} | ' + ', '.join(f'{100 * level["relative_error"]:.2f}' for level in levels) +
+                  ' | ' + ', '.join(f'{level["cosine"]:.5f}' for level in levels) + f' | {miou} |', flush=True)
     print(f'{time.time() - start:.0f} s, {len(images)} test images of {data}')
 
 
