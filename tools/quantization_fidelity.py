@@ -25,6 +25,7 @@ def main(argv=None) -> None:
     parser.add_argument('--formats', nargs='+', default=['int8', 'float8'])
     parser.add_argument('--data', default='data/shapes-ddpm')
     parser.add_argument('--probe-formats', nargs='*', default=['int8'], help='formats the probe also runs on')
+    parser.add_argument('--probe', nargs='*', default=None, help='models the probe runs on (default: all)')
     parser.add_argument('--probe-models', type=int, default=1, help='classifiers in the probe ensemble')
     args = parser.parse_args(argv)
     start = time.time()
@@ -38,13 +39,15 @@ def main(argv=None) -> None:
     for model in args.models:
         preset = 'practical' if 'practical' in MODELS[model].presets else 'default'
         reference = DiffusionBackbone(model, preset)
-        probe = evaluate_probe(model, data, activations=preset, models=args.probe_models)
-        print(f'| {model} | fp32 | | | {probe.miou_mean:.2f} |', flush=True)
+        probed = args.probe is None or model in args.probe
+        if probed:
+            probe = evaluate_probe(model, data, activations=preset, models=args.probe_models)
+            print(f'| {model} | fp32 | | | {probe.miou_mean:.2f} |', flush=True)
         for fmt in args.formats:
             quantized = DiffusionBackbone(model, preset, denoiser=dict(quantization=fmt))
             levels = feature_fidelity(reference, quantized, batches)
             miou = ''
-            if fmt in args.probe_formats:
+            if probed and fmt in args.probe_formats:
                 result = evaluate_probe(model, data, activations=preset, models=args.probe_models,
                                         denoiser=dict(quantization=fmt))
                 miou = f'{result.miou_mean:.2f}'

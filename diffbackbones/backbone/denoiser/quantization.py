@@ -2,14 +2,9 @@
 
 ``denoiser=dict(quantization=...)`` takes a short form or any diffusers quantization config:
 
-=================  ==============================================  =======================================
-short form         diffusers config                                runs on
-=================  ==============================================  =======================================
-``'int8'``         ``TorchAoConfig(Int8WeightOnlyConfig())``       CPU and GPU
-``'float8'``       ``TorchAoConfig(Float8WeightOnlyConfig())``     GPU (fast on Hopper); the CPU emulates it
-``'nf4'``          ``BitsAndBytesConfig(load_in_4bit=True,         CUDA GPUs only
-                   bnb_4bit_quant_type='nf4')``
-=================  ==============================================  =======================================
+- ``'int8'``: ``TorchAoConfig(Int8WeightOnlyConfig())``, on CPUs and GPUs;
+- ``'float8'``: ``TorchAoConfig(Float8WeightOnlyConfig())``, fast on Hopper GPUs (the CPU emulates it);
+- ``'nf4'``: ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type='nf4')``, CUDA GPUs only.
 
 What is quantized is what pruning kept, after pruning (``DiffusionBackbone``): the linear layers of the denoiser,
 as diffusers' own torchao and bitsandbytes loaders do, except a config's ``modules_to_not_convert`` and a trainable
