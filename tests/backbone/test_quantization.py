@@ -122,6 +122,11 @@ def test_a_gguf_denoiser_loads_quantized_and_runs(tmp_path, images, full_precisi
     with torch.no_grad():
         errors = relative_errors(backbone(images), reference)
     assert max(errors) < INT8_TOLERANCE and min(errors) > 0, errors   # Q8_0, close to the fp32 weights
+    adapted = DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=tmp_path / 'unet.gguf',
+                                denoiser=dict(lora=dict(rank=4, targets=['to_q', 'to_k'])))  # QLoRA on GGUF layers
+    sum(f.square().mean() for f in adapted(images)).backward()
+    trained = {n for n, p in adapted.named_parameters() if p.grad is not None}
+    assert trained and all('lora_' in n for n in trained)
     with pytest.raises(ValueError, match='quantized already'):
         DiffusionBackbone('shapes_sd_tiny', pretrained=tmp_path / 'unet.gguf', denoiser=dict(quantization='int8'))
     with pytest.raises(ValueError, match='GGUF denoiser cannot train'):
