@@ -143,20 +143,24 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
         vae_dtype: VAE encoder dtype (defaults to ``dtype``).
     """
     vae_dtype = vae_dtype or dtype
-    if is_gguf(pretrained):
+    gguf = is_gguf(pretrained)
+    # a GGUF file holds the denoiser alone: the VAE and the text encoders come from the zoo entry
+    rest = (spec.weights_dir is not None or spec.hub_id is not None) if gguf else pretrained
+    source = None if rest is False else resolve_source(spec, rest)
+    if gguf:
         denoiser = load_gguf_denoiser(spec, pretrained, dtype)
-        rest = load_components(spec, spec.weights_dir is not None or spec.hub_id is not None, dtype, vae_dtype)
-        return Components(_cast(denoiser, dtype), rest.vae, rest.source)
-    if pretrained is False:
+    elif source is None:
         denoiser = build_denoiser(spec)
+    else:
+        denoiser = from_pretrained(denoiser_class(spec), source, spec.denoiser_component, spec)
+    if spec.pixel_space:
+        vae = None
+    elif source is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            vae = None if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
-        source = None
+            vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
     else:
-        source = resolve_source(spec, pretrained)
-        denoiser = from_pretrained(denoiser_class(spec), source, spec.denoiser_component, spec)
-        vae = None if spec.pixel_space else from_pretrained(AutoencoderKL, source, 'vae', spec)
+        vae = from_pretrained(AutoencoderKL, source, 'vae', spec)
     if vae is None:
         return Components(_cast(denoiser, dtype), PixelSpace(), source)
     vae_encoder = VaeEncoder(vae)

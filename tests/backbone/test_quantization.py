@@ -111,11 +111,18 @@ def write_gguf(denoiser: nn.Module, path) -> int:
     return quantized
 
 
-def test_a_gguf_denoiser_loads_quantized_and_runs(tmp_path, images, full_precision):
+def test_a_gguf_denoiser_loads_quantized_and_runs(tmp_path, images, full_precision, monkeypatch):
+    from diffbackbones.models import loading
     reference_backbone, reference = full_precision
     unpruned = DiffusionBackbone('shapes_sd_tiny', 'practical', prune=False)
     assert write_gguf(unpruned.denoiser, tmp_path / 'unet.gguf') > 0
+    loaded = []   # what is read from the zoo entry's weights: the VAE only, never its own denoiser as well
+    real_from_pretrained = loading.from_pretrained
+    monkeypatch.setattr(loading, 'from_pretrained', lambda cls, source, subfolder, spec, **kw: (
+        loaded.append(subfolder), real_from_pretrained(cls, source, subfolder, spec, **kw))[1])
     backbone = DiffusionBackbone('shapes_sd_tiny', 'practical', pretrained=tmp_path / 'unet.gguf')
+    assert loaded == ['vae']
+    monkeypatch.undo()
     layers = {type(m).__name__ for m in backbone.denoiser.modules()}
     assert 'GGUFLinear' in layers
     assert backbone.pruned == reference_backbone.pruned
