@@ -181,8 +181,9 @@ def load_gguf_denoiser(spec: ModelSpec, path: str | os.PathLike, dtype: torch.dt
     from diffusers import GGUFQuantizationConfig
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f'pretrained={os.fspath(path)!r}: no such GGUF file. Give the path of a .gguf file '
-                                   f'holding the {spec.architecture} of {spec.name!r} (diffusers or original key names).')
+        raise WeightsNotFoundError(f'pretrained={os.fspath(path)!r}: no such GGUF file. Give the path of a .gguf '
+                                   f'file holding the {spec.architecture} of {spec.name!r} (diffusers or original key '
+                                   'names).')
     with tempfile.TemporaryDirectory() as folder:  # from_single_file reads the config from a folder
         config_dir = Path(folder) / spec.denoiser_component
         config_dir.mkdir()

@@ -347,9 +347,16 @@ def mark_capture_holders(denoiser: nn.Module, points: Sequence[ActivationPoint])
     for module in denoiser.modules():
         module.__dict__.pop(HOLDS_CAPTURE, None)
     for point in points:
-        parts = point.module.split('.')
-        for end in range(len(parts) + 1):
-            setattr(denoiser.get_submodule('.'.join(parts[:end])), HOLDS_CAPTURE, True)
+        for _, module in _modules_along(denoiser, point.module):
+            setattr(module, HOLDS_CAPTURE, True)
+
+
+def _modules_along(denoiser: nn.Module, path: str):
+    """(path prefix, module) from the denoiser itself (``''``) down to the module at ``path``."""
+    parts = path.split('.')
+    for end in range(len(parts) + 1):
+        prefix = '.'.join(parts[:end])
+        yield prefix, denoiser.get_submodule(prefix)
 
 
 def _refuse_points_inside_fsdp_units(denoiser: nn.Module, points: Sequence[ActivationPoint]) -> None:
@@ -360,10 +367,8 @@ def _refuse_points_inside_fsdp_units(denoiser: nn.Module, points: Sequence[Activ
         return
     from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
     for point in points:
-        parts = point.module.split('.')
-        for end in range(1, len(parts) + 1):
-            path = '.'.join(parts[:end])
-            if isinstance(denoiser.get_submodule(path), (FullyShardedDataParallel, FSDPModule)):
+        for path, module in _modules_along(denoiser, point.module):
+            if path and isinstance(module, (FullyShardedDataParallel, FSDPModule)):  # units below the denoiser
                 raise RuntimeError(
                     f'activation {point.name!r} ({point.module}) lies inside the FSDP unit {path!r}: its gradient '
                     "would bypass the unit's outputs, where FSDP hooks its backward. Wrap with "
