@@ -178,3 +178,17 @@ def test_the_memory_tables_count_what_a_quantized_backbone_holds(fmt):
     assert counted.denoiser_kept == sum(p.numel() for p in backbone.denoiser.parameters())
     tables = memory_tables([counted])
     assert '| test_sd_tiny | practical |' in tables and 'rank' in tables
+
+
+def test_feature_fidelity_is_zero_against_itself_and_measures_int8(images, full_precision):
+    from diffbackbones.tasks.fidelity import feature_fidelity
+    reference_backbone, reference = full_precision
+    same = feature_fidelity(reference_backbone, reference_backbone, images.split(1))
+    assert [level['relative_error'] for level in same] == [0.0] * len(reference)
+    assert all(level['cosine'] == pytest.approx(1.0, abs=1e-6) for level in same)
+    quantized = DiffusionBackbone('shapes_sd_tiny', 'practical', denoiser=dict(quantization='int8'))
+    errors = feature_fidelity(reference_backbone, quantized, images.split(1))
+    with torch.no_grad():   # the pooled error over both images is the whole batch's relative error
+        expected = relative_errors(quantized(images), reference)
+    assert [level['relative_error'] for level in errors] == pytest.approx(expected, rel=1e-4)
+    assert all(0.999 < level['cosine'] < 1 for level in errors)

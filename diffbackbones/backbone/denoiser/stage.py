@@ -2,8 +2,7 @@
 activation, with the parts it never needs pruned and, optionally, the parts without hooks compiled.
 
 ``denoiser=dict(trainable=False, prune=True, compile=False, quantization=None, offload=None)`` in a backbone's
-options (the flat keywords
-``trainable_denoiser``, ``prune`` and ``compile`` map here, ``stages.py``).
+options (the flat keywords ``trainable_denoiser``, ``prune`` and ``compile`` map here, ``stages.py``).
 """
 from __future__ import annotations
 
