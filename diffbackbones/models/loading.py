@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL
-from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-
+from .latents import PixelSpace, VaeEncoder, latent_encoder
 from .zoo import ModelSpec, load_config
 
 __all__ = ['WeightsNotFoundError', 'VaeEncoder', 'PixelSpace', 'Components', 'load_components', 'build_denoiser', 'denoiser_class',
@@ -31,37 +29,6 @@ RANDOM_INIT_SEED = 0
 
 class WeightsNotFoundError(OSError):
     """Pretrained weights could not be found (offline without a local copy, or a wrong folder)."""
-
-
-class VaeEncoder(nn.Module):
-    """The encoder half of an ``AutoencoderKL``: image in [-1, 1] -> scaled latent."""
-
-    def __init__(self, vae: AutoencoderKL):
-        super().__init__()
-        self.encoder = vae.encoder
-        self.quant_conv = vae.quant_conv  # None when the VAE was trained without it
-        self.scaling_factor = float(vae.config.scaling_factor)
-        self.shift_factor = float(getattr(vae.config, 'shift_factor', None) or 0.0)
-        self.downsample_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_channels = int(vae.config.latent_channels)
-
-    def forward(self, images: torch.Tensor, sample: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        moments = self.encoder(images)
-        if self.quant_conv is not None:
-            moments = self.quant_conv(moments)
-        posterior = DiagonalGaussianDistribution(moments)
-        latent = posterior.sample(generator) if sample else posterior.mode()
-        return (latent - self.shift_factor) * self.scaling_factor
-
-
-class PixelSpace(nn.Module):
-    """The 'VAE encoder' of a pixel-space model (DeepFloyd IF): the image itself is the denoiser's input."""
-
-    scaling_factor, shift_factor, downsample_factor, latent_channels = 1.0, 0.0, 1, 3
-
-    def forward(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
-        return images
 
 
 @dataclass
@@ -75,6 +42,12 @@ def denoiser_class(spec: ModelSpec):
     """The diffusers class of a zoo entry's denoiser (named in its embedded config)."""
     import diffusers
     return getattr(diffusers, spec.architecture)
+
+
+def vae_class(spec: ModelSpec):
+    """The diffusers class of a zoo entry's VAE (``AutoencoderKL`` unless its embedded config names another)."""
+    import diffusers
+    return getattr(diffusers, load_config(spec, 'vae').get('_class_name', 'AutoencoderKL'))
 
 
 def build_denoiser(spec: ModelSpec, device: str | torch.device | None = None) -> nn.Module:
@@ -158,12 +131,12 @@ def load_components(spec: ModelSpec, pretrained: bool | str, dtype: torch.dtype 
     elif source is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_INIT_SEED)
-            vae = AutoencoderKL.from_config(load_config(spec, 'vae'))
+            vae = vae_class(spec).from_config(load_config(spec, 'vae'))
     else:
-        vae = from_pretrained(AutoencoderKL, source, 'vae', spec)
+        vae = from_pretrained(vae_class(spec), source, 'vae', spec)
     if vae is None:
         return Components(_cast(denoiser, dtype), PixelSpace(), source)
-    vae_encoder = VaeEncoder(vae)
+    vae_encoder = latent_encoder(vae)
     del vae  # the decoder goes with it
     return Components(_cast(denoiser, dtype), _cast(vae_encoder, vae_dtype), source)
 

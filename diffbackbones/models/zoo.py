@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-__all__ = ['TextEncoderSpec', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels',
+__all__ = ['TextEncoderSpec', 'PipelinePrompt', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels',
            'default_weights']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
@@ -53,6 +53,23 @@ class TextEncoderSpec:
 
 
 @dataclass(frozen=True)
+class PipelinePrompt:
+    """Conditioning that the model's own diffusers pipeline computes (``encode_prompt``), for the families whose text
+    encoders are language models: their prompt templates, chat templates, layer picks and masks stay the pipeline's.
+
+    Attributes:
+        pipeline: The diffusers pipeline class (``'QwenImagePipeline'``); its text encoders and tokenizers are the
+            components loaded (the denoiser, VAE and scheduler are not).
+        max_length: ``max_sequence_length`` as the pipeline's default (tokens of the prompt after its template).
+        options: Further ``encode_prompt`` keywords, as (name, value) pairs.
+    """
+
+    pipeline: str
+    max_length: int
+    options: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything diffbackbones needs to know about one pretrained diffusion model."""
 
@@ -77,6 +94,8 @@ class ModelSpec:
     working_size: int | None = None  # pixel-space models (IF-I: 64): inputs are resized to it by default
     fp16_overflows: bool = False  # activations beyond fp16's range (Flux clips them): bf16 is the half precision
     packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
+    prompt_pipeline: PipelinePrompt | None = None  # the pipeline's encode_prompt makes the conditioning
+    notes: str = ''               # what the README's model table says of it (its text encoder, its VAE)
 
     @property
     def architecture(self) -> str:
@@ -91,11 +110,14 @@ class ModelSpec:
     @property
     def vae_factor(self) -> int:
         """Pixels per latent pixel (1 in pixel space)."""
-        return 1 if self.pixel_space else 2 ** (len(load_config(self, 'vae')['block_out_channels']) - 1)
+        from .latents import downsample_factor
+        return 1 if self.pixel_space else downsample_factor(load_config(self, 'vae'))
 
     @property
     def n_text_tokens(self) -> int:
         """Length of the prompt's token sequence: each group's tokens, groups end to end (SD3: 77 + 256)."""
+        if self.prompt_pipeline is not None:
+            return self.prompt_pipeline.max_length
         groups: dict[int, int] = {}
         for te in self.text_encoders:
             if te.sequence:

@@ -8,8 +8,9 @@ arguments is the denoiser family's business (``models/families/``).
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
-from typing import Iterator, Literal, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -19,6 +20,7 @@ from diffbackbones.models.zoo import ModelSpec
 
 __all__ = ['PromptConditioning', 'ConditioningStage']
 
+_ENCODER_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 NULL_CLASS = 1000  # DiT's "no class" label (classifier-free guidance's unconditional input)
 
 
@@ -55,9 +57,15 @@ class PromptConditioning(nn.Module):
         self.register_buffer('mask_table', table([e.mask for e in embeddings]), persistent=False)
 
     @classmethod
+    def given(cls, spec: ModelSpec, prompt: str | Sequence[str], embeds) -> 'PromptConditioning':
+        """Conditioning from embeddings computed elsewhere (``ConditioningStage.prompt_embeds``): no text encoder."""
+        prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt)
+        return cls(spec, prompts, _given_embeddings(spec, embeds, len(prompts)))
+
+    @classmethod
     def encode(cls, spec: ModelSpec, source: str | None, prompt: str | Sequence[str], dtype: torch.dtype,
                cache: bool | str = True, class_label: int | None = None,
-               long_prompt: str = 'truncate') -> 'PromptConditioning':
+               long_prompt: str = 'truncate', encoder_dtype: torch.dtype | None = None) -> 'PromptConditioning':
         """Encode ``prompt`` (one or a list) with the model's text encoders (``text.encode_prompts``:
         one at a time, or none when the embeddings are cached) from ``source`` (None: random weights);
         ``long_prompt`` as ``ConditioningStage``'s."""
@@ -65,7 +73,7 @@ class PromptConditioning(nn.Module):
         prompts = (prompt,) if isinstance(prompt, str) else tuple(dict.fromkeys(prompt))
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f'prompt must be a string or a non-empty list of strings; got {prompt!r}')
-        embeddings = encode_prompts(spec, source, prompts, dtype, from_pretrained, cache, long_prompt)
+        embeddings = encode_prompts(spec, source, prompts, dtype, from_pretrained, cache, long_prompt, encoder_dtype)
         return cls(spec, prompts, embeddings, class_label)
 
     @property
@@ -139,22 +147,74 @@ class ConditioningStage:
             tokens give 231). The pooled embedding (SDXL) is the first window's; every prompt of a list
             is encoded to the longest one's count. T5/mT5/BERT encoders always cut at their own limit.
             A ``LongPromptWarning`` names each cut, once per prompt.
+        prompt_embeds: Embeddings encoded elsewhere, instead of any text encoder: a (N, L, D) tensor (one row per
+            prompt of ``prompt``), or a dict with ``embeds`` and, where the model takes them, ``mask`` (N, L) and
+            ``pooled`` (N, P), or the path of a ``.safetensors`` file with those keys (the prompt cache's format).
+        encoder_dtype: Where the model's own pipeline encodes (the language-model encoders of Qwen-Image, FLUX.2,
+            Z-Image, ...): their dtype, ``'bf16'`` by default for pretrained weights (the backbone's for random ones).
     """
 
     prompt: str | Sequence[str] = ''
     cache: bool | str = True
     class_label: int | None = None
     long_prompt: Literal['truncate', 'chunks', 'rewrap'] = 'truncate'
+    prompt_embeds: Any = None
+    encoder_dtype: str | torch.dtype | None = None
 
     def __post_init__(self):
         prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt or ())
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f'prompt must be a string or a non-empty list of strings; got {self.prompt!r}')
+        if not (self.encoder_dtype is None or self.encoder_dtype in _ENCODER_DTYPES
+                or self.encoder_dtype in _ENCODER_DTYPES.values()):
+            raise ValueError(f'encoder_dtype must be None or one of {sorted(_ENCODER_DTYPES)}; got {self.encoder_dtype!r}')
         if self.long_prompt not in LONG_PROMPT_MODES:
             raise ValueError(f'long_prompt must be one of {list(LONG_PROMPT_MODES)} (chunks: the paper\'s '
                              f'encode_long_prompt.py); got {self.long_prompt!r}')
 
     def build(self, spec: ModelSpec, source: str | None, dtype: torch.dtype) -> PromptConditioning:
         """Encode the prompts with the model's text encoders from ``source`` (None: random weights)."""
+        if self.prompt_embeds is not None:
+            return PromptConditioning.given(spec, self.prompt, self.prompt_embeds)
         return PromptConditioning.encode(spec, source, self.prompt, dtype, self.cache, self.class_label,
-                                         self.long_prompt)
+                                         self.long_prompt, _ENCODER_DTYPES.get(self.encoder_dtype, self.encoder_dtype))
+
+
+def _given_embeddings(spec: ModelSpec, embeds, n_prompts: int) -> list[PromptEmbedding]:
+    """``prompt_embeds`` (a tensor, a dict or a .safetensors path) as one ``PromptEmbedding`` per prompt, checked."""
+    if isinstance(embeds, (str, os.PathLike)):
+        from safetensors.torch import load_file
+        embeds = load_file(os.fspath(embeds))
+    parts = dict(embeds) if isinstance(embeds, Mapping) else {'embeds': embeds}
+    unknown = set(parts) - {'embeds', 'mask', 'pooled'}
+    if unknown or not torch.is_tensor(parts.get('embeds')) or parts['embeds'].ndim != 3:
+        raise ValueError('prompt_embeds must be a (N, L, D) tensor, or a dict (or .safetensors file) with "embeds" '
+                         f'(N, L, D) and optionally "mask" (N, L) and "pooled" (N, P); got {_describe(embeds)}')
+    n, length, width = parts['embeds'].shape
+    if n != n_prompts:
+        raise ValueError(f'prompt_embeds has {n} rows for {n_prompts} prompt(s): give one row per prompt of '
+                         '`prompt` (the prompts name the rows for conditioning.using(...)).')
+    if spec.prompt_pipeline is not None:
+        from diffbackbones.models.families import family_by_class
+        from diffbackbones.models.zoo import load_config
+        expected = family_by_class(spec.architecture).text_channels(load_config(spec, spec.denoiser_component))
+        if width != expected:
+            raise ValueError(f'prompt_embeds are {width} wide; {spec.name!r} takes {expected}-wide embeddings from '
+                             f'{spec.prompt_pipeline.pipeline}.encode_prompt.')
+    if any(te.pooled for te in spec.text_encoders) and parts.get('pooled') is None:
+        raise ValueError(f'{spec.name!r} also takes a pooled text embedding: give prompt_embeds=dict(embeds=..., '
+                         'pooled=...).')
+    mask = parts.get('mask')
+    if mask is not None and tuple(mask.shape) != (n, length):
+        raise ValueError(f'prompt_embeds["mask"] must be (N, L) = {(n, length)}; got {tuple(mask.shape)}')
+    pick = lambda x, i: None if x is None else x[i:i + 1]  # noqa: E731
+    return [PromptEmbedding(parts['embeds'][i:i + 1].float(), pick(parts.get('pooled'), i),
+                            pick(None if mask is None else mask.long(), i)) for i in range(n)]
+
+
+def _describe(value) -> str:
+    if torch.is_tensor(value):
+        return f'a tensor of shape {tuple(value.shape)}'
+    if isinstance(value, Mapping):
+        return f'a dict with keys {sorted(value)}'
+    return f'a {type(value).__name__}'

@@ -356,7 +356,7 @@ def _warn_cut(spec: ModelSpec, prompt: str, mode: str, cut: Sequence[tuple[str, 
 
 def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], dtype: torch.dtype,
                    load: Callable | None = None, cache: bool | str | Path = True,
-                   long_prompt: str = 'truncate') -> list[PromptEmbedding]:
+                   long_prompt: str = 'truncate', encoder_dtype: torch.dtype | None = None) -> list[PromptEmbedding]:
     """Embeddings of ``prompts``: from the cache, else from the text encoders, one loaded at a time.
 
     Args:
@@ -369,20 +369,46 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
         long_prompt: A prompt over a CLIP encoder's window: ``'truncate'`` (cut, as the pipelines),
             ``'chunks'`` (the paper's consecutive windows) or ``'rewrap'`` (BOS/EOS around each 75
             tokens). Every prompt is encoded to the longest one's token count.
+        encoder_dtype: The text encoders' dtype where the model's pipeline encodes (``PipelinePrompt``); None:
+            bfloat16 for pretrained weights, ``dtype`` for random ones.
     """
     if long_prompt not in LONG_PROMPT_MODES:
         raise ValueError(f'long_prompt must be one of {LONG_PROMPT_MODES}; got {long_prompt!r}')
+    if spec.prompt_pipeline is not None and long_prompt != 'truncate':
+        raise ValueError(f"long_prompt={long_prompt!r} lengthens CLIP encoders; {spec.name!r} encodes with a language "
+                         f'model through {spec.prompt_pipeline.pipeline}, which reads up to '
+                         f'{spec.prompt_pipeline.max_length} tokens. Use the default, long_prompt=\'truncate\'.')
+    if spec.prompt_pipeline is not None and encoder_dtype is not None:
+        encoder_key = f'|encoder-{encoder_dtype}'
+    else:
+        encoder_key = ''
     folder = None if cache is False else prompt_cache_dir() if cache is True else Path(cache)
     source_key = 'random' if source is None else source
     # The key holds what the embedding depends on: the mode, and (several prompts) the others, since
     # all are encoded to the longest one's length. 'truncate' keeps the keys of earlier releases.
-    layout = '' if long_prompt == 'truncate' else f'|{long_prompt}' + (
+    layout = encoder_key if long_prompt == 'truncate' else f'|{long_prompt}' + (
         '' if len(prompts) == 1 else '|' + hashlib.sha256('\n'.join(sorted(prompts)).encode()).hexdigest())
     paths = [None if folder is None else folder / f'{_cache_key(spec, source_key, dtype, p, layout)}.safetensors'
              for p in prompts]
     found = [None if path is None else _read_cached(path) for path in paths]
     missing = [i for i, emb in enumerate(found) if emb is None]
-    if missing and spec.text_encoders:
+    if missing and spec.prompt_pipeline is not None:  # a language-model pipeline encodes its own prompts
+        from diffbackbones.models.loading import WeightsNotFoundError, offline_note
+        from .pipeline_prompt import encode_with_pipeline
+
+        def load_error(spec, source, e):
+            return WeightsNotFoundError(
+                f'Could not load the text encoders of {spec.name!r} ({spec.prompt_pipeline.pipeline}) from '
+                f'{source!r}{offline_note()}: {e}\nFix: download the model once into the Hugging Face cache, pass '
+                'pretrained="/path/to/local/diffusers/folder", or give the embeddings yourself: '
+                'conditioning=dict(prompt_embeds=...) (encoded elsewhere with the same pipeline).')
+        encoded = encode_with_pipeline(spec, source, [prompts[i] for i in missing], dtype, encoder_dtype,
+                                       RANDOM_ENCODER_LIMIT, load_error)
+        for i, (embeds, mask, pooled) in zip(missing, encoded):
+            found[i] = PromptEmbedding(embeds, pooled, mask)
+            if paths[i] is not None:
+                _write_cached(paths[i], found[i])
+    elif missing and spec.text_encoders:
         tokenizers = [_tokenizer(spec, te, source) for te in spec.text_encoders]
         counts = [[len(tok.full(p)) for p in prompts] for tok in tokenizers]
         lengths = _long_prompt_lengths(spec, counts, long_prompt)
@@ -408,4 +434,19 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
             found[i] = _assemble(spec, [])
     for prompt, emb in zip(prompts, found):
         _warn_cut(spec, prompt, long_prompt, emb.cut)
-    return found
+    return same_length(found)
+
+
+def same_length(embeddings: list[PromptEmbedding]) -> list[PromptEmbedding]:
+    """Prompts of a list padded to one token count (a language-model pipeline keeps each prompt's own length):
+    zero embeddings after the shorter ones, masked out."""
+    length = max(e.embeds.shape[1] for e in embeddings)
+    if all(e.embeds.shape[1] == length for e in embeddings):
+        return embeddings
+    padded = []
+    for e in embeddings:
+        n = e.embeds.shape[1]
+        mask = torch.ones(1, n, dtype=torch.long) if e.mask is None else e.mask.long()
+        padded.append(PromptEmbedding(F.pad(e.embeds, (0, 0, 0, length - n)), e.pooled, F.pad(mask, (0, length - n)),
+                                      e.cut))
+    return padded

@@ -20,6 +20,7 @@ import torch.nn as nn
 from diffusers.models.attention_processor import Attention
 
 from diffbackbones.models.catalog import ActivationPoint, activation_points, resolve_names
+from diffbackbones.models.families import DenoiserFamily, family_of
 
 __all__ = ['ActivationCapture', 'StopForward', 'HOLDS_CAPTURE', 'mark_capture_holders']
 
@@ -73,6 +74,17 @@ def token_grid(args, kwargs, patch: int) -> tuple[int, int]:
             raise RuntimeError('on the meta device, packed tokens are only supported on a square grid')
         return side, side
     return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+
+
+def _grid_reader(denoiser: nn.Module) -> Callable:
+    """How the denoiser's family reads a token grid off a module call: Flux.1's packed tokens and ``img_ids`` are
+    ``token_grid``'s own case; other families that pack tokens give their own reader (``DenoiserFamily.token_grid``)."""
+    try:
+        family = family_of(denoiser)
+    except TypeError:  # a catalog handed in for a class no family names (the generic path's probe)
+        return token_grid
+    own = type(family).token_grid is not DenoiserFamily.token_grid
+    return family.token_grid if own else token_grid
 
 
 def tokens_to_grid(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
@@ -232,8 +244,10 @@ class ActivationCapture:
             raise StopForward
 
     def _grid_pre_hook(self, path: str, patch: int):
+        reader = _grid_reader(self.denoiser)
+
         def hook(module, args, kwargs):
-            self._grids[path] = token_grid(args, kwargs, patch)
+            self._grids[path] = reader(args, kwargs, patch)
         return hook
 
     def _on_grid(self, point: ActivationPoint, tokens: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,37 @@ class DenoiserFamily:
         """Keyword arguments of one denoiser call on ``noisy`` (B, C, h, w) at integer ``timesteps`` (B,)."""
         raise NotImplementedError
 
+    def token_grid(self, args, kwargs, patch: int) -> tuple[int, int]:
+        """The image-token grid of a call of the module a point names as ``grid_module`` (its positional ``args`` and
+        keyword ``kwargs``): (H / patch, W / patch) of a (B, C, H, W) input. Families whose tokens arrive packed
+        read the grid off their position inputs instead (Flux's ``img_ids``, Qwen-Image's ``img_shapes``)."""
+        x = args[0] if args else kwargs.get('hidden_states', kwargs.get('sample'))
+        if x.ndim != 4:
+            raise RuntimeError(f'{type(self).__name__}: the token grid needs a (B, C, H, W) input; got {tuple(x.shape)}')
+        return math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+
+    # the denoiser config key of its text-feature width, by family: where no text encoder is built (the meta device,
+    # an oversized random one) the conditioning is a tensor of that width
+    TEXT_WIDTH_KEYS = ('joint_attention_dim', 'caption_channels', 'cap_feat_dim', 'text_embed_dim', 'text_dim',
+                       'cross_attention_dim')
+
+    def text_channels(self, config) -> int:
+        """Width of the prompt embeddings the denoiser takes, read off its config."""
+        for key in self.TEXT_WIDTH_KEYS:
+            if config.get(key):
+                return int(config[key])
+        raise KeyError(f'{self.class_name}: none of {self.TEXT_WIDTH_KEYS} in its config gives the text width')
+
+    def read_prompt(self, output) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(embeds (1, L, D), mask (1, L) or None, pooled (1, P) or None) from what the pipeline's ``encode_prompt``
+        returned for one prompt: the embeddings first, then the first (1, L) tensor after them as their mask
+        (Chroma, SANA, Lumina 2, Qwen-Image); a list of per-prompt (L, D) tensors (Z-Image) is one prompt's."""
+        items = list(output) if isinstance(output, (tuple, list)) else [output]
+        embeds = items[0][0].unsqueeze(0) if isinstance(items[0], list) else items[0]
+        mask = next((x for x in items[1:] if torch.is_tensor(x) and x.ndim == 2 and x.shape == embeds.shape[:2]
+                     and not x.is_floating_point()), None)
+        return embeds, mask, None
+
     def prediction(self, output, noisy: torch.Tensor) -> torch.Tensor:
         """The model's prediction from a whole forward's ``output``, in the layout of ``noisy`` (B, C, h, w)."""
         sample = output.sample if hasattr(output, 'sample') else output[0]

@@ -1,0 +1,142 @@
+"""Prompt embeddings made by the model's own diffusers pipeline (``encode_prompt``), for language-model text encoders.
+
+Qwen-Image wraps the prompt in a chat template and drops the template's tokens from the hidden states; FLUX.2 stacks
+three hidden layers of Mistral; Z-Image applies Qwen3's chat template and keeps only the unmasked tokens. Rewriting each
+of those would drift from the pipelines; calling the pipeline cannot. So the zoo entry names the pipeline class
+(``PipelinePrompt``), and only its text encoders and tokenizers are loaded: the pipeline is built with every other
+component left out, asked for one prompt at a time, and dropped.
+
+- Weights: ``pipeline.from_pretrained(source, transformer=None, vae=None, ...)`` in bfloat16 by default (the released
+  language models are bf16; fp32 doubles their memory for nothing), on the GPU when there is one; the embeddings come
+  back to the CPU in float32 and are cached on disk by the caller (``text_encoders.encode_prompts``).
+- Random weights (test models): each text encoder is built from its embedded config with seeded weights and given the
+  byte-level tokenizer (``byte_tokenizer.py``); an encoder over ``RANDOM_ENCODER_LIMIT`` parameters, or any encoder on
+  the meta device, is not built: the embeddings are seeded Gaussian values of the width the denoiser takes.
+"""
+from __future__ import annotations
+
+import gc
+import inspect
+import zlib
+from typing import Callable, Sequence
+
+import torch
+
+from diffbackbones.models.zoo import ModelSpec, load_config
+
+__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class']
+
+
+def pipeline_class(spec: ModelSpec):
+    import diffusers
+    return getattr(diffusers, spec.prompt_pipeline.pipeline)
+
+
+def text_components(spec: ModelSpec) -> list[str]:
+    """The pipeline's text encoders by component name (``text_encoder``, ``text_encoder_2``, ...)."""
+    params = inspect.signature(pipeline_class(spec).__init__).parameters
+    return [name for name in params if name.startswith('text_encoder')]
+
+
+def _encoder_config(spec: ModelSpec, component: str):
+    from transformers import AutoConfig
+    config = dict(load_config(spec, component))
+    architecture = config.pop('architectures')[0]
+    return architecture, AutoConfig.for_model(config.pop('model_type'), **config)
+
+
+def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: int):
+    """A seeded random encoder from the embedded config, or None where it would be too big (or on meta)."""
+    import transformers
+    from .text_encoders import RANDOM_INIT_SEED, TEXT_ENCODER_LOADS
+    architecture, config = _encoder_config(spec, component)
+    cls = getattr(transformers, architecture)
+    if torch.empty(0).device.type == 'meta':
+        return None
+    with torch.device('meta'):
+        n_params = sum(p.numel() for p in cls(config).parameters())
+    if n_params > limit:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = cls(config).to(dtype).eval()
+    TEXT_ENCODER_LOADS.append((spec.name, component))
+    return model
+
+
+def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int):
+    """The pipeline with seeded random text encoders and byte-level tokenizers, or None when an encoder is not built."""
+    from .byte_tokenizer import byte_tokenizer
+    cls = pipeline_class(spec)
+    components = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == 'self' or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        if name.startswith('text_encoder'):
+            components[name] = _random_encoder(spec, name, dtype, limit)
+            if components[name] is None:
+                return None
+        elif name.startswith('tokenizer'):
+            components[name] = byte_tokenizer(spec.prompt_pipeline.max_length)
+        elif param.default is inspect.Parameter.empty:
+            components[name] = None
+    return cls(**components)
+
+
+def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_error: Callable):
+    cls = pipeline_class(spec)
+    from .text_encoders import TEXT_ENCODER_LOADS
+    skipped = {name: None for name, param in inspect.signature(cls.__init__).parameters.items()
+               if name != 'self' and param.default is inspect.Parameter.empty
+               and not name.startswith(('text_encoder', 'tokenizer', 'processor'))}
+    try:
+        pipe = cls.from_pretrained(source, torch_dtype=dtype, **skipped)
+    except (OSError, ValueError) as e:
+        raise load_error(spec, source, e) from e
+    TEXT_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
+    return pipe
+
+
+def _call(pipe, spec: ModelSpec, prompt: str, device: torch.device):
+    """``encode_prompt`` for one prompt, with the keywords its signature takes: no classifier-free guidance (one
+    conditional call), the entry's ``max_sequence_length`` and options."""
+    accepted = inspect.signature(pipe.encode_prompt).parameters
+    wanted = dict(device=device, do_classifier_free_guidance=False, max_sequence_length=spec.prompt_pipeline.max_length,
+                  **dict(spec.prompt_pipeline.options))
+    kwargs = {k: v for k, v in wanted.items() if k in accepted}
+    with torch.no_grad():
+        return pipe.encode_prompt(prompt, **kwargs)
+
+
+def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[str], dtype: torch.dtype,
+                         encoder_dtype: torch.dtype | None, limit: int, load_error: Callable) -> list[tuple]:
+    """(embeds (1, L, D), mask (1, L) or None, pooled or None) per prompt, float32 on the CPU.
+
+    ``encoder_dtype``: None is bfloat16 for pretrained weights and ``dtype`` for random ones.
+    """
+    from diffbackbones.models.families import family_by_class
+    family = family_by_class(spec.architecture)
+    if source is None:
+        pipe = _random_pipeline(spec, encoder_dtype or dtype, limit)
+    else:
+        pipe = _pretrained_pipeline(spec, source, encoder_dtype or torch.bfloat16, load_error)
+    if pipe is None:  # shape only: seeded values of the width the denoiser takes, every token attended
+        width = family.text_channels(load_config(spec, spec.denoiser_component))
+        length = spec.prompt_pipeline.max_length
+        outputs = []
+        for prompt in prompts:
+            g = torch.Generator().manual_seed(zlib.crc32(f'{spec.name}|{prompt}'.encode()))
+            outputs.append((torch.randn(1, length, width, generator=g), None, None))
+        return outputs
+    device = torch.device('cuda' if torch.cuda.is_available() and source is not None else 'cpu')
+    pipe.to(device)
+    outputs = []
+    for prompt in prompts:
+        embeds, mask, pooled = family.read_prompt(_call(pipe, spec, prompt, device))
+        outputs.append(tuple(None if x is None else (x.float() if x.is_floating_point() else x.long()).cpu()
+                             for x in (embeds, mask, pooled)))
+    del pipe
+    gc.collect()
+    if device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return outputs
