@@ -10,8 +10,7 @@ attributes: ``scaling_factor`` (a last multiplier; ``vae=dict(scale=...)`` repla
 - ``AutoencoderKLHunyuanImage`` (32x): the same, without a shift.
 - ``AutoencoderKLQwenImage`` and ``AutoencoderKLWan``: video VAEs. An image is a one-frame video; the latent is
   normalised per channel, ``(z - latents_mean) / latents_std``, as the pipelines do.
-- ``AutoencoderKLFlux2`` (FLUX.2): the mean, 2x2-patchified to 4x the channels, then normalised by the VAE's own
-  batch-norm running statistics.
+- ``AutoencoderKLFlux2`` (FLUX.2): the mean, normalised per 2x2 patch by the VAE's own batch-norm running statistics.
 - ``AutoencoderDC`` (SANA's deep-compression autoencoder, 32x): a deterministic ``latent`` times ``scaling_factor``.
 """
 from __future__ import annotations
@@ -58,7 +57,8 @@ class VideoVaeEncoder(nn.Module):
 
     def __init__(self, vae: nn.Module):
         super().__init__()
-        vae.decoder = None  # encoding never reads it (the conv counts it needs were taken at construction)
+        # encoding never runs the decoder; an empty module keeps the conv count Qwen-Image's clear_cache takes of it
+        vae.decoder = nn.Module()
         self.vae = vae
         self.scaling_factor = 1.0
         self.downsample_factor = downsample_factor(vae.config)
@@ -74,24 +74,28 @@ class VideoVaeEncoder(nn.Module):
 
 
 class Flux2VaeEncoder(VaeEncoder):
-    """``AutoencoderKLFlux2``: the posterior of the 32-channel VAE, 2x2 patches folded into 128 channels (so 16
-    pixels per latent pixel), normalised by the VAE's batch-norm running statistics, as ``Flux2Pipeline`` does."""
+    """``AutoencoderKLFlux2``: the posterior mean of the 32-channel VAE, normalised as ``Flux2Pipeline`` does: 2x2
+    patches folded into 128 channels, standardised by the VAE's batch-norm running statistics, then unfolded again,
+    so the latent stays (B, 32, H / 8, W / 8) and the family packs it into tokens as FLUX.1's does."""
 
     def __init__(self, vae: nn.Module):
-        super().__init__(vae)
-        self.scaling_factor, self.shift_factor = 1.0, 0.0
-        self.latent_channels *= 4
-        var = vae.bn.running_var + vae.config.batch_norm_eps
+        nn.Module.__init__(self)
+        self.encoder, self.quant_conv = vae.encoder, getattr(vae, 'quant_conv', None)
+        self.scaling_factor, self.shift_factor = 1.0, 0.0  # the config has neither: the batch norm standardises
+        self.downsample_factor = downsample_factor(vae.config)
+        self.latent_channels = int(vae.config.latent_channels)
+        var = vae.bn.running_var.detach() + vae.config.batch_norm_eps
         self.register_buffer('mean', vae.bn.running_mean.detach().clone().view(1, -1, 1, 1), persistent=False)
-        self.register_buffer('std', var.detach().sqrt().view(1, -1, 1, 1), persistent=False)
+        self.register_buffer('std', var.sqrt().view(1, -1, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, sample: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         posterior = DiagonalGaussianDistribution(self.moments(images))
         z = posterior.sample(generator) if sample else posterior.mode()
         b, c, h, w = z.shape  # the pipeline's _patchify_latents: channel-major, then the 2x2 offsets
-        z = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
-        return (z - self.mean.to(z.dtype)) / self.std.to(z.dtype) * self.scaling_factor
+        patches = z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4).reshape(b, c * 4, h // 2, w // 2)
+        patches = (patches - self.mean.to(z.dtype)) / self.std.to(z.dtype) * self.scaling_factor
+        return patches.view(b, c, 2, 2, h // 2, w // 2).permute(0, 1, 4, 2, 5, 3).reshape(b, c, h, w)
 
 
 class DcaeEncoder(nn.Module):
@@ -130,13 +134,11 @@ LATENT_ENCODERS: dict[str, type[nn.Module]] = {
 def downsample_factor(config) -> int:
     """Pixels per latent pixel of a VAE config (a dict or a diffusers ``FrozenDict``), as its pipeline counts them."""
     get = config.get
-    name = get('_class_name', 'AutoencoderKL')
     if get('spatial_compression_ratio'):  # HunyuanImage's VAE states it
         return int(get('spatial_compression_ratio'))
     if get('temperal_downsample') is not None:  # Wan / Qwen-Image (sic: diffusers' spelling)
         return 2 ** len(get('temperal_downsample')) * int(get('patch_size') or 1)
-    factor = 2 ** (len(get('block_out_channels')) - 1)
-    return factor * 2 if name == 'AutoencoderKLFlux2' else factor  # FLUX.2 folds 2x2 latent patches
+    return 2 ** (len(get('block_out_channels') or get('encoder_block_out_channels')) - 1)  # DC-AE: the latter
 
 
 def latent_encoder(vae: nn.Module) -> nn.Module:

@@ -24,7 +24,7 @@ import torch
 
 from diffbackbones.models.zoo import ModelSpec, load_config
 
-__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class']
+__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class', 'PIPELINE_ENCODER_LOADS']
 
 
 def pipeline_class(spec: ModelSpec):
@@ -45,10 +45,15 @@ def _encoder_config(spec: ModelSpec, component: str):
     return architecture, AutoConfig.for_model(config.pop('model_type'), **config)
 
 
+# Every text encoder built or loaded here, by (model, component), as text_encoders.TEXT_ENCODER_LOADS records
+# the others'; that module adds this list to its own (no import back: the dependency points one way).
+PIPELINE_ENCODER_LOADS: list[tuple[str, str]] = []
+RANDOM_INIT_SEED = 0
+
+
 def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: int):
     """A seeded random encoder from the embedded config, or None where it would be too big (or on meta)."""
     import transformers
-    from .text_encoders import RANDOM_INIT_SEED, TEXT_ENCODER_LOADS
     architecture, config = _encoder_config(spec, component)
     cls = getattr(transformers, architecture)
     if torch.empty(0).device.type == 'meta':
@@ -60,7 +65,7 @@ def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = cls(config).to(dtype).eval()
-    TEXT_ENCODER_LOADS.append((spec.name, component))
+    PIPELINE_ENCODER_LOADS.append((spec.name, component))
     return model
 
 
@@ -85,7 +90,6 @@ def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int):
 
 def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_error: Callable):
     cls = pipeline_class(spec)
-    from .text_encoders import TEXT_ENCODER_LOADS
     skipped = {name: None for name, param in inspect.signature(cls.__init__).parameters.items()
                if name != 'self' and param.default is inspect.Parameter.empty
                and not name.startswith(('text_encoder', 'tokenizer', 'processor'))}
@@ -93,16 +97,25 @@ def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_
         pipe = cls.from_pretrained(source, torch_dtype=dtype, **skipped)
     except (OSError, ValueError) as e:
         raise load_error(spec, source, e) from e
-    TEXT_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
+    PIPELINE_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
     return pipe
 
 
+# encode_prompt keywords that are about the call, not about how a prompt is encoded
+_CALL_ONLY = {'prompt', 'negative_prompt', 'device', 'dtype', 'num_images_per_prompt', 'num_videos_per_prompt',
+              'do_classifier_free_guidance', 'lora_scale', 'batch_size'}
+
+
 def _call(pipe, spec: ModelSpec, prompt: str, device: torch.device):
-    """``encode_prompt`` for one prompt, with the keywords its signature takes: no classifier-free guidance (one
-    conditional call), the entry's ``max_sequence_length`` and options."""
+    """``encode_prompt`` for one prompt as the pipeline's own ``__call__`` would call it: every keyword both take
+    gets ``__call__``'s default (SANA's complex human instruction is one), then the entry's ``max_sequence_length``
+    and options; no classifier-free guidance (one conditional call)."""
     accepted = inspect.signature(pipe.encode_prompt).parameters
-    wanted = dict(device=device, do_classifier_free_guidance=False, max_sequence_length=spec.prompt_pipeline.max_length,
-                  **dict(spec.prompt_pipeline.options))
+    call_defaults = {name: p.default for name, p in inspect.signature(type(pipe).__call__).parameters.items()
+                     if name in accepted and name not in _CALL_ONLY and not name.endswith(('_embeds', '_mask'))
+                     and p.default is not inspect.Parameter.empty}
+    wanted = dict(call_defaults, device=device, do_classifier_free_guidance=False,
+                  max_sequence_length=spec.prompt_pipeline.max_length, **dict(spec.prompt_pipeline.options))
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     with torch.no_grad():
         return pipe.encode_prompt(prompt, **kwargs)

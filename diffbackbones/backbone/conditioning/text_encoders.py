@@ -394,7 +394,7 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
     missing = [i for i, emb in enumerate(found) if emb is None]
     if missing and spec.prompt_pipeline is not None:  # a language-model pipeline encodes its own prompts
         from diffbackbones.models.loading import WeightsNotFoundError, offline_note
-        from .pipeline_prompt import encode_with_pipeline
+        from .pipeline_prompt import PIPELINE_ENCODER_LOADS, encode_with_pipeline
 
         def load_error(spec, source, e):
             return WeightsNotFoundError(
@@ -404,6 +404,8 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
                 'conditioning=dict(prompt_embeds=...) (encoded elsewhere with the same pipeline).')
         encoded = encode_with_pipeline(spec, source, [prompts[i] for i in missing], dtype, encoder_dtype,
                                        RANDOM_ENCODER_LIMIT, load_error)
+        TEXT_ENCODER_LOADS.extend(PIPELINE_ENCODER_LOADS)
+        PIPELINE_ENCODER_LOADS.clear()
         for i, (embeds, mask, pooled) in zip(missing, encoded):
             found[i] = PromptEmbedding(embeds, pooled, mask)
             if paths[i] is not None:

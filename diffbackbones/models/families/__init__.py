@@ -1,5 +1,6 @@
-"""Denoiser families: what differs between a UNet (SD, SDXL, DeepFloyd IF), PixArt, DiT, Hunyuan-DiT, SD3
-and Flux, in one small object each.
+"""Denoiser families: what differs between a UNet (SD, SDXL, DeepFloyd IF), PixArt, DiT, Hunyuan-DiT, SD3, Flux,
+and the families that followed (Chroma, FLUX.2, Qwen-Image, SANA, Lumina 2, HiDream, CogView4, Z-Image,
+HunyuanImage, Wan), in one small object each.
 
 A family knows three things about its denoiser class and nothing else:
 
@@ -17,17 +18,30 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .base import DenoiserFamily
+from .chroma import ChromaFamily
+from .cogview4 import CogView4Family
 from .dit import DiTFamily
 from .flux import FluxFamily, image_ids, pack_latents, unpack_latents
+from .flux2 import Flux2Family
+from .hidream import HiDreamFamily
 from .hunyuan import HunyuanFamily
+from .hunyuan_image import HunyuanImageFamily
+from .lumina2 import Lumina2Family
 from .pixart import PixArtFamily
+from .qwen_image import QwenImageFamily
+from .sana import SanaFamily
 from .sd3 import SD3Family
 from .unet import UNetFamily
+from .wan import WanFamily
+from .zimage import ZImageFamily
 
 __all__ = ['DenoiserFamily', 'FAMILIES', 'family_of', 'family_by_class', 'pack_latents', 'unpack_latents', 'image_ids']
 
 FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(),
-                                                            SD3Family(), FluxFamily())}
+                                                            SD3Family(), FluxFamily(), ChromaFamily(),
+                                                            ZImageFamily(), QwenImageFamily(), WanFamily(), SanaFamily(),
+                                                            Lumina2Family(), CogView4Family(), Flux2Family(),
+                                                            HunyuanImageFamily(), HiDreamFamily())}
 
 
 def family_by_class(class_name: str) -> DenoiserFamily:

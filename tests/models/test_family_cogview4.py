@@ -1,0 +1,86 @@
+"""CogView4 family: the captured activations equal those of CogView4Pipeline's own denoiser call (tiny random
+model, the real scheduler's resolution-dependent shift), and the real architecture's catalog on the meta device."""
+import json
+from types import SimpleNamespace
+
+import diffusers
+import torch
+import transformers
+from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
+
+from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
+from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.models.families.cogview4 import CogView4Family
+from diffbackbones.models.zoo import CONFIG_ROOT
+
+
+def config(name, component):
+    return json.loads((CONFIG_ROOT / name / f'{component}.json').read_text())
+
+
+def diffusers_model(name, component, device=None):
+    cfg = config(name, component)
+    torch.manual_seed(0)
+    with torch.device(device or 'cpu'):
+        return getattr(diffusers, cfg.pop('_class_name')).from_config(cfg).eval()
+
+
+def text_encoder(name):
+    cfg = config(name, 'text_encoder')
+    torch.manual_seed(0)
+    return getattr(transformers, cfg['architectures'][0])(transformers.AutoConfig.for_model(**cfg)).eval()
+
+
+def rel_l2(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+def test_cogview4_activations_match_the_pipelines_denoiser_call():
+    family, name = CogView4Family(), 'test_cogview4_tiny'
+    denoiser = diffusers_model(name, 'transformer')
+    # CogView4-6B's scheduler: the shift depends on the image's token count (the pipeline always passes mu)
+    scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
+                                                use_dynamic_shifting=True, time_shift_type='linear')
+    pipe = CogView4Pipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder(name),
+                            vae=diffusers_model(name, 'vae'), transformer=denoiser, scheduler=scheduler)
+    with torch.no_grad():  # the pipeline's own prompt path: GLM's penultimate layer, left-padded to 16k tokens
+        embeds, _ = pipe.encode_prompt('a red cube on a table', do_classifier_free_guidance=False)
+    n_text = embeds.shape[1]
+    assert embeds.shape[2] == 32 and n_text % 16 == 0
+
+    # 4 x 9 = 36 image tokens: mu = 17/32, and the pipeline's timestep 800 is sigma 0.68 exactly, our t = 680
+    b, (h, w), t, p = 2, (8, 18), 680, 2
+    torch.manual_seed(1)
+    noisy = torch.randn(b, 4, h, w)
+    paths = {'out': 'transformer_blocks.1', 'q': 'transformer_blocks.0.attn1.to_q'}
+    seen = {}
+    handles = [denoiser.get_submodule(q).register_forward_hook(lambda m, a, out, k=k: seen.setdefault(k, out))
+               for k, q in paths.items()]
+    with torch.no_grad():
+        stepped = pipe(prompt_embeds=embeds, num_images_per_prompt=b, latents=noisy, timesteps=[800],
+                       num_inference_steps=1, guidance_scale=1.0, height=8 * h, width=8 * w,
+                       output_type='latent').images
+    for handle in handles:
+        handle.remove()
+    assert abs(float(pipe.scheduler.sigmas[0]) - t / 1000) < 1e-6  # the noise level the pipeline assumed
+
+    conditioning = SimpleNamespace(prompt_embeds=embeds, attention_mask=None, pooled_embeds=None, guidance=None)
+    names = ['vit-block1-out', 'vit-block0-q', 'vit-block0-attn-out']
+    with torch.no_grad(), ActivationCapture(denoiser, names, catalog=family.walk(denoiser, (h, w), n_text)) as cap:
+        output = denoiser(**family.inputs(denoiser, noisy, torch.full((b,), t), conditioning, (8 * h, 8 * w)))
+    grid = lambda tokens: tokens.transpose(1, 2).reshape(b, -1, h // p, w // p)  # row-major image tokens
+    assert rel_l2(cap.activations['vit-block1-out'], grid(seen['out'][0])) < 1e-5  # blocks return (image, text)
+    assert rel_l2(cap.activations['vit-block0-q'], grid(seen['q'][:, n_text:])) < 1e-5  # [text; image]
+    assert cap.activations['vit-block0-attn-out'].shape == (b, 32, h // p, w // p)
+    assert rel_l2(family.prediction(output, noisy), (noisy - stepped) / (t / 1000)) < 1e-5
+
+
+def test_cogview4_catalog_on_the_meta_device():
+    denoiser = diffusers_model('cogview4', 'transformer', 'meta')
+    assert sum(p.numel() for p in denoiser.parameters()) == 6_369_118_272
+    catalog = CogView4Family().walk(denoiser, (48, 80), 1024)  # a 384 x 640 image: 8x VAE, patch 2
+    outs = [a for a in catalog if a.kind == 'vit-block-out']
+    assert [a.name for a in outs] == [f'vit-block{k}-out' for k in range(28)]
+    assert {a.channels for a in outs} == {4096} and {a.size for a in catalog} == {(24, 40)}
+    # the shared feed-forward runs on the text too, and no map: q / k / v, attention and block outputs only
+    assert {a.kind for a in catalog} == {'self-q', 'self-k', 'self-v', 'attn-out', 'vit-block-out'}

@@ -1,0 +1,133 @@
+"""FLUX.2 (Flux2Transformer2DModel): the family's inputs and catalog reproduce Flux2Pipeline's own denoiser call."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
+from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.models.families.flux2 import Flux2Family
+
+CONFIGS = Path(__file__).parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+FAMILY = Flux2Family()
+
+
+def _config(name: str, component: str) -> dict:
+    return json.loads((CONFIGS / name / f'{component}.json').read_text())
+
+
+def _transformer(name: str = 'test_flux2_tiny', device: str = 'cpu'):
+    from diffusers import Flux2Transformer2DModel
+    config = _config(name, 'transformer')
+    config.pop('_class_name')
+    torch.manual_seed(0)
+    with torch.device(device):
+        return Flux2Transformer2DModel.from_config(config).eval()
+
+
+@pytest.fixture(scope='module')
+def pipe():
+    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+    vae = _config('test_flux2_tiny', 'vae')
+    vae.pop('_class_name')
+    torch.manual_seed(0)
+    text_encoder = Mistral3ForConditionalGeneration(Mistral3Config(**_config('test_flux2_tiny', 'text_encoder'))).eval()
+    return Flux2Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+                         vae=AutoencoderKLFlux2.from_config(vae).eval(), text_encoder=text_encoder,
+                         tokenizer=byte_tokenizer(), transformer=_transformer())
+
+
+def _grid(tokens: torch.Tensor, hw) -> torch.Tensor:
+    """(B, N, C) row-major tokens -> (B, C, h, w)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *hw)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_the_family_reproduces_the_pipelines_denoiser_call(pipe):
+    transformer = pipe.transformer
+    prompt_embeds, _ = pipe.encode_prompt('a red cube on a table', device='cpu')  # (1, 512, 3 * 32)
+    g = torch.Generator().manual_seed(1)
+    noisy = torch.randn(2, 4, 8, 12, generator=g)  # (B, C, h, w): a 64 x 96 image, 4 x 6 tokens
+    grid = (4, 6)
+
+    # plain hooks on the modules behind the ids: the image part of each, as the pipeline's call computes it
+    hooked = {}
+    modules = {'vit-block1-out': (transformer.transformer_blocks[1], lambda o: o[1]),
+               'vit-block0-self-q': (transformer.transformer_blocks[0].attn.to_q, lambda o: o),
+               'vit-block0-attn-out': (transformer.transformer_blocks[0].attn, lambda o: o[0]),  # (image, text)
+               'vit-block1-ffn-inner': (transformer.transformer_blocks[1].ff.act_fn, lambda o: o),
+               'vit-block2-ffn-inner': (transformer.single_transformer_blocks[0].attn.mlp_act_fn, lambda o: o[:, -24:]),
+               'vit-block3-out': (transformer.single_transformer_blocks[1], lambda o: o[:, -24:])}
+    handles = [m.register_forward_hook(lambda m, a, o, k=k, f=f: hooked.__setitem__(k, _grid(f(o), grid)))
+               for k, (m, f) in modules.items()]
+    handles.append(transformer.register_forward_hook(lambda m, a, o: hooked.__setitem__('pred', o[0])))
+    try:
+        # the pipeline's latent layout: the 2x2-patchified (B, 4C, h/2, w/2) it packs by flattening
+        pipe(prompt_embeds=prompt_embeds, latents=pipe._patchify_latents(noisy), height=64, width=96,
+             num_inference_steps=1, sigmas=[0.7], guidance_scale=4.0, output_type='latent')
+    finally:
+        for h in handles:
+            h.remove()
+
+    conditioning = SimpleNamespace(prompt_embeds=prompt_embeds, attention_mask=None, pooled_embeds=None, guidance=4.0)
+    kwargs = FAMILY.inputs(transformer, noisy, torch.full((2,), 700), conditioning, (64, 96))
+    names = [k for k in modules]
+    catalog = FAMILY.walk(transformer, (8, 12), prompt_embeds.shape[1])
+    with torch.no_grad(), ActivationCapture(transformer, names, catalog=catalog) as cap:
+        out = transformer(**kwargs)
+    for name in names:
+        assert cap.activations[name].shape == hooked[name].shape, name
+        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+    # the prediction in the latent layout is the pipeline's, patchified (its scheduler steps on that)
+    pred = FAMILY.prediction(out, noisy)
+    assert pred.shape == noisy.shape
+    assert _rel(pipe._patchify_latents(pred).flatten(2).transpose(1, 2), hooked['pred']) < 1e-5
+
+
+def test_the_catalog_holds_every_block_in_execution_order():
+    with torch.device('meta'):
+        transformer = _transformer()
+    points = FAMILY.walk(transformer, (8, 12), 512)
+    assert [p.order for p in points] == list(range(len(points)))
+    outs = [p.name for p in points if p.kind == 'vit-block-out']
+    assert outs == ['vit-block0-out', 'vit-block1-out', 'vit-block2-out', 'vit-block3-out']
+    by_name = {p.name: p for p in points}
+    assert all(p.size == (4, 6) for p in points)
+    assert by_name['vit-block0-self-q'].aliases == ('vit-block0-q',) and by_name['vit-block0-self-q'].channels == 32
+    assert by_name['vit-block1-ffn-inner'].channels == 96 and by_name['vit-block2-ffn-inner'].channels == 96
+    assert by_name['vit-block0-cross-map'].channels == 512 and by_name['vit-block0-self-map'].channels == 24
+    assert 'vit-block2-self-q' not in by_name and 'vit-block2-self-map' not in by_name  # fused single blocks
+
+
+def test_attention_maps_of_a_double_block_are_distributions_and_change_nothing(pipe):
+    transformer = pipe.transformer
+    text = torch.randn(1, 16, transformer.config.joint_attention_dim, generator=torch.Generator().manual_seed(2))
+    noisy = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))
+    conditioning = SimpleNamespace(prompt_embeds=text, attention_mask=None, pooled_embeds=None, guidance=4.0)
+    kwargs = FAMILY.inputs(transformer, noisy, torch.tensor([500]), conditioning, (64, 96))
+    with torch.no_grad():
+        plain = transformer(**kwargs).sample
+        names = ['vit-block1-self-map', 'vit-block1-cross-map']
+        with ActivationCapture(transformer, names, catalog=FAMILY.walk(transformer, (8, 12), 16)) as cap:
+            mapped = transformer(**kwargs).sample
+    torch.testing.assert_close(mapped, plain, rtol=0, atol=0)
+    self_map, cross_map = cap.activations[names[0]], cap.activations[names[1]]
+    assert self_map.shape == (1, 24, 4, 6) and cross_map.shape == (1, 16, 4, 6)
+    torch.testing.assert_close(self_map.sum(1) + cross_map.sum(1), torch.ones(1, 4, 6))
+
+
+@pytest.mark.parametrize('name, published', [('flux2_dev', 32e9), ('flux2_klein_4b', 4e9)])
+def test_the_real_configs_build_at_their_published_size(name, published):
+    with torch.device('meta'):
+        transformer = _transformer(name, 'meta')
+    count = sum(p.numel() for p in transformer.parameters())
+    assert abs(count - published) / published < 0.05  # 32.22e9 and 3.88e9
+    assert FAMILY.walk(transformer, (64, 64), 512)[-1].name == f'vit-block{transformer.config.num_layers + transformer.config.num_single_layers - 1}-out'

@@ -1,0 +1,115 @@
+"""HunyuanImage 2.1 (HunyuanImageTransformer2DModel): the family reproduces HunyuanImagePipeline's own denoiser call."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
+from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.models.families.hunyuan_image import HunyuanImageFamily
+
+CONFIGS = Path(__file__).parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+FAMILY = HunyuanImageFamily()
+
+
+def _config(name: str, component: str) -> dict:
+    config = json.loads((CONFIGS / name / f'{component}.json').read_text())
+    config.pop('_class_name', None)
+    return config
+
+
+def _transformer(name: str = 'test_hunyuan_image_tiny'):
+    from diffusers import HunyuanImageTransformer2DModel
+    torch.manual_seed(0)
+    return HunyuanImageTransformer2DModel.from_config(_config(name, 'transformer')).eval()
+
+
+@pytest.fixture(scope='module')
+def pipe():
+    from diffusers import AutoencoderKLHunyuanImage, FlowMatchEulerDiscreteScheduler, HunyuanImagePipeline
+    from transformers import (ByT5Tokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, T5Config,
+                              T5EncoderModel)
+    name = 'test_hunyuan_image_tiny'
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**_config(name, 'text_encoder'))).eval()
+    text_encoder_2 = T5EncoderModel(T5Config(**_config(name, 'text_encoder_2'))).eval()
+    return HunyuanImagePipeline(  # no guider: AdaptiveProjectedMixGuidance(enabled=False), one denoiser call
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        vae=AutoencoderKLHunyuanImage.from_config(_config(name, 'vae')).eval(), text_encoder=text_encoder,
+        tokenizer=byte_tokenizer(2048), text_encoder_2=text_encoder_2, tokenizer_2=ByT5Tokenizer(),
+        transformer=_transformer())
+
+
+def _grid(tokens: torch.Tensor, hw) -> torch.Tensor:
+    """(B, N, C) row-major tokens -> (B, C, h, w)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *hw)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_the_family_reproduces_the_pipelines_denoiser_call(pipe):
+    transformer = pipe.transformer
+    # no quoted text: the glyph (ByT5) stream is zeros with an all-zero mask, as the family passes it
+    embeds, mask, embeds_2, mask_2 = pipe.encode_prompt('a red cube on a table', device='cpu')
+    assert embeds.shape[1] == 1000 and not embeds_2.any() and not mask_2.any() and 0 < mask.sum() < 1000
+    noisy = torch.randn(2, 8, 2, 3, generator=torch.Generator().manual_seed(1))  # a 64 x 96 image at 32x
+    grid, n = (2, 3), 6
+
+    hooked = {}
+    blocks, singles = transformer.transformer_blocks, transformer.single_transformer_blocks
+    modules = {'vit-block1-out': (blocks[1], lambda o: o[0]),
+               'vit-block0-self-q': (blocks[0].attn.to_q, lambda o: o),
+               'vit-block1-attn-out': (blocks[1].attn, lambda o: o[0]),
+               'vit-block2-self-k': (singles[0].attn.to_k, lambda o: o[:, :n]),  # [image; text]
+               'vit-block2-attn-out': (singles[0].attn, lambda o: o[0]),
+               'vit-block3-ffn-inner': (singles[1].act_mlp, lambda o: o[:, :n]),
+               'vit-block3-out': (singles[1], lambda o: o[0])}
+    handles = [m.register_forward_hook(lambda m, a, o, k=k, f=f: hooked.__setitem__(k, _grid(f(o), grid)))
+               for k, (m, f) in modules.items()]
+    handles.append(transformer.register_forward_hook(lambda m, a, o: hooked.__setitem__('pred', o[0])))
+    try:  # the pipeline's latents are (B, C, h, w) as they are
+        pipe(prompt_embeds=embeds, prompt_embeds_mask=mask, prompt_embeds_2=embeds_2, prompt_embeds_mask_2=mask_2,
+             latents=noisy, height=64, width=96, num_inference_steps=1, sigmas=[0.7], output_type='latent')
+    finally:
+        for h in handles:
+            h.remove()
+
+    conditioning = SimpleNamespace(prompt_embeds=embeds, attention_mask=mask, pooled_embeds=None, guidance=None)
+    kwargs = FAMILY.inputs(transformer, noisy, torch.full((2,), 700), conditioning, (64, 96))
+    names = list(modules)
+    catalog = FAMILY.walk(transformer, (2, 3), 1000 + 128)
+    with torch.no_grad(), ActivationCapture(transformer, names, catalog=catalog) as cap:
+        out = transformer(**kwargs)
+    for name in names:
+        assert cap.activations[name].shape == hooked[name].shape, name
+        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+    pred = FAMILY.prediction(out, noisy)
+    assert pred.shape == noisy.shape and _rel(pred, hooked['pred']) < 1e-5
+
+
+def test_the_catalog_holds_every_block_in_execution_order():
+    with torch.device('meta'):
+        transformer = _transformer()
+    points = FAMILY.walk(transformer, (2, 3), 1128)
+    assert [p.order for p in points] == list(range(len(points)))
+    assert [p.name for p in points if p.kind == 'vit-block-out'] == [f'vit-block{k}-out' for k in range(4)]
+    assert all(p.size == (2, 3) for p in points) and not any(p.layout == 'attn-map' for p in points)
+    by_name = {p.name: p for p in points}
+    assert by_name['vit-block2-self-q'].aliases == ('vit-block2-q',) and by_name['vit-block2-self-q'].channels == 32
+    assert by_name['vit-block0-ffn-inner'].channels == 128 and by_name['vit-block3-ffn-inner'].channels == 128
+
+
+def test_the_real_config_builds_at_its_published_size():
+    from diffusers import HunyuanImageTransformer2DModel
+    with torch.device('meta'):
+        transformer = HunyuanImageTransformer2DModel.from_config(_config('hunyuan_image21', 'transformer'))
+    count = sum(p.numel() for p in transformer.parameters())
+    assert abs(count - 17e9) / 17e9 < 0.05  # 17.43e9: "17B"
+    assert FAMILY.token_patch(transformer.config) == 1
+    assert FAMILY.walk(transformer, (64, 64), 1128)[-1].name == 'vit-block59-out'

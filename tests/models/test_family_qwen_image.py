@@ -1,0 +1,138 @@
+"""Qwen-Image family: parity of its catalog's activations with diffusers' own QwenImagePipeline (tiny model),
+and the catalog of the real 20 B architecture on the meta device."""
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
+                       QwenImageTransformer2DModel)
+from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
+from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.models import families
+from diffbackbones.models.families.flux import pack_latents, unpack_latents
+from diffbackbones.models.families.qwen_image import QwenImageFamily
+
+CONFIGS = Path(__file__).resolve().parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+FAMILY = QwenImageFamily()
+
+
+def config(model: str, component: str) -> dict:
+    return json.loads((CONFIGS / model / f'{component}.json').read_text())
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    # capture asks the registry for the family's token-grid reader (img_shapes); the lead registers it for good
+    monkeypatch.setitem(families.FAMILIES, FAMILY.name, FAMILY)
+
+
+def tiny_pipeline() -> QwenImagePipeline:
+    torch.manual_seed(0)
+    transformer = QwenImageTransformer2DModel.from_config(config('test_qwen_image_tiny', 'transformer')).eval()
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage.from_config(config('test_qwen_image_tiny', 'vae')).eval()
+    torch.manual_seed(0)
+    text_encoder = Qwen2_5_VLForConditionalGeneration(
+        AutoConfig.for_model(**config('test_qwen_image_tiny', 'text_encoder'))).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
+    pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=byte_tokenizer(),
+                             transformer=transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tokens_on_grid(tokens: torch.Tensor, grid) -> torch.Tensor:
+    """(B, h*w, C) row-major image tokens -> (B, C, h, w)."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+# module the pipeline run is hooked on -> how its hook reads the image tokens (B, N, C)
+HOOKED = {
+    'vit-block1-out': ('transformer_blocks.1', 'output', lambda out: out[1]),  # (text, image)
+    'vit-block0-self-q': ('transformer_blocks.0.attn.to_q', 'output', lambda out: out),
+    'vit-block1-attn-out': ('transformer_blocks.1.attn', 'output', lambda out: out[0]),  # (image, text)
+    'vit-block0-norm-out': ('transformer_blocks.0.img_mlp', 'input', lambda args: args[0]),
+    'vit-block1-ffn-inner': ('transformer_blocks.1.img_mlp.net.0', 'output', lambda out: out),
+}
+
+
+def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call(registered):
+    pipe = tiny_pipeline()
+    denoiser = pipe.transformer
+    prompts = ['a red cube', 'a small blue sphere on a wooden table']  # unequal lengths: a real padding mask
+    b, h, w, t = 2, 8, 12, 700  # latent 8 x 12 (64 x 96 pixels): a 4 x 6 token grid, not square
+    grid = (h // 2, w // 2)
+    noisy = torch.randn(b, 4, h, w, generator=torch.Generator().manual_seed(1))
+
+    seen, calls = {}, []
+    handles = [denoiser.register_forward_pre_hook(lambda m, a, kw: calls.append(kw), with_kwargs=True)]
+    for name, (path, where, read) in HOOKED.items():
+        module = denoiser.get_submodule(path)
+        if where == 'output':
+            handles.append(module.register_forward_hook(
+                lambda m, a, out, name=name, read=read: seen.__setitem__(name, read(out))))
+        else:
+            handles.append(module.register_forward_pre_hook(
+                lambda m, a, name=name, read=read: seen.__setitem__(name, read(a))))
+    handles.append(denoiser.register_forward_hook(lambda m, a, out: seen.__setitem__('prediction', out[0])))
+    with torch.no_grad():
+        pipe(prompt=prompts, height=h * 8, width=w * 8, num_inference_steps=1, sigmas=[t / 1000],
+             latents=pack_latents(noisy), true_cfg_scale=1.0, output_type='latent', max_sequence_length=512)
+        embeds, mask = pipe.encode_prompt(prompts, device='cpu', max_sequence_length=512)
+    for handle in handles:
+        handle.remove()
+    assert len(calls) == 1 and calls[0]['img_shapes'] == [[(1, *grid)]] * b
+    assert mask is not None and not bool(mask.all())
+
+    conditioning = SimpleNamespace(prompt_embeds=embeds, attention_mask=mask, pooled_embeds=None, guidance=None)
+    kwargs = FAMILY.inputs(denoiser, noisy, torch.full((b,), t), conditioning, (h * 8, w * 8))
+    assert torch.equal(kwargs['timestep'], calls[0]['timestep'])
+    assert torch.equal(kwargs['encoder_hidden_states_mask'], calls[0]['encoder_hidden_states_mask'])
+    catalog = FAMILY.walk(denoiser, (h, w), embeds.shape[1])
+    with torch.no_grad(), ActivationCapture(denoiser, list(HOOKED), catalog=catalog) as cap:
+        output = denoiser(**kwargs)
+    for name in HOOKED:
+        ours = cap.activations[name]
+        assert ours.shape[-2:] == grid, name
+        assert rel_l2(ours, tokens_on_grid(seen[name], grid)) < 1e-5, name
+    ours = FAMILY.prediction(output, noisy)
+    assert rel_l2(ours, unpack_latents(seen['prediction'], noisy.shape)) < 1e-5
+
+
+def test_the_catalog_walks_every_block_and_a_forward_is_fast():
+    import time
+    torch.manual_seed(0)
+    denoiser = QwenImageTransformer2DModel.from_config(config('test_qwen_image_tiny', 'transformer')).eval()
+    catalog = FAMILY.walk(denoiser, (8, 8), 16)
+    assert [p.order for p in catalog] == list(range(len(catalog)))
+    assert {p.name for p in catalog if p.kind == 'vit-block-out'} == {'vit-block0-out', 'vit-block1-out'}
+    assert not any(p.layout == 'attn-map' for p in catalog)  # see the module docstring: no explicit map math here
+    conditioning = SimpleNamespace(prompt_embeds=torch.randn(1, 16, 32), attention_mask=None, pooled_embeds=None,
+                                   guidance=None)
+    noisy = torch.randn(1, 4, 8, 8)  # a 64 x 64 image
+    kwargs = FAMILY.inputs(denoiser, noisy, torch.tensor([500]), conditioning, (64, 64))
+    with torch.no_grad():
+        denoiser(**kwargs)
+        start = time.perf_counter()
+        out = denoiser(**kwargs)
+        assert time.perf_counter() - start < 0.5
+    assert FAMILY.prediction(out, noisy).shape == noisy.shape
+
+
+def test_the_real_architecture_on_the_meta_device():
+    with torch.device('meta'):
+        denoiser = QwenImageTransformer2DModel.from_config(config('qwen_image', 'transformer'))
+    assert abs(sum(p.numel() for p in denoiser.parameters()) / 1e9 - 20.43) < 0.01  # "20 B"
+    catalog = FAMILY.walk(denoiser, (128, 128), 512)  # 1024 x 1024 pixels
+    blocks = [p for p in catalog if p.kind == 'vit-block-out']
+    assert len(blocks) == 60 and blocks[-1].name == 'vit-block59-out'
+    assert {p.channels for p in blocks} == {3072} and {p.size for p in catalog} == {(64, 64)}
+    assert FAMILY.latent_multiple(denoiser) == 2

@@ -1,0 +1,61 @@
+"""Parity with each family's own diffusers pipeline (its test_family_*.py uses this).
+
+The backbone's activations must equal what forward hooks read off the modules behind the same layer ids while the
+pipeline makes its one denoiser call: the pipeline encodes the prompt, the backbone hands it its own noisy latent
+(in the pipeline's layout) and noise level, and both run the same seeded tiny denoiser. Relative L2 < 1e-5.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from diffbackbones import DiffusionBackbone
+
+PROMPT, T = 'a red cube on a wooden table', 500  # t = 500: sigma 0.5, exact in binary
+TOLERANCE = 1e-5
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+@torch.no_grad()
+def backbone_and_noisy(model: str, names, *, t: int = T, prompt: str = PROMPT, size=(64, 48), batch: int = 2):
+    """The backbone of ``model`` capturing ``names``, its activations of a seeded batch, and the noisy latent
+    (B, C, h, w) its denoiser saw (the noise stage is seeded: the same draw as inside ``activations``)."""
+    backbone = DiffusionBackbone(model, list(names), pretrained=False, noise=dict(t=t, seed=0),
+                                 conditioning=dict(prompt=prompt, cache=False))
+    images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    activations = backbone.activations(images)
+    working, _ = backbone.working_input(images)
+    noisy, _ = backbone.stages.noise(backbone.encode(working), None)
+    return backbone, activations, noisy
+
+
+@torch.no_grad()
+def hooked_call(watch: dict[str, tuple[nn.Module, Callable, str]], call: Callable):
+    """``call()`` with a plain forward hook on each watched module: ``(module, read, 'output' | 'input')``, where
+    ``read`` turns the module's output (or first input) into the (B, C, h, w) activation. Returns (hooked, result)."""
+    hooked, handles = {}, []
+    for name, (module, read, where) in watch.items():
+        if where == 'input':
+            handles.append(module.register_forward_pre_hook(
+                lambda m, args, name=name, read=read: hooked.__setitem__(name, read(args[0]))))
+        else:
+            handles.append(module.register_forward_hook(
+                lambda m, args, out, name=name, read=read: hooked.__setitem__(name, read(out))))
+    try:
+        result = call()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert set(hooked) == set(watch), f'hooks that never fired: {set(watch) - set(hooked)}'
+    return hooked, result
+
+
+def assert_parity(activations: dict, hooked: dict) -> None:
+    for name, expected in hooked.items():
+        assert activations[name].shape == expected.shape, (name, activations[name].shape, expected.shape)
+        assert rel_l2(activations[name], expected) < TOLERANCE, (name, rel_l2(activations[name], expected))
