@@ -82,3 +82,16 @@ def test_a_stop_before_any_attention_of_a_block_keeps_its_lists_iterable():
     with torch.no_grad():
         for a, b in zip(pruned(x), full(x)):
             assert torch.equal(a, b)
+
+
+def test_on_meta_a_denoiser_whose_forward_reads_values_is_pruned_by_catalog_order():
+    # Lumina 2's forward reads its caption lengths (nonzero, .item()): no probe runs on meta, so the blocks whose
+    # activations all come after the last requested one go by catalog order (memory tables count what is kept)
+    with torch.device('meta'):
+        backbone = DiffusionBackbone('lumina2', 'default', pretrained=False)
+    last = max(backbone.capture.points, key=lambda p: p.order).module  # 'layers.<k>'
+    k = int(last.split('.')[1])
+    layers = backbone.denoiser.layers
+    assert all(isinstance(layers[j], PrunedModule) for j in range(k + 1, len(layers)))
+    assert not any(isinstance(layers[j], PrunedModule) for j in range(k + 1))
+    assert backbone.pruned == [f'layers.{j}' for j in sorted(range(k + 1, len(layers)), key=str)]

@@ -54,6 +54,25 @@ def test_recommended_configs_build_at_real_size_on_the_meta_device(path):
                              'sdxl-legacy': {2240}, 'pgv2-practical': {2560}}[path.name.split('_')[1]]
 
 
+TRANSFORMER_CONFIGS = sorted((REPO / 'configs' / 'transformers').glob('*.py'))
+
+
+@pytest.mark.parametrize('path', TRANSFORMER_CONFIGS, ids=lambda p: p.name)
+def test_transformer_configs_build_at_real_size_on_the_meta_device(path):
+    # every transformer family's ADE20K recipe: the real denoiser on meta, four levels of one stride, and the
+    # MultiLevelNeck's scales bringing them to strides 4 / 8 / 16 / 32 whatever that stride (16, or SANA's and
+    # HunyuanImage's 32)
+    cfg = Config.fromfile(path)
+    assert cfg.model.backbone.activations == 'default'
+    cfg.model.backbone.pretrained = False  # the real architecture, without weights
+    with torch.device('meta'):
+        model = MODELS.build(cfg.model)
+    check_segmentor(model)
+    info = model.backbone.feature_info
+    assert [level['num_chs'] for level in info] == list(cfg.model.neck.in_channels) and len(info) == 4
+    assert [level['reduction'] / scale for level, scale in zip(info, cfg.model.neck.scales)] == [4, 8, 16, 32]
+
+
 @pytest.fixture(scope='module')
 def shapes_root(tmp_path_factory):
     return make_shapes_dataset(tmp_path_factory.mktemp('data') / 'shapes', n_train=8, n_val=2)

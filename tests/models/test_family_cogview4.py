@@ -35,14 +35,19 @@ def rel_l2(a, b):
     return float((a - b).norm() / b.norm())
 
 
-def test_cogview4_activations_match_the_pipelines_denoiser_call():
-    family, name = CogView4Family(), 'test_cogview4_tiny'
-    denoiser = diffusers_model(name, 'transformer')
+def _pipeline(name='test_cogview4_tiny'):
     # CogView4-6B's scheduler: the shift depends on the image's token count (the pipeline always passes mu)
     scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
                                                 use_dynamic_shifting=True, time_shift_type='linear')
-    pipe = CogView4Pipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder(name),
-                            vae=diffusers_model(name, 'vae'), transformer=denoiser, scheduler=scheduler)
+    return CogView4Pipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder(name),
+                            vae=diffusers_model(name, 'vae'), transformer=diffusers_model(name, 'transformer'),
+                            scheduler=scheduler)
+
+
+def test_cogview4_activations_match_the_pipelines_denoiser_call():
+    family = CogView4Family()
+    pipe = _pipeline()
+    denoiser = pipe.transformer
     with torch.no_grad():  # the pipeline's own prompt path: GLM's penultimate layer, left-padded to 16k tokens
         embeds, _ = pipe.encode_prompt('a red cube on a table', do_classifier_free_guidance=False)
     n_text = embeds.shape[1]
@@ -84,3 +89,31 @@ def test_cogview4_catalog_on_the_meta_device():
     assert {a.channels for a in outs} == {4096} and {a.size for a in catalog} == {(24, 40)}
     # the shared feed-forward runs on the text too, and no map: q / k / v, attention and block outputs only
     assert {a.kind for a in catalog} == {'self-q', 'self-k', 'self-v', 'attn-out', 'vit-block-out'}
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_cogview4_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT, assert_parity, backbone_and_noisy, hooked_call
+    # 64 x 144 pixels: 8x VAE, patch 2, 4 x 9 = 36 image tokens, so mu = 17/32 and the pipeline's unshifted
+    # timestep 800 is the shifted sigma 0.68: the backbone's t = 680 (noised at 0.68, fed timestep 800)
+    t, timestep = 680, 800
+    names = ['vit-block1-out', 'vit-block0-q', 'vit-block1-k', 'vit-block0-out']
+    backbone, activations, noisy = backbone_and_noisy('test_cogview4_tiny', names, t=t, size=(64, 144))
+    length = backbone.spec.prompt_pipeline.max_length
+    pipe = _pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    embeds = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # GLM's penultimate layer, left-padded
+    assert backbone.conditioning.attention_mask is None  # as the pipeline: no mask, the padding is attended
+    b, (h, w), p, n_text = noisy.shape[0], noisy.shape[-2:], 2, embeds.shape[1]
+    on_grid = lambda out: out.transpose(1, 2).reshape(b, -1, h // p, w // p)  # noqa: E731  row-major tokens
+    blocks = pipe.transformer.transformer_blocks
+    watch = {'vit-block1-out': (blocks[1], lambda out: on_grid(out[0]), 'output'),  # blocks return (image, text)
+             'vit-block0-out': (blocks[0], lambda out: on_grid(out[0]), 'output'),
+             'vit-block0-q': (blocks[0].attn1.to_q, lambda out: on_grid(out[:, n_text:]), 'output'),  # [text; image]
+             'vit-block1-k': (blocks[1].attn1.to_k, lambda out: on_grid(out[:, n_text:]), 'output')}
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=PROMPT, max_sequence_length=length, num_images_per_prompt=b, latents=noisy, timesteps=[timestep],
+        num_inference_steps=1, guidance_scale=1.0, height=8 * h, width=8 * w, output_type='latent'))
+    assert abs(float(pipe.scheduler.sigmas[0]) - t / 1000) < 1e-6  # the pipeline assumed the backbone's noise level
+    assert_parity(activations, hooked)

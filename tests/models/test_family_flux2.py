@@ -131,3 +131,30 @@ def test_the_real_configs_build_at_their_published_size(name, published):
     count = sum(p.numel() for p in transformer.parameters())
     assert abs(count - published) / published < 0.05  # 32.22e9 and 3.88e9
     assert FAMILY.walk(transformer, (64, 64), 512)[-1].name == f'vit-block{transformer.config.num_layers + transformer.config.num_single_layers - 1}-out'
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_flux2_pipelines_denoiser_call(pipe):
+    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call, rel_l2
+    names = ['vit-block1-out', 'vit-block0-self-q', 'vit-block0-attn-out', 'vit-block1-ffn-inner',
+             'vit-block2-ffn-inner', 'vit-block3-out']
+    backbone, activations, noisy = backbone_and_noisy('test_flux2_tiny', names)
+    length = backbone.spec.prompt_pipeline.max_length
+    embeds, _ = pipe.encode_prompt(P, device='cpu', max_sequence_length=length)
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
+    b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
+    n, transformer = grid[0] * grid[1], pipe.transformer
+    on_grid = lambda pick: lambda out: _grid(pick(out), grid)  # noqa: E731
+    watch = {'vit-block1-out': (transformer.transformer_blocks[1], on_grid(lambda o: o[1]), 'output'),
+             'vit-block0-self-q': (transformer.transformer_blocks[0].attn.to_q, on_grid(lambda o: o), 'output'),
+             'vit-block0-attn-out': (transformer.transformer_blocks[0].attn, on_grid(lambda o: o[0]), 'output'),
+             'vit-block1-ffn-inner': (transformer.transformer_blocks[1].ff.act_fn, on_grid(lambda o: o), 'output'),
+             'vit-block2-ffn-inner': (transformer.single_transformer_blocks[0].attn.mlp_act_fn,
+                                      on_grid(lambda o: o[:, -n:]), 'output'),
+             'vit-block3-out': (transformer.single_transformer_blocks[1], on_grid(lambda o: o[:, -n:]), 'output')}
+    # the backbone's (B, C, h, w) latent in the pipeline's layout: 2x2-patchified (B, 4C, h/2, w/2), which it packs
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=pipe._patchify_latents(noisy),
+        sigmas=[t / 1000], num_inference_steps=1, guidance_scale=backbone.spec.guidance,
+        height=8 * noisy.shape[-2], width=8 * noisy.shape[-1], output_type='latent'))
+    assert_parity(activations, hooked)

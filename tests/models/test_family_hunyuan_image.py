@@ -113,3 +113,29 @@ def test_the_real_config_builds_at_its_published_size():
     assert abs(count - 17e9) / 17e9 < 0.05  # 17.43e9: "17B"
     assert FAMILY.token_patch(transformer.config) == 1
     assert FAMILY.walk(transformer, (64, 64), 1128)[-1].name == 'vit-block59-out'
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_hunyuan_image_pipelines_denoiser_call(pipe):
+    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
+    names = ['vit-block1-out', 'vit-block0-self-q', 'vit-block2-self-k', 'vit-block3-out']
+    # 64 x 128 pixels: the VAE's 32x, patch 1, a 2 x 4 latent grid (the pipeline asks for multiples of 64)
+    backbone, activations, noisy = backbone_and_noisy('test_hunyuan_image_tiny', names, size=(64, 128))
+    pipe.set_progress_bar_config(disable=True)
+    embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(PROMPT, device='cpu')
+    assert _rel(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # Qwen2.5-VL under the pipeline's template
+    assert torch.equal(backbone.conditioning.attention_mask, mask.long()) and 0 < int(mask.sum()) < 1000
+    assert not embeds_2.any() and not mask_2.any()  # no quoted text: the glyph stream the family passes (zeros)
+    b, grid = noisy.shape[0], tuple(noisy.shape[-2:])
+    n = grid[0] * grid[1]
+    blocks, singles = pipe.transformer.transformer_blocks, pipe.transformer.single_transformer_blocks
+    on_grid = lambda pick: lambda out: _grid(pick(out), grid)  # noqa: E731
+    watch = {'vit-block1-out': (blocks[1], on_grid(lambda o: o[0]), 'output'),  # (image, text)
+             'vit-block0-self-q': (blocks[0].attn.to_q, on_grid(lambda o: o), 'output'),
+             'vit-block2-self-k': (singles[0].attn.to_k, on_grid(lambda o: o[:, :n]), 'output'),  # [image; text]
+             'vit-block3-out': (singles[1], on_grid(lambda o: o[0]), 'output')}
+    # no guider: one conditional denoiser call; the latents are (B, C, h, w) as they are
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=PROMPT, num_images_per_prompt=b, latents=noisy, sigmas=[T / 1000], num_inference_steps=1,
+        height=32 * grid[0], width=32 * grid[1], output_type='latent'))
+    assert_parity(activations, hooked)

@@ -97,3 +97,35 @@ def test_lumina2_catalog_on_the_meta_device():
     assert not any(a.layout == 'attn-map' for a in catalog)
     by_name = {a.name: a for a in catalog}
     assert (by_name['vit-block5-self-q'].channels, by_name['vit-block5-self-k'].channels) == (2304, 768)
+
+
+def _pipeline(name='test_lumina2_tiny'):
+    return Lumina2Pipeline(transformer=diffusers_model(name, 'transformer'),
+                           scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=diffusers_model(name, 'vae'),
+                           text_encoder=text_encoder(name), tokenizer=byte_tokenizer())
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_lumina2_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
+    names = ['vit-block0-out', 'vit-block2-out', 'vit-block1-q', 'vit-block2-k']
+    # 64 x 48 pixels: 8x VAE, patch 2, a 4 x 3 token grid
+    backbone, activations, noisy = backbone_and_noisy('test_lumina2_tiny', names)
+    length = backbone.spec.prompt_pipeline.max_length
+    pipe = _pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    embeds, mask = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length)[:2]
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # system prompt, Gemma's penultimate layer
+    assert torch.equal(backbone.conditioning.attention_mask, mask.long())
+    b, (h, w), p = noisy.shape[0], noisy.shape[-2:], 2
+    n = (h // p) * (w // p)
+    on_grid = lambda out: out[:, -n:].transpose(1, 2).reshape(b, -1, h // p, w // p)  # noqa: E731  image last
+    denoiser = pipe.transformer
+    watch = {'vit-block0-out': (denoiser.noise_refiner[0], on_grid, 'output'),  # image tokens only
+             'vit-block2-out': (denoiser.layers[1], on_grid, 'output'),  # [unpadded caption; image]
+             'vit-block1-q': (denoiser.layers[0].attn.to_q, on_grid, 'output'),
+             'vit-block2-k': (denoiser.layers[1].attn.to_k, on_grid, 'output')}  # grouped-query: one kv head
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=PROMPT, max_sequence_length=length, num_images_per_prompt=b, latents=noisy, sigmas=[T / 1000],
+        num_inference_steps=1, guidance_scale=1.0, height=8 * h, width=8 * w, output_type='latent'))
+    assert_parity(activations, hooked)

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 import torch
 from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
                        QwenImageTransformer2DModel)
@@ -12,7 +11,6 @@ from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
 from diffbackbones.backbone.denoiser.capture import ActivationCapture
-from diffbackbones.models import families
 from diffbackbones.models.families.flux import pack_latents, unpack_latents
 from diffbackbones.models.families.qwen_image import QwenImageFamily
 
@@ -26,12 +24,6 @@ def config(model: str, component: str) -> dict:
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    # capture asks the registry for the family's token-grid reader (img_shapes); the lead registers it for good
-    monkeypatch.setitem(families.FAMILIES, FAMILY.name, FAMILY)
 
 
 def tiny_pipeline() -> QwenImagePipeline:
@@ -64,7 +56,7 @@ HOOKED = {
 }
 
 
-def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call(registered):
+def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     pipe = tiny_pipeline()
     denoiser = pipe.transformer
     prompts = ['a red cube', 'a small blue sphere on a wooden table']  # unequal lengths: a real padding mask
@@ -136,3 +128,23 @@ def test_the_real_architecture_on_the_meta_device():
     assert len(blocks) == 60 and blocks[-1].name == 'vit-block59-out'
     assert {p.channels for p in blocks} == {3072} and {p.size for p in catalog} == {(64, 64)}
     assert FAMILY.latent_multiple(denoiser) == 2
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_qwen_image_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
+    backbone, activations, noisy = backbone_and_noisy('test_qwen_image_tiny', HOOKED, size=(32, 48))
+    pipe = tiny_pipeline()
+    length = backbone.spec.prompt_pipeline.max_length
+    embeds, mask = pipe.encode_prompt(P, device='cpu', max_sequence_length=length)
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
+    assert (backbone.conditioning.attention_mask is None) == (mask is None)
+    b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
+    # HOOKED's input readers take the argument tuple; hooked_call hands them the first input alone
+    watch = {name: (pipe.transformer.get_submodule(path), lambda x, read=read, where=where: tokens_on_grid(
+        read(x if where == 'output' else (x,)), grid), where) for name, (path, where, read) in HOOKED.items()}
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=pack_latents(noisy),
+        sigmas=[t / 1000], num_inference_steps=1, true_cfg_scale=1.0, height=8 * noisy.shape[-2],
+        width=8 * noisy.shape[-1], output_type='latent'))
+    assert_parity(activations, hooked)

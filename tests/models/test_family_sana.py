@@ -88,3 +88,36 @@ def test_sana_1600m_catalog_on_the_meta_device():
     kinds = {a.kind for a in catalog}
     assert 'self-map' not in kinds and {'cross-map', 'self-k', 'ffn-inner', 'norm-out', 'attn-out'} <= kinds
     assert next(a for a in catalog if a.name == 'vit-block19-ffn-inner').channels == 5600
+
+
+def _pipeline(name='test_sana_tiny'):
+    return SanaPipeline(tokenizer=byte_tokenizer(300), text_encoder=text_encoder(name),
+                        vae=diffusers_model(name, 'vae'), transformer=diffusers_model(name, 'transformer'),
+                        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_sana_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
+    names = ['vit-block1-out', 'vit-block0-q', 'vit-block1-cross-q', 'vit-block0-out']
+    # 64 x 96 pixels: the DC-AE's 32x, patch 1, a 2 x 3 latent grid
+    backbone, activations, noisy = backbone_and_noisy('test_sana_tiny', names, size=(64, 96))
+    length = backbone.spec.prompt_pipeline.max_length
+    pipe = _pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    chi = inspect.signature(SanaPipeline.__call__).parameters['complex_human_instruction'].default
+    embeds = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length,
+                                complex_human_instruction=chi)[0]
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # __call__'s instruction, Gemma, selection
+    b, (h, w) = noisy.shape[0], noisy.shape[-2:]
+    on_grid = lambda out: out.transpose(1, 2).reshape(b, -1, h, w)  # noqa: E731  row-major tokens, patch 1
+    blocks = pipe.transformer.transformer_blocks
+    watch = {'vit-block1-out': (blocks[1], on_grid, 'output'), 'vit-block0-out': (blocks[0], on_grid, 'output'),
+             'vit-block0-q': (blocks[0].attn1.to_q, on_grid, 'output'),
+             'vit-block1-cross-q': (blocks[1].attn2.to_q, on_grid, 'output')}
+    # the pipeline encodes the prompt itself, as its __call__ does (clean_caption off: its default)
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=PROMPT, max_sequence_length=length, num_images_per_prompt=b, latents=noisy, sigmas=[T / 1000],
+        num_inference_steps=1, guidance_scale=1.0, height=32 * h, width=32 * w, use_resolution_binning=False,
+        output_type='latent'))
+    assert_parity(activations, hooked)

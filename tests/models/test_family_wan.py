@@ -11,7 +11,6 @@ from transformers import UMT5Config, UMT5EncoderModel
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
 from diffbackbones.backbone.denoiser.capture import ActivationCapture
-from diffbackbones.models import families
 from diffbackbones.models.families.wan import WanFamily
 
 CONFIGS = Path(__file__).resolve().parents[2] / 'diffbackbones' / 'models' / 'model_configs'
@@ -24,12 +23,6 @@ def config(model: str, component: str) -> dict:
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
-
-
-@pytest.fixture
-def registered(monkeypatch):
-    # capture asks the registry for the family's token-grid reader (5-D input); the lead registers it for good
-    monkeypatch.setitem(families.FAMILIES, FAMILY.name, FAMILY)
 
 
 def tiny_pipeline(sigma: float) -> WanPipeline:
@@ -65,7 +58,7 @@ HOOKED = {
 }
 
 
-def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call(registered):
+def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     b, h, w, t, length = 2, 8, 12, 700, 32  # latent 8 x 12 (64 x 96 pixels): a 4 x 6 token grid, not square
     pipe = tiny_pipeline(t / 1000)
     denoiser = pipe.transformer
@@ -146,3 +139,22 @@ def test_the_real_architectures_on_the_meta_device(model, layers, width, billion
     assert len(blocks) == layers and blocks[-1].name == f'vit-block{layers - 1}-out'
     assert {p.channels for p in blocks} == {width} and {p.size for p in catalog} == {(30, 52)}
     assert FAMILY.latent_multiple(denoiser) == 2
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_wan_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
+    backbone, activations, noisy = backbone_and_noisy('test_wan_tiny', HOOKED, size=(32, 48))
+    pipe = tiny_pipeline(t / 1000)
+    length = backbone.spec.prompt_pipeline.max_length
+    embeds, _ = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length, device='cpu')
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
+    b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
+    on_grid = lambda tokens: tokens_on_grid(tokens, grid)  # noqa: E731
+    watch = {name: (pipe.transformer.get_submodule(path), on_grid, where) for name, (path, where) in HOOKED.items()}
+    # the pipeline's own latent layout: (B, C, F, h, w), one frame
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=P, num_videos_per_prompt=b, max_sequence_length=length, latents=noisy.unsqueeze(2), num_frames=1,
+        num_inference_steps=1, guidance_scale=1.0, height=8 * noisy.shape[-2], width=8 * noisy.shape[-1],
+        output_type='latent'))
+    assert_parity(activations, hooked)

@@ -4,19 +4,16 @@ The pipeline runs one denoiser call (one step, guidance off) with plain forward 
 ``inputs`` then drive the same denoiser, read once by hooks placed from the catalog's own points and once
 under ``ActivationCapture``, and all must agree.
 
-Z-Image's forward takes lists (``x``: per-sample (C, 1, h, w) latents), which ``capture.token_grid`` does not
-read yet: the ``list_grid`` fixture below adds exactly that while capture.py lacks it.
+Z-Image's forward takes lists (``x``: per-sample (C, 1, h, w) latents); capture reads their token grid through
+``ZImageFamily.token_grid``.
 """
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 
-import pytest
 import torch
 
-from diffbackbones.backbone.denoiser import capture
 from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.zimage import ZImageFamily
 from diffbackbones.models.zoo import CONFIG_ROOT
@@ -49,25 +46,6 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.fixture
-def list_grid(monkeypatch):
-    """``capture.token_grid`` extended to Z-Image's input, a list of per-sample (C, F, H, W) latents passed as
-    ``x``: the grid is (H / patch, W / patch) of its first element. Installed only while capture.py lacks it."""
-    try:
-        if capture.token_grid((), {'x': [torch.zeros(16, 1, 8, 8)]}, 2) == (4, 4):
-            return
-    except (AttributeError, RuntimeError, TypeError):
-        pass
-    original = capture.token_grid
-
-    def token_grid(args, kwargs, patch):
-        x = args[0] if args else kwargs.get('x')
-        if isinstance(x, (list, tuple)):
-            return math.ceil(x[0].shape[-2] / patch), math.ceil(x[0].shape[-1] / patch)
-        return original(args, kwargs, patch)
-    monkeypatch.setattr(capture, 'token_grid', token_grid)
-
-
 def _encode_as_diffbackbones(pipe, prompt: str):
     """(1, L, D) padded states and the (1, L) tokenizer mask, as a conditioning stores them: the chat template,
     the mask into the encoder, its second-to-last hidden states (ZImagePipeline._encode_prompt's recipe)."""
@@ -80,7 +58,7 @@ def _encode_as_diffbackbones(pipe, prompt: str):
 
 
 @torch.no_grad()
-def test_zimage_family_matches_the_pipelines_own_denoiser_call(list_grid):
+def test_zimage_family_matches_the_pipelines_own_denoiser_call():
     pipe = _tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
     denoiser, family = pipe.transformer, ZImageFamily()
@@ -168,3 +146,29 @@ def test_the_z_image_turbo_architecture_on_meta():
     outs = [p for p in catalog if p.kind == 'vit-block-out']
     assert len(outs) == 32 and {p.channels for p in outs} == {3840} and outs[-1].size == (64, 64)
     assert {p.channels for p in catalog if p.kind == 'ffn-inner'} == {10240}
+
+
+@torch.no_grad()
+def test_the_backbone_is_the_zimage_pipelines_denoiser_call():
+    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call, rel_l2
+    names = ['vit-block0-self-q', 'vit-block0-out', 'vit-block1-ffn-inner', 'vit-block2-self-k', 'vit-block2-out']
+    backbone, activations, noisy = backbone_and_noisy('test_zimage_tiny', names)
+    pipe = _tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    length = backbone.spec.prompt_pipeline.max_length
+    captions = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+    assert rel_l2(backbone.conditioning.prompt_embeds, captions[0][None]) < 1e-6  # the unpadded prompt tokens
+    b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
+    n, denoiser = grid[0] * grid[1], pipe.transformer
+    image = lambda out: tokens_to_grid(out[:, :n], grid)  # noqa: E731  (the image tokens come first)
+    watch = {'vit-block0-self-q': (denoiser.noise_refiner[0].attention.to_q, image, 'output'),
+             'vit-block0-out': (denoiser.noise_refiner[0], image, 'output'),
+             'vit-block1-ffn-inner': (denoiser.layers[0].feed_forward.w2, image, 'input'),  # the gated product
+             'vit-block2-self-k': (denoiser.layers[1].attention.to_k, image, 'output'),
+             'vit-block2-out': (denoiser.layers[1], image, 'output')}
+    # the pipeline encodes the prompt itself; the latent is already its layout, (B, C, h, w)
+    hooked, _ = hooked_call(watch, lambda: pipe(
+        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=noisy, sigmas=[t / 1000],
+        num_inference_steps=1, guidance_scale=0.0, height=8 * noisy.shape[-2], width=8 * noisy.shape[-1],
+        output_type='latent'))
+    assert_parity(activations, hooked)

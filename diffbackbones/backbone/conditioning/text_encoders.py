@@ -408,7 +408,7 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
         PIPELINE_ENCODER_LOADS.clear()
         for i, (embeds, mask, pooled) in zip(missing, encoded):
             found[i] = PromptEmbedding(embeds, pooled, mask)
-            if paths[i] is not None:
+            if paths[i] is not None and not embeds.is_meta:  # built on the meta device: no values
                 _write_cached(paths[i], found[i])
     elif missing and spec.text_encoders:
         tokenizers = [_tokenizer(spec, te, source) for te in spec.text_encoders]

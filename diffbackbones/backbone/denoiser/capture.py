@@ -226,7 +226,7 @@ class ActivationCapture:
                  reduce: Callable[[str, torch.Tensor], object] | None = None):
         self.denoiser = denoiser
         self.names = list(dict.fromkeys(names))
-        catalog = activation_points(denoiser) if catalog is None else catalog
+        self.catalog = catalog = activation_points(denoiser) if catalog is None else catalog
         self.points: list[ActivationPoint] = resolve_names(catalog, self.names)
         self.stop_early = stop_early
         self.detach = detach

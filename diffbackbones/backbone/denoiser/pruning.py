@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ['PrunedModule', 'SkippedLinear', 'prune_unexecuted']
+__all__ = ['PrunedModule', 'SkippedLinear', 'prune_unexecuted', 'prune_later_blocks']
 
 
 class PrunedModule(nn.Module):
@@ -142,3 +142,29 @@ def prune_unexecuted(model: nn.Module, run: Callable[[], Sequence[torch.Tensor]]
             model.get_submodule(parent_name)._modules[child] = PrunedModule(name)
             pruned.append(name)
     return pruned + dead
+
+
+def _block_of(model: nn.Module, path: str) -> str | None:
+    """The path of the block (a ModuleList element) that holds ``path``, or None outside every list."""
+    parts, module = path.split('.'), model
+    for i, part in enumerate(parts):
+        if isinstance(module, nn.ModuleList):
+            return '.'.join(parts[:i + 1])
+        module = getattr(module, part)
+    return None
+
+
+def prune_later_blocks(model: nn.Module, catalog: Sequence, requested: Sequence) -> list[str]:
+    """Prune by catalog order instead of a probe: the blocks whose activations all come after the last requested one.
+
+    For the meta device, where a denoiser whose forward reads values (Lumina 2's and HunyuanImage's caption lengths:
+    ``nonzero``, ``.item()``) cannot run a probe. Blocks are the members of the denoiser's ModuleLists; the rest (the
+    output norm and projection) is kept, so the count is an upper bound of what the probe would keep.
+    """
+    last = max(point.order for point in requested)
+    needed = {_block_of(model, point.module) for point in catalog if point.order <= last}
+    later = {_block_of(model, point.module) for point in catalog if point.order > last} - needed - {None}
+    for name in sorted(later):
+        parent_name, _, child = name.rpartition('.')
+        model.get_submodule(parent_name)._modules[child] = PrunedModule(name)
+    return sorted(later)

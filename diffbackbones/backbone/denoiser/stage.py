@@ -15,7 +15,7 @@ import torch.nn as nn
 from .capture import ActivationCapture
 from .lora import (AppliedLora, TrainableLora, adapter_free_prefixes, add_trainable_lora, apply_lora, is_lora_weight,
                    normalize_lora)
-from .pruning import SkippedLinear, prune_unexecuted
+from .pruning import SkippedLinear, prune_later_blocks, prune_unexecuted
 from .offload import normalize_offload
 from .quantization import normalize_quantization
 
@@ -171,7 +171,14 @@ class DenoiserStage:
                 denoiser(**probe_inputs())
             captured, capture.activations = list(capture.activations.values()), {}
             return captured
-        return _whole_adapted_layers(denoiser, prune_unexecuted(denoiser, run))
+        try:
+            return _whole_adapted_layers(denoiser, prune_unexecuted(denoiser, run))
+        except (RuntimeError, NotImplementedError):
+            # on the meta device a forward that reads values (caption lengths) cannot run: prune by catalog order
+            if next(denoiser.parameters()).device.type != 'meta':
+                raise
+            capture.remove()
+            return prune_later_blocks(denoiser, capture.catalog, capture.points)
 
     @staticmethod
     def compile_parts(denoiser: nn.Module, capture: ActivationCapture) -> list[str]:

@@ -21,9 +21,13 @@ class HiDreamFamily(DenoiserFamily):
     HiDream's processor (full-width RMS qk-norm, its own RoPE layout, keys zeroed by the padding mask) is not one the
     explicit map path computes.
 
-    Conditioning: ``prompt_embeds`` holds the T5 tokens, then the Llama 3.1 hidden states of layers 1..32 (the
-    pipeline's ``hidden_states[1:]``), end to end along the token axis, all of one length (the pipeline's
-    ``max_sequence_length``, 128); ``pooled_embeds`` is [CLIP-L; CLIP-G] text_embeds (768 + 1280).
+    Conditioning (``read_prompt``): ``prompt_embeds`` holds the T5 tokens, then the Llama 3.1 hidden states of
+    layers 1..K (the pipeline's ``hidden_states[1:]``), end to end along the token axis, each block of one length
+    (the pipeline's ``max_sequence_length``, 128), each zero-padded to the wider of the two widths (4096 both in
+    HiDream-I1). ``inputs`` splits it back into K + 1 equal blocks with K = max(``llama_layers``) + 1, the Llama
+    layers the denoiser reads: so the Llama must have exactly that many layers (HiDream-I1: Llama 3.1 8B, 32 layers,
+    ``llama_layers`` up to 31). ``pooled_embeds`` is [CLIP-L; CLIP-G] text_embeds (768 + 1280). No text mask: the
+    pipeline attends every (padded) text token.
     """
 
     name, class_name = 'hidream', 'HiDreamImageTransformer2DModel'
@@ -54,16 +58,38 @@ class HiDreamFamily(DenoiserFamily):
                     **first)  # double: (image, text); single: [image; text; this block's Llama tokens]
         return pts.points
 
+    def text_channels(self, config) -> int:
+        """The width of ``prompt_embeds``: the wider of T5's and Llama's (``caption_channels``, 4096 both)."""
+        return max(config['caption_channels'])
+
+    def read_prompt(self, output):
+        """``encode_prompt``'s (t5 (1, S, D), -, llama (K, 1, S, D'), -, pooled (1, P), -) for one prompt as
+        (embeds (1, (K + 1) S, max(D, D')): [T5; Llama layer 1; ...; layer K], None, pooled)."""
+        t5, _, llama, _, pooled = output[:5]
+        blocks = [t5, *llama.unbind(0)]
+        width = max(b.shape[-1] for b in blocks)
+        blocks = [torch.nn.functional.pad(b, (0, width - b.shape[-1])) for b in blocks]
+        return torch.cat(blocks, dim=1), None, pooled
+
+    def placeholder_prompt(self, config, length: int, generator: torch.Generator):
+        """Seeded stand-ins of ``read_prompt``'s shapes where no text encoder is built (the meta device, encoders
+        over the random-weight limit): embeds (1, (K + 1) * length, width) and a (1, text_emb_dim) pooled."""
+        n_llama = max(config['llama_layers']) + 1
+        return (torch.randn(1, (n_llama + 1) * length, self.text_channels(config), generator=generator), None,
+                torch.randn(1, config['text_emb_dim'], generator=generator))
+
     def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
         b, dtype = noisy.shape[0], noisy.dtype
         text = text_context(conditioning, b, dtype)
         n_llama = max(denoiser.config.llama_layers) + 1
-        chunks = text.chunk(n_llama + 1, dim=1)  # [T5; Llama layer 1; ...; Llama layer n], one length each
-        if len({c.shape[1] for c in chunks}) != 1 or len(chunks) != n_llama + 1:
+        if text.shape[1] % (n_llama + 1):
             raise ValueError(f'HiDream prompt_embeds must hold 1 + {n_llama} equal-length token blocks '
-                             f'(T5, then the Llama layers), got {text.shape[1]} tokens')
+                             f'(T5, then the Llama layers 1..{n_llama}; see read_prompt), got {text.shape[1]} tokens')
+        chunks = text.chunk(n_llama + 1, dim=1)  # [T5; Llama layer 1; ...; Llama layer n], one length each
+        t5_width, llama_width = denoiser.config.caption_channels
         return dict(hidden_states=noisy, timesteps=timesteps.to(dtype),  # t = sigma * 1000, as the pipeline passes
-                    encoder_hidden_states_t5=chunks[0], encoder_hidden_states_llama3=torch.stack(chunks[1:]),
+                    encoder_hidden_states_t5=chunks[0][..., :t5_width],
+                    encoder_hidden_states_llama3=torch.stack(chunks[1:])[..., :llama_width],
                     pooled_embeds=pooled_text(conditioning, b, dtype))
 
     def prediction(self, output, noisy):
