@@ -22,10 +22,10 @@ import torch.nn as nn
 from diffbackbones.backbone.denoiser.capture import ActivationCapture, mark_capture_holders
 from diffbackbones.models.catalog import activation_points, catalog_index, latent_multiple
 from diffbackbones.models.families import family_of
-from diffbackbones.models.loading import is_gguf, load_components
+from diffbackbones.models.loading import Components, is_gguf, load_components
 from .presets import ActivationsArg, resolve_levels
 from .stages import build_stages
-from diffbackbones.models.zoo import Levels, get_model_spec
+from diffbackbones.models.zoo import Levels, ModelSpec, get_model_spec
 
 __all__ = ['DiffusionBackbone', 'pixels_to_input']
 
@@ -96,7 +96,8 @@ class DiffusionBackbone(nn.Module):
                  conditioning: Any = None, control: Any = None, denoiser: Any = None, fusion: Any = None,
                  **flat: Any):
         super().__init__()
-        self.spec = spec = get_model_spec(model)
+        # a zoo name, or a spec made for a pipeline that no zoo entry names (from_pipeline.py)
+        self.spec = spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
         self.stages = stages = build_stages(dict(image=image, vae=vae, noise=noise, conditioning=conditioning,
                                                  control=control, denoiser=denoiser, fusion=fusion), flat)
         if channels_last not in (None, True, False):
@@ -110,8 +111,11 @@ class DiffusionBackbone(nn.Module):
         stages.noise.bind(spec)
 
         stages.denoiser.check_weights(gguf=is_gguf(pretrained))
-        parts = load_components(spec, pretrained, self.dtype,
-                                vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
+        if isinstance(pretrained, Components):  # parts already loaded (DiffusionBackbone.from_pipeline)
+            parts, pretrained = pretrained, pretrained.source
+        else:
+            parts = load_components(spec, pretrained, self.dtype,
+                                    vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
         self.family = family_of(self.denoiser)
         self.lora = stages.denoiser.load_lora(self.denoiser, self.family, spec.name)
@@ -136,6 +140,13 @@ class DiffusionBackbone(nn.Module):
         stages.denoiser.set_requires_grad(self.denoiser)  # a trainable LoRA adapter trains on a frozen denoiser
         self.train(False)
         self.register_load_state_dict_pre_hook(_fill_frozen_weights)
+
+    @classmethod
+    def from_pipeline(cls, pipeline, activations: ActivationsArg, **options) -> 'DiffusionBackbone':
+        """A backbone of any diffusers pipeline (an object, a local folder or a hub id), no zoo entry needed: the
+        pipeline's own ``encode_prompt`` and denoiser call make the inputs (``from_pipeline.py``)."""
+        from .from_pipeline import backbone_from_pipeline
+        return backbone_from_pipeline(cls, pipeline, activations, **options)
 
     @property
     def frozen_prefixes(self) -> tuple[str, ...]:

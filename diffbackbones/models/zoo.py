@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-__all__ = ['TextEncoderSpec', 'PipelinePrompt', 'ModelSpec', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels',
+__all__ = ['TextEncoderSpec', 'PipelinePrompt', 'ModelSpec', 'FLOW_DEFAULT_T', 'MODELS', 'COMBINATIONS', 'get_model_spec', 'load_config', 'layer_stride', 'Levels',
            'default_weights']
 
 CONFIG_ROOT = Path(__file__).parent / 'model_configs'
@@ -67,6 +67,8 @@ class PipelinePrompt:
     pipeline: str
     max_length: int
     options: tuple[tuple[str, object], ...] = ()
+    components: tuple[tuple[str, str], ...] = ()  # (component, hub id) the checkpoint does not ship (HiDream's Llama)
+    instance: object = field(default=None, compare=False, repr=False)  # a live pipeline to encode with (from_pipeline)
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,7 @@ class ModelSpec:
     packaged: str | None = None   # weights shipped in the package: weights/<packaged>/ (pretrained=True)
     prompt_pipeline: PipelinePrompt | None = None  # the pipeline's encode_prompt makes the conditioning
     notes: str = ''               # what the README's model table says of it (its text encoder, its VAE)
+    folder: str | None = None     # a diffusers pipeline folder holding the configs (specs made by from_pipeline)
 
     @property
     def architecture(self) -> str:
@@ -132,6 +135,8 @@ class ModelSpec:
     @property
     def weights_dir(self) -> Path | None:
         """The diffusers folder shipped in the package, for models that have one."""
+        if self.folder is not None:
+            return Path(self.folder)
         return None if self.packaged is None else WEIGHTS_ROOT / self.packaged
 
     def config_path(self, component: str) -> Path:
@@ -145,7 +150,7 @@ class ModelSpec:
         return self.config_path('unet').is_file() or self.config_path('transformer').is_file()
 
     def __post_init__(self):
-        if self.packaged is None and not self.available:
+        if self.packaged is None and self.folder is None and not self.available:
             raise ValueError(f'model {self.name!r}: no embedded config at {self.config_path("unet")} '
                              f'or {self.config_path("transformer")}')
         for preset, levels in self.presets.items():
@@ -223,7 +228,8 @@ def _hunyuan_text(bert_tokens: int, t5_tokens: int) -> tuple[TextEncoderSpec, ..
 _IF_DDPM = dict(schedule='squaredcos_cap_v2', working_size=64)  # pixel space, no VAE
 _HUNYUAN_DDPM = dict(schedule='scaled_linear', beta_start=0.00085, beta_end=0.03, prediction='v_prediction')
 _PIXART_DDPM = dict(schedule='linear', beta_start=0.0001, beta_end=0.02)   # PixArt, DiT: DDPM linear betas
-_FLOW = dict(schedule='flow', prediction='flow', default_t=184)             # t=184: SD's t=50 noise level
+FLOW_DEFAULT_T = 184  # the flow-matching t whose noise-to-signal ratio is SD's at t=50 (noise/schedule.py)
+_FLOW = dict(schedule='flow', prediction='flow', default_t=FLOW_DEFAULT_T)
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('sd15', 'Stable Diffusion 1.5', 'stable-diffusion-v1-5/stable-diffusion-v1-5', 'sd15', 'sd',
@@ -346,7 +352,7 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               notes="Gemma 2 2B under the pipeline's system prompt; one [text; image] sequence; FLUX.1 VAE", **_FLOW),
     ModelSpec('test_lumina2_tiny', 'tiny Lumina 2-topology model for tests (1 noise-refiner + 2 joint blocks)', None,
               'test_lumina2_tiny', 'lumina2_tiny', (), 64, 'apache-2.0', {'default': middle_block_outputs(3)},
-              prompt_pipeline=PipelinePrompt('Lumina2Pipeline', 64), **_FLOW),
+              prompt_pipeline=PipelinePrompt('Lumina2Pipeline', 256), **_FLOW),  # its system prompt: ~190 tokens
     ModelSpec('cogview4', 'CogView4-6B (28 blocks of joint attention through shared projections)', 'THUDM/CogView4-6B',
               'cogview4', 'cogview4', (), 1024, 'apache-2.0', {'default': middle_block_outputs(28)},
               prompt_pipeline=PipelinePrompt('CogView4Pipeline', 1024),
@@ -365,7 +371,8 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
               fp16_overflows=True, notes='Qwen3-4B, hidden layers 9, 18 and 27 joined; the FLUX.2 VAE', **_FLOW),
     ModelSpec('test_flux2_tiny', 'tiny FLUX.2-topology model for tests (2 double + 2 single blocks)', None,
               'test_flux2_tiny', 'flux2_tiny', (), 64, 'apache-2.0', {'default': middle_block_outputs(4)}, guidance=4.0,
-              prompt_pipeline=PipelinePrompt('Flux2Pipeline', 64), **_FLOW),
+              # the byte tokenizer spells the system message out in ~190 tokens: 256 leaves room for the prompt
+              prompt_pipeline=PipelinePrompt('Flux2Pipeline', 256), **_FLOW),
     ModelSpec('hunyuan_image21', 'HunyuanImage 2.1 (17.4 B: 20 double + 40 single blocks; stride 32)',
               'hunyuanvideo-community/HunyuanImage-2.1-Diffusers', 'hunyuan_image21', 'hunyuan_image', (), 2048,
               'tencent-hunyuan-community', {'default': middle_block_outputs(60)},
@@ -374,6 +381,19 @@ MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in [
     ModelSpec('test_hunyuan_image_tiny', 'tiny HunyuanImage-topology model for tests (2 double + 2 single blocks)', None,
               'test_hunyuan_image_tiny', 'hunyuan_image_tiny', (), 64, 'apache-2.0', {'default': middle_block_outputs(4)},
               prompt_pipeline=PipelinePrompt('HunyuanImagePipeline', 1000), **_FLOW),
+    ModelSpec('hidream_i1_full', 'HiDream-I1 Full (17 B sparse-MoE DiT: 16 double + 32 single blocks)',
+              'HiDream-ai/HiDream-I1-Full', 'hidream_i1_full', 'hidream', (), 1024, 'mit',
+              {'default': middle_block_outputs(48)},
+              # the checkpoint ships CLIP-L, CLIP-G and T5; its Llama comes from Meta's (gated) repository, as
+              # diffusers' examples load it
+              prompt_pipeline=PipelinePrompt('HiDreamImagePipeline', 128, components=(
+                  ('text_encoder_4', 'meta-llama/Meta-Llama-3.1-8B-Instruct'),
+                  ('tokenizer_4', 'meta-llama/Meta-Llama-3.1-8B-Instruct'))),
+              notes='CLIP-L + CLIP-G (pooled), T5-XXL and all 32 layers of Llama 3.1 8B Instruct (tokens); FLUX.1 VAE; '
+                    'mixture-of-experts blocks', **_FLOW),
+    ModelSpec('test_hidream_tiny', 'tiny HiDream-topology model for tests (2 double + 2 single MoE blocks)', None,
+              'test_hidream_tiny', 'hidream_tiny', (), 64, 'apache-2.0', {'default': middle_block_outputs(4)},
+              prompt_pipeline=PipelinePrompt('HiDreamImagePipeline', 32), **_FLOW),
     ModelSpec('test_wan_tiny', 'tiny Wan-topology model for tests (2 blocks)', None, 'test_wan_tiny', 'wan_tiny', (), 64,
               'apache-2.0', {'default': middle_block_outputs(2)}, prompt_pipeline=PipelinePrompt('WanPipeline', 32),
               **_FLOW),

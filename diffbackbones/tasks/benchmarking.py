@@ -16,7 +16,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from diffusers import AutoencoderKL
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -207,8 +206,12 @@ def param_bytes(*modules: nn.Module, dtype: torch.dtype | None = None) -> int:
 def pipeline_parts_on_meta(spec) -> tuple[nn.Module, dict[str, nn.Module]]:
     """The parts a backbone does not hold, on the meta device: the full VAE (decoder included; nothing
     in pixel space) and every text encoder by subfolder."""
+    from diffbackbones.backbone.conditioning.pipeline_prompt import text_encoders_on_meta
+    from diffbackbones.models.loading import vae_class
     with torch.device('meta'):
-        vae = nn.Identity() if spec.pixel_space else AutoencoderKL.from_config(load_config(spec, 'vae'))
+        vae = nn.Identity() if spec.pixel_space else vae_class(spec).from_config(load_config(spec, 'vae'))
+        if spec.prompt_pipeline is not None:  # language-model encoders, as the model's pipeline builds them
+            return vae, text_encoders_on_meta(spec)
         return vae, {te.subfolder: build_text_encoder(spec, te) for te in spec.text_encoders}
 
 

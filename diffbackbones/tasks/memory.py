@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ['FORMATS', 'GPUS_GIB', 'FIT_FRACTION', 'TRAINING_BYTES', 'BackboneMemory', 'backbone_memory',
-           'memory_tables']
+           'memory_tables', 'backbone_flops', 'cost_table']
 
 LINEAR_BYTES = {'bf16': 2.0, 'int8': 1.0, 'float8': 1.0, 'nf4': 0.5 + 4 / 64}   # bytes per linear weight
 ROW_BYTES = {'bf16': 0, 'int8': 5, 'float8': 4, 'nf4': 0}   # bytes per linear row: scales (and zero points)
@@ -106,4 +106,45 @@ def memory_tables(entries: list[BackboneMemory]) -> str:
               '| --- | --- |' + ' --- |' * len(ranks)]
     for e in entries:
         lines.append(f'| {e.model} | {e.preset} | ' + ' | '.join(f'{e.training_gib_per_rank(r):.1f}' for r in ranks) + ' |')
+    return '\n'.join(lines)
+
+
+def backbone_flops(model: str, preset: str, size: int = 1024) -> tuple[float | None, float | None]:
+    """(backbone, whole denoiser) FLOPs of one ``size`` x ``size`` image, counted by torch's ``FlopCounterMode`` on
+    the meta device: the backbone's forward (VAE encoder and the pruned denoiser up to its last activation), and
+    one call of the unpruned denoiser on the same input. None where the forward reads tensor values (Lumina 2's and
+    HunyuanImage's caption lengths), which the meta device does not have."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
+    from diffbackbones.models.loading import build_denoiser
+    from diffbackbones.models.zoo import MODELS
+    with torch.device('meta'):
+        backbone = DiffusionBackbone(model, preset, pretrained=False, prompt_cache=False, dtype='bf16')
+        images = torch.zeros(1, 3, size, size)
+        try:
+            with FlopCounterMode(display=False) as counted:
+                backbone.features(images)  # features: the value checks of forward need values
+            kept = counted.get_total_flops()
+            working, work_hw = backbone.working_input(images)
+            noisy = backbone.encode(working).to(torch.bfloat16)
+            full = build_denoiser(MODELS[model], 'meta').to(torch.bfloat16)
+            timesteps = torch.full((1,), backbone.stages.noise.timesteps[0])
+            with FlopCounterMode(display=False) as counted:
+                full(**backbone.family.inputs(full, noisy, timesteps, backbone.conditioning, work_hw))
+        except (RuntimeError, NotImplementedError):
+            return None, None
+    return float(kept), float(counted.get_total_flops())
+
+
+def cost_table(entries: list[BackboneMemory], size: int = 1024) -> str:
+    """Parameters, bf16 GiB, FLOPs per ``size``-px image, and what fits 80 / 48 / 24 GB GPUs, one row a backbone."""
+    lines = [f'| model | preset | denoiser parameters kept | backbone bf16 GiB | backbone TFLOPs / {size} px | whole '
+             f'denoiser TFLOPs / {size} px | ' + ' | '.join(f'fits {g} GB' for g in reversed(GPUS_GIB)) + ' |',
+             '| --- | --- | --- | --- | --- | --- |' + ' --- |' * len(GPUS_GIB)]
+    for e in entries:
+        kept, full = backbone_flops(e.model, e.preset, size)
+        tflops = lambda f: 'n/a' if f is None else f'{f / 1e12:.1f}'  # noqa: E731
+        fits = [', '.join(f for f in FORMATS if e.gib(f) <= FIT_FRACTION * g) or 'none' for g in reversed(GPUS_GIB)]
+        lines.append(f'| {e.model} | {e.preset} | {e.denoiser_kept / 1e9:.2f} B of {e.denoiser_full / 1e9:.2f} B | '
+                     f'{e.gib("bf16"):.1f} | {tflops(kept)} | {tflops(full)} | ' + ' | '.join(fits) + ' |')
     return '\n'.join(lines)

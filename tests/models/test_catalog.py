@@ -84,7 +84,13 @@ def test_catalog_matches_reference_names_order_and_shapes(topology):
 def test_layer_stride_from_configs_agrees_with_the_catalog(model):
     # layer_stride gives timm's pool_size without building a model; the catalog is the authority
     spec = MODELS[model]
-    vae_factor = 1 if spec.pixel_space else 2 ** (len(load_config(spec, 'vae')['block_out_channels']) - 1)
+    vae_factor = 1
+    if not spec.pixel_space:  # measured: the latent the VAE's encoder gives a 256 px image, on the meta device
+        from diffbackbones.models.latents import latent_encoder
+        from diffbackbones.models.loading import vae_class
+        with torch.device('meta'):
+            encoder = latent_encoder(vae_class(spec).from_config(load_config(spec, 'vae')))
+            vae_factor = 256 // encoder(torch.zeros(1, 3, 256, 256)).shape[-1]
     assert spec.vae_factor == vae_factor
     for p in activation_points(build_denoiser(spec, 'meta'), (64, 64)):
         assert layer_stride(spec, p.name) == vae_factor * p.stride((64, 64)), p.name

@@ -48,9 +48,8 @@ def _tiny_pipeline():
     torch.manual_seed(0)
     vae = AutoencoderKL.from_config(_config('test_hidream_tiny', 'vae')).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    pipe = HiDreamImagePipeline(scheduler=scheduler, vae=vae, transformer=transformer, tokenizer=byte_tokenizer(),
-                                tokenizer_2=byte_tokenizer(), tokenizer_3=byte_tokenizer(), tokenizer_4=byte_tokenizer(),
-                                **encoders)
+    tokenizers = {name: byte_tokenizer() for name in ('tokenizer', 'tokenizer_2', 'tokenizer_3', 'tokenizer_4')}
+    pipe = HiDreamImagePipeline(scheduler=scheduler, vae=vae, transformer=transformer, **encoders, **tokenizers)
     pipe.default_sample_size = 8  # the pipeline's target area: 64 x 64 px (see the module docstring)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -124,14 +123,23 @@ def test_the_prompt_must_split_into_the_llama_layers_the_denoiser_reads():
     conditioning = SimpleNamespace(prompt_embeds=torch.zeros(1, 4 * TOKENS, 32), pooled_embeds=torch.zeros(1, 32))
     with pytest.raises(ValueError, match='1 \\+ 2 equal-length token blocks'):
         FAMILY.inputs(denoiser, torch.zeros(1, 16, 8, 8), torch.full((1,), T), conditioning, (64, 64))
-    assert FAMILY.text_channels(_config('hidream_i1_full', 'transformer')) == 4096
+    # where no text encoder is built (meta device, HiDream-I1's 8 B Llama), stand-ins of read_prompt's shapes
+    full = _config('hidream_i1_full', 'transformer')
+    embeds, mask, pooled = FAMILY.placeholder_prompt(full, 128, torch.Generator().manual_seed(0))
+    assert embeds.shape == (1, 33 * 128, 4096) and mask is None and pooled.shape == (1, 2048)
+    assert FAMILY.text_channels(full) == 4096
+    embeds, _, pooled = FAMILY.placeholder_prompt(denoiser.config, TOKENS, torch.Generator().manual_seed(0))
+    kwargs = FAMILY.inputs(denoiser, torch.zeros(1, 16, 8, 8), torch.full((1,), T),
+                           SimpleNamespace(prompt_embeds=embeds, pooled_embeds=pooled), (64, 64))
+    assert kwargs['encoder_hidden_states_llama3'].shape == (2, 1, TOKENS, 32)
 
 
 def test_the_hidream_i1_full_architecture_on_meta():
     from diffusers import HiDreamImageTransformer2DModel
     with torch.device('meta'):
         denoiser = HiDreamImageTransformer2DModel.from_config(_config('hidream_i1_full', 'transformer'))
-    assert sum(p.numel() for p in denoiser.parameters()) == 17_105_733_184  # "17B": HiDream-I1-Full ships 34_211_466_368 bytes of bf16
+    # "17B": HiDream-I1-Full's transformer is 34_211_466_368 bytes of bf16
+    assert sum(p.numel() for p in denoiser.parameters()) == 17_105_733_184
     assert max(denoiser.config.llama_layers) + 1 == _config('hidream_i1_full', 'text_encoder_4')['num_hidden_layers']
     catalog = FAMILY.walk(denoiser, (128, 128), 128)
     outs = [p for p in catalog if p.kind == 'vit-block-out']
@@ -147,10 +155,11 @@ def test_the_backbone_is_the_hidream_pipelines_denoiser_call():
     names = list(_watch(pipe.transformer, (1, 1)))
     backbone, activations, noisy = backbone_and_noisy('test_hidream_tiny', names)  # 64 x 48 px: a 4 x 3 grid
     length = backbone.spec.prompt_pipeline.max_length
-    embeds, mask, pooled = FAMILY.read_prompt(pipe.encode_prompt(P, do_classifier_free_guidance=False,
-                                                                 max_sequence_length=length))
+    embeds, _, pooled = FAMILY.read_prompt(pipe.encode_prompt(P, do_classifier_free_guidance=False,
+                                                              max_sequence_length=length))
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
     assert rel_l2(backbone.conditioning.pooled_embeds, pooled) < 1e-6
+    assert backbone.conditioning.attention_mask is None  # HiDream attends every (padded) text token
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
     watch = _watch(pipe.transformer, grid)
     # the pipeline encodes the prompt itself (num_images_per_prompt copies it to the batch); a non-square latent

@@ -116,6 +116,8 @@ def test_the_backbone_is_the_lumina2_pipelines_denoiser_call():
     pipe.set_progress_bar_config(disable=True)
     embeds, mask = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length)[:2]
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # system prompt, Gemma's penultimate layer
+    # NB: the entry's 64 tokens hold only the start of the system prompt (~190 byte tokens with the prompt), so
+    # the mask is all ones and the conditioning does not depend on the prompt; 256 (the pipeline's) would keep it
     assert torch.equal(backbone.conditioning.attention_mask, mask.long())
     b, (h, w), p = noisy.shape[0], noisy.shape[-2:], 2
     n = (h // p) * (w // p)

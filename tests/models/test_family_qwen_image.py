@@ -133,12 +133,12 @@ def test_the_real_architecture_on_the_meta_device():
 @torch.no_grad()
 def test_the_backbone_is_the_qwen_image_pipelines_denoiser_call():
     from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
-    backbone, activations, noisy = backbone_and_noisy('test_qwen_image_tiny', HOOKED, size=(32, 48))
+    backbone, activations, noisy = backbone_and_noisy('test_qwen_image_tiny', HOOKED)
     pipe = tiny_pipeline()
     length = backbone.spec.prompt_pipeline.max_length
     embeds, mask = pipe.encode_prompt(P, device='cpu', max_sequence_length=length)
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
-    assert (backbone.conditioning.attention_mask is None) == (mask is None)
+    assert mask is None and backbone.conditioning.attention_mask is None  # one prompt, unpadded: no mask
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
     # HOOKED's input readers take the argument tuple; hooked_call hands them the first input alone
     watch = {name: (pipe.transformer.get_submodule(path), lambda x, read=read, where=where: tokens_on_grid(

@@ -106,9 +106,10 @@ def test_the_backbone_is_the_sana_pipelines_denoiser_call():
     pipe = _pipeline()
     pipe.set_progress_bar_config(disable=True)
     chi = inspect.signature(SanaPipeline.__call__).parameters['complex_human_instruction'].default
-    embeds = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length,
-                                complex_human_instruction=chi)[0]
+    embeds, mask = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length,
+                                      complex_human_instruction=chi)[:2]
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # __call__'s instruction, Gemma, selection
+    assert torch.equal(backbone.conditioning.attention_mask, mask.long()) and 0 < int(mask.sum()) < length
     b, (h, w) = noisy.shape[0], noisy.shape[-2:]
     on_grid = lambda out: out.transpose(1, 2).reshape(b, -1, h, w)  # noqa: E731  row-major tokens, patch 1
     blocks = pipe.transformer.transformer_blocks

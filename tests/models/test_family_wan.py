@@ -144,7 +144,7 @@ def test_the_real_architectures_on_the_meta_device(model, layers, width, billion
 @torch.no_grad()
 def test_the_backbone_is_the_wan_pipelines_denoiser_call():
     from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
-    backbone, activations, noisy = backbone_and_noisy('test_wan_tiny', HOOKED, size=(32, 48))
+    backbone, activations, noisy = backbone_and_noisy('test_wan_tiny', HOOKED)
     pipe = tiny_pipeline(t / 1000)
     length = backbone.spec.prompt_pipeline.max_length
     embeds, _ = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length, device='cpu')

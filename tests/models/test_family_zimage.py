@@ -157,7 +157,8 @@ def test_the_backbone_is_the_zimage_pipelines_denoiser_call():
     pipe.set_progress_bar_config(disable=True)
     length = backbone.spec.prompt_pipeline.max_length
     captions = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length)[0]
-    assert rel_l2(backbone.conditioning.prompt_embeds, captions[0][None]) < 1e-6  # the unpadded prompt tokens
+    assert backbone.conditioning.prompt_embeds.shape == captions[0][None].shape  # the unpadded prompt tokens
+    assert rel_l2(backbone.conditioning.prompt_embeds, captions[0][None]) < 1e-6
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
     n, denoiser = grid[0] * grid[1], pipe.transformer
     image = lambda out: tokens_to_grid(out[:, :n], grid)  # noqa: E731  (the image tokens come first)

@@ -24,7 +24,7 @@ import torch
 
 from diffbackbones.models.zoo import ModelSpec, load_config
 
-__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class', 'PIPELINE_ENCODER_LOADS']
+__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class', 'PIPELINE_ENCODER_LOADS', 'text_encoders_on_meta']
 
 
 def pipeline_class(spec: ModelSpec):
@@ -49,6 +49,22 @@ def _encoder_config(spec: ModelSpec, component: str):
 # the others'; that module adds this list to its own (no import back: the dependency points one way).
 PIPELINE_ENCODER_LOADS: list[tuple[str, str]] = []
 RANDOM_INIT_SEED = 0
+
+
+def text_encoders_on_meta(spec: ModelSpec) -> dict:
+    """The pipeline's text encoders by component name, built from the embedded configs on the meta device (sizes)."""
+    import transformers
+    encoders = {}
+    with torch.device('meta'):
+        for component in text_components(spec):
+            architecture, config = _encoder_config(spec, component)
+            encoders[component] = getattr(transformers, architecture)(config)
+    return encoders
+
+
+def _family(spec: ModelSpec):
+    from diffbackbones.models.families import family_by_class
+    return family_by_class(spec.architecture)
 
 
 def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: int):
@@ -94,7 +110,9 @@ def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_
                if name != 'self' and param.default is inspect.Parameter.empty
                and not name.startswith(('text_encoder', 'tokenizer', 'processor'))}
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=dtype, **skipped)
+        # components the checkpoint does not ship (HiDream's Llama): from their own repositories
+        extra = {name: _load_extra(spec, name, repo, dtype) for name, repo in spec.prompt_pipeline.components}
+        pipe = cls.from_pretrained(source, torch_dtype=dtype, **skipped, **extra)
     except (OSError, ValueError) as e:
         raise load_error(spec, source, e) from e
     PIPELINE_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
@@ -104,6 +122,14 @@ def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_
 # encode_prompt keywords that are about the call, not about how a prompt is encoded
 _CALL_ONLY = {'prompt', 'negative_prompt', 'device', 'dtype', 'num_images_per_prompt', 'num_videos_per_prompt',
               'do_classifier_free_guidance', 'lora_scale', 'batch_size'}
+
+
+def _load_extra(spec: ModelSpec, name: str, repo: str, dtype: torch.dtype):
+    import transformers
+    if name.startswith('tokenizer'):
+        return transformers.AutoTokenizer.from_pretrained(repo)
+    architecture, _ = _encoder_config(spec, name)
+    return getattr(transformers, architecture).from_pretrained(repo, torch_dtype=dtype)
 
 
 def _call(pipe, spec: ModelSpec, prompt: str, device: torch.device):
@@ -127,27 +153,32 @@ def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[
 
     ``encoder_dtype``: None is bfloat16 for pretrained weights and ``dtype`` for random ones.
     """
-    from diffbackbones.models.families import family_by_class
-    family = family_by_class(spec.architecture)
-    if source is None:
+    from diffbackbones.models.families import family_of
+    family = family_of(spec.prompt_pipeline.instance.transformer) if spec.prompt_pipeline.instance is not None else \
+        _family(spec)
+    if spec.prompt_pipeline.instance is not None:  # a live pipeline (from_pipeline): its encoders as they are
+        pipe = spec.prompt_pipeline.instance
+    elif source is None:
         pipe = _random_pipeline(spec, encoder_dtype or dtype, limit)
     else:
         pipe = _pretrained_pipeline(spec, source, encoder_dtype or torch.bfloat16, load_error)
-    if pipe is None:  # shape only: seeded values of the width the denoiser takes, every token attended
-        width = family.text_channels(load_config(spec, spec.denoiser_component))
-        length = spec.prompt_pipeline.max_length
-        outputs = []
-        for prompt in prompts:
-            g = torch.Generator().manual_seed(zlib.crc32(f'{spec.name}|{prompt}'.encode()))
-            outputs.append((torch.randn(1, length, width, generator=g), None, None))
-        return outputs
-    device = torch.device('cuda' if torch.cuda.is_available() and source is not None else 'cpu')
-    pipe.to(device)
+    if pipe is None:  # shape only: seeded values of the shapes the denoiser takes (the family's placeholder)
+        config = load_config(spec, spec.denoiser_component)
+        return [family.placeholder_prompt(config, spec.prompt_pipeline.max_length,
+                                          torch.Generator().manual_seed(zlib.crc32(f'{spec.name}|{prompt}'.encode())))
+                for prompt in prompts]
+    live = spec.prompt_pipeline.instance is not None
+    device = pipe._execution_device if live else torch.device(
+        'cuda' if torch.cuda.is_available() and source is not None else 'cpu')
+    if not live:
+        pipe.to(device)
     outputs = []
     for prompt in prompts:
         embeds, mask, pooled = family.read_prompt(_call(pipe, spec, prompt, device))
         outputs.append(tuple(None if x is None else (x.float() if x.is_floating_point() else x.long()).cpu()
                              for x in (embeds, mask, pooled)))
+    if live:
+        return outputs
     del pipe
     gc.collect()
     if device.type == 'cuda':

@@ -35,7 +35,7 @@ from .unet import UNetFamily
 from .wan import WanFamily
 from .zimage import ZImageFamily
 
-__all__ = ['DenoiserFamily', 'FAMILIES', 'family_of', 'family_by_class', 'pack_latents', 'unpack_latents', 'image_ids']
+__all__ = ['DenoiserFamily', 'FAMILIES', 'ADOPTED', 'family_of', 'family_by_class', 'pack_latents', 'unpack_latents', 'image_ids']
 
 FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(),
                                                             SD3Family(), FluxFamily(), ChromaFamily(),
@@ -52,8 +52,15 @@ def family_by_class(class_name: str) -> DenoiserFamily:
                     f'{sorted(f.class_name for f in FAMILIES.values())}.')
 
 
+# attribute of a denoiser that a family object was given to by hand (the generic path: from_pipeline.py)
+ADOPTED = '_diffbackbones_family'
+
+
 def family_of(denoiser: nn.Module) -> DenoiserFamily:
     """The family of a diffusers denoiser; unsupported classes raise ``TypeError`` listing the supported ones."""
+    adopted = getattr(denoiser, ADOPTED, None)
+    if adopted is not None:
+        return adopted
     for family in FAMILIES.values():
         if family.matches(denoiser):
             return family

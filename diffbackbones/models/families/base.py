@@ -60,6 +60,11 @@ class DenoiserFamily:
                 return int(config[key])
         raise KeyError(f'{self.class_name}: none of {self.TEXT_WIDTH_KEYS} in its config gives the text width')
 
+    def placeholder_prompt(self, config, length: int, generator: torch.Generator):
+        """Seeded stand-ins of ``read_prompt``'s output where no text encoder is built (the meta device, an encoder
+        over the random-weight limit): (1, ``length``, text width) embeddings, every token attended."""
+        return torch.randn(1, length, self.text_channels(config), generator=generator), None, None
+
     def read_prompt(self, output) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """(embeds (1, L, D), mask (1, L) or None, pooled (1, P) or None) from what the pipeline's ``encode_prompt``
         returned for one prompt: the embeddings first, then the first (1, L) tensor after them as their mask

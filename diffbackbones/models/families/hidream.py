@@ -72,8 +72,7 @@ class HiDreamFamily(DenoiserFamily):
         return torch.cat(blocks, dim=1), None, pooled
 
     def placeholder_prompt(self, config, length: int, generator: torch.Generator):
-        """Seeded stand-ins of ``read_prompt``'s shapes where no text encoder is built (the meta device, encoders
-        over the random-weight limit): embeds (1, (K + 1) * length, width) and a (1, text_emb_dim) pooled."""
+        """As ``read_prompt`` packs them: embeds (1, (K + 1) * length, width) and a (1, text_emb_dim) pooled."""
         n_llama = max(config['llama_layers']) + 1
         return (torch.randn(1, (n_llama + 1) * length, self.text_channels(config), generator=generator), None,
                 torch.randn(1, config['text_emb_dim'], generator=generator))

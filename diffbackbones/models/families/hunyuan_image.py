@@ -59,6 +59,14 @@ class HunyuanImageFamily(DenoiserFamily):
             pts.add(f'{prefix}-out', 'vit-block-out', dim, grid, path, 'tokens', pick=0, **on_grid)  # (image, text)
         return pts.points
 
+    def read_prompt(self, output):
+        embeds, mask, glyph_embeds, glyph_mask = output[:4]
+        if glyph_mask is not None and glyph_mask.any():
+            # quoted text goes to ByT5 as a second stream (and the pipeline to its OCR guider): not carried here
+            raise NotImplementedError('HunyuanImage encodes quoted text ("...") as glyphs with ByT5, a second text '
+                                      'stream diffbackbones does not carry yet; remove the quotes from the prompt.')
+        return embeds, None if mask is None else mask.long(), None
+
     def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
         b, dtype, device = noisy.shape[0], noisy.dtype, noisy.device
         text = text_context(conditioning, b, dtype)
