@@ -59,3 +59,21 @@ def assert_parity(activations: dict, hooked: dict) -> None:
     for name, expected in hooked.items():
         assert activations[name].shape == expected.shape, (name, activations[name].shape, expected.shape)
         assert rel_l2(activations[name], expected) < TOLERANCE, (name, rel_l2(activations[name], expected))
+
+
+def tiny_pipeline(model: str):
+    """The diffusers pipeline of a tiny zoo entry, from the same seeded parts its backbone builds: denoiser, VAE
+    (decoder included), text encoders with the byte-level tokenizer; a flow-matching Euler scheduler."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffbackbones.backbone.conditioning.pipeline_prompt import _random_pipeline
+    from diffbackbones.models.loading import RANDOM_INIT_SEED, build_denoiser, vae_class
+    from diffbackbones.models.zoo import MODELS, load_config
+    spec = MODELS[model]
+    pipe = _random_pipeline(spec, torch.float32, limit=10 ** 9)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        vae = vae_class(spec).from_config(load_config(spec, 'vae'))
+    pipe.register_modules(transformer=build_denoiser(spec), vae=vae, scheduler=FlowMatchEulerDiscreteScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -23,23 +23,12 @@ from diffbackbones.backbone.denoiser.capture import ActivationCapture, mark_capt
 from diffbackbones.models.catalog import activation_points, catalog_index, latent_multiple
 from diffbackbones.models.families import family_of
 from diffbackbones.models.loading import Components, is_gguf, load_components
+from diffbackbones.utils.dtypes import as_dtype
 from .presets import ActivationsArg, resolve_levels
 from .stages import build_stages
 from diffbackbones.models.zoo import Levels, ModelSpec, get_model_spec
 
 __all__ = ['DiffusionBackbone', 'pixels_to_input']
-
-_DTYPES = {'fp32': torch.float32, 'float32': torch.float32, 'fp16': torch.float16, 'float16': torch.float16,
-           'bf16': torch.bfloat16, 'bfloat16': torch.bfloat16}
-
-
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f'dtype must be one of {sorted(_DTYPES)} or the matching torch dtype; got {dtype!r}')
-
 
 def pixels_to_input(pixels) -> torch.Tensor:
     """0..255 RGB pixels, (H, W, 3) or (N, H, W, 3) (numpy or tensor), as the backbone's input:
@@ -103,7 +92,7 @@ class DiffusionBackbone(nn.Module):
         if channels_last not in (None, True, False):
             raise ValueError(f'channels_last must be None (channels-last VAE on the CPU), True or False; '
                              f'got {channels_last!r}')
-        self.dtype, self.channels_last = _as_dtype(dtype), channels_last
+        self.dtype, self.channels_last = as_dtype(dtype), channels_last
         if self.dtype == torch.float16 and spec.fp16_overflows:
             warnings.warn(f'{spec.name} has activations beyond the float16 range (its blocks clip them, which '
                           "changes the features): use dtype='bf16' for half precision.", stacklevel=2)

@@ -38,6 +38,7 @@ from diffbackbones.models.families import ADOPTED, DenoiserFamily, family_of, pa
 from diffbackbones.models.latents import latent_encoder
 from diffbackbones.models.loading import Components, WeightsNotFoundError, offline_note
 from diffbackbones.models.zoo import FLOW_DEFAULT_T, ModelSpec, PipelinePrompt
+from diffbackbones.utils.dtypes import as_dtype
 
 __all__ = ['GenericFamily', 'backbone_from_pipeline', 'denoiser_of']
 
@@ -131,18 +132,25 @@ class GenericFamily(DenoiserFamily):
             call['pooled_prompt_embeds'] = pooled.to(pipe.dtype)
         if 'true_cfg_scale' in params:
             call['true_cfg_scale'] = 1.0
+        if 'use_resolution_binning' in params:  # SANA, PixArt: the size asked for, not the nearest trained one
+            call['use_resolution_binning'] = False
         guidance_embedded = bool(denoiser.config.get('guidance_embeds'))
         shape = (batch, self.latent_channels, *latent_hw)
         for guidance in ((None,) if guidance_embedded or 'guidance_scale' not in params else (1.0, 0.0)):
             if guidance is not None:  # one conditional call: no classifier-free guidance (1: most; 0: Z-Image)
                 call['guidance_scale'] = guidance
             handle = denoiser.register_forward_pre_hook(stop, with_kwargs=True)
+            refusal = None
             try:
                 pipe(**call)
             except _Recorded:
                 pass
+            except ValueError as e:  # e.g. guidance 1 still means classifier-free guidance to Z-Image: try 0
+                refusal = e
             finally:
                 handle.remove()
+            if refusal is not None:
+                continue
             if 'kwargs' not in seen:
                 raise RuntimeError(f'{type(pipe).__name__} never called its denoiser')
             found = [(name, _match_layout(value, shape)) for name, value in seen['kwargs'].items()]
@@ -243,13 +251,19 @@ class GenericFamily(DenoiserFamily):
                 points.append(ActivationPoint(name, kind, channels[pick], grid, path, 'tokens', '', len(points),
                                               pick if len(shapes) > 1 else None, where, layout['patch']))
                 return
+        tokens = layout['tokens']
+
+        def role(path):  # a projection of an attention whose keys hold image tokens is self-attention's
+            attention = path.rsplit('.', 1)[0]
+            keys = tokens.get(f'{attention}.to_k', ((), ()))[1]
+            return 'self' if any(c is not None for c in keys) else 'cross'
         for k, block in enumerate(layout['order']):
-            for path, (shapes, counts) in layout['tokens'].items():
-                if path == block or path.startswith(block + '.'):
-                    proj = path.rsplit('.', 1)[-1]
-                    name = f'vit-block{k}-out' if path == block else f'vit-block{k}-self-{proj[-1]}'
-                    kind = 'vit-block-out' if path == block else f'self-{proj[-1]}'
-                    add(name, kind, path, shapes, counts, layout['channels'][path])
+            for path, (shapes, counts) in tokens.items():
+                if path == block:
+                    add(f'vit-block{k}-out', 'vit-block-out', path, shapes, counts, layout['channels'][path])
+                elif path.startswith(block + '.'):
+                    kind = f'{role(path)}-{path[-1]}'  # to_q -> self-q / cross-q
+                    add(f'vit-block{k}-{kind}', kind, path, shapes, counts, layout['channels'][path])
         return points
 
 
@@ -275,11 +289,12 @@ def _probe_run(denoiser: nn.Module, blocks: list[str], kwargs: dict):
             if len(tensors) == 1:
                 outs[path] = tensors[0]
         handles.append(denoiser.get_submodule(path).register_forward_hook(keep))
+    def first_after_blocks(module, args):  # (returns None: a pre-hook's return value would replace the inputs)
+        if order and args and torch.is_tensor(args[0]) and args[0].ndim == 3:
+            tail.setdefault('input', args[0])
     for name, child in denoiser.named_children():
         if not isinstance(child, nn.ModuleList):
-            handles.append(child.register_forward_pre_hook(
-                lambda m, a, name=name: tail.setdefault('input', a[0]) if order and a and torch.is_tensor(a[0])
-                and a[0].ndim == 3 else None))
+            handles.append(child.register_forward_pre_hook(first_after_blocks))
     try:
         with torch.no_grad():
             denoiser(**kwargs)
@@ -314,18 +329,21 @@ def _is_flow(scheduler) -> bool:
         or config.get('prediction_type') == 'flow_prediction'
 
 
-def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', dtype=torch.float32, **options):
-    """``DiffusionBackbone.from_pipeline(pipeline, activations, family='auto' | 'generic', **options)``."""
+def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', dtype=torch.float32,
+                           prompt_length: int | None = None, **options):
+    """``DiffusionBackbone.from_pipeline(pipeline, activations, family='auto' | 'generic', prompt_length=None,
+    **options)``; ``prompt_length``: ``max_sequence_length`` of ``encode_prompt`` (None: the pipeline's default)."""
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
     if family not in ('auto', 'generic'):
         raise ValueError(f"family must be 'auto' (the denoiser's own family where one names its class) or 'generic'; "
                          f'got {family!r}')
     if isinstance(pipeline, (str, os.PathLike)):
         try:
-            pipeline = DiffusionPipeline.from_pretrained(os.fspath(pipeline), torch_dtype=_as_dtype(dtype))
+            pipeline = DiffusionPipeline.from_pretrained(os.fspath(pipeline), torch_dtype=as_dtype(dtype))
         except (OSError, ValueError) as e:
             raise WeightsNotFoundError(f'Could not load a diffusers pipeline from {os.fspath(pipeline)!r}'
                                        f'{offline_note()}: {e}') from e
+    denoiser_of(pipeline)  # a pipeline at all: it holds a denoiser
     if not (hasattr(pipeline, 'encode_prompt') and 'latents' in inspect.signature(type(pipeline).__call__).parameters
             and getattr(pipeline, 'vae', None) is not None):
         raise TypeError(f'{type(pipeline).__name__} is no usable pipeline for the generic path: it needs a VAE, '
@@ -334,11 +352,16 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
                         '(diffbackbones/models/families/) and a zoo entry.')
     denoiser = denoiser_of(pipeline)
     flow = _is_flow(pipeline.scheduler)
+    level = 'sigmas' if flow else 'timesteps'
+    if level not in inspect.signature(type(pipeline).__call__).parameters:
+        raise TypeError(f'{type(pipeline).__name__} takes no `{level}=`, so the generic path cannot set the noise level '
+                        f'of its one denoiser call; write a family for {type(denoiser).__name__} '
+                        '(diffbackbones/models/families/) and a zoo entry.')
     if flow:  # the noise level is the backbone's: sigmas pass through unshifted
         pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config, shift=1.0,
                                                                          use_dynamic_shifting=False)
     call = inspect.signature(type(pipeline).__call__).parameters
-    max_length = call['max_sequence_length'].default if 'max_sequence_length' in call else 512
+    max_length = prompt_length or (call['max_sequence_length'].default if 'max_sequence_length' in call else 512)
     source = getattr(pipeline, 'name_or_path', None) or pipeline.config.get('_name_or_path')
     name = f'pipeline:{type(pipeline).__name__}:{source or id(pipeline)}'
     spec = _spec_for(pipeline, name, tempfile.mkdtemp(prefix='diffbackbones-pipeline-'), flow, max_length)
@@ -358,8 +381,3 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
         options.setdefault('prompt_cache', False)  # nothing names these weights: a cache key could collide
     parts = Components(denoiser, vae, source)
     return cls(spec, activations, pretrained=parts, dtype=dtype, **options)
-
-
-def _as_dtype(dtype):
-    from diffbackbones.backbone.diffusion_backbone import _as_dtype as as_dtype
-    return as_dtype(dtype)

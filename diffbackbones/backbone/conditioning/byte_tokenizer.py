@@ -19,10 +19,22 @@ _CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
            "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
+def _byte_symbols() -> dict[int, str]:
+    """The printable character byte-level BPE writes each byte as (GPT-2's table: printable bytes stand for
+    themselves, the others are shifted past 255)."""
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1),
+                 *range(ord('®'), ord('ÿ') + 1)]
+    symbols, shift = {b: chr(b) for b in printable}, 0
+    for b in range(256):
+        if b not in symbols:
+            symbols[b], shift = chr(256 + shift), shift + 1
+    return symbols
+
+
 @lru_cache(maxsize=None)
 def _tokenizer_object():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab = {symbol: byte for byte, symbol in _byte_symbols().items()}  # id = the byte's value
     vocab.update({token: 256 + i for i, token in enumerate(SPECIAL_TOKENS)})
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -17,10 +17,10 @@ import torch.nn as nn
 
 from .text_encoders import LONG_PROMPT_MODES, PromptEmbedding, encode_prompts
 from diffbackbones.models.zoo import ModelSpec
+from diffbackbones.utils.dtypes import as_dtype
 
 __all__ = ['PromptConditioning', 'ConditioningStage']
 
-_ENCODER_DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 NULL_CLASS = 1000  # DiT's "no class" label (classifier-free guidance's unconditional input)
 
 
@@ -165,9 +165,8 @@ class ConditioningStage:
         prompts = (self.prompt,) if isinstance(self.prompt, str) else tuple(self.prompt or ())
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f'prompt must be a string or a non-empty list of strings; got {self.prompt!r}')
-        if not (self.encoder_dtype is None or self.encoder_dtype in _ENCODER_DTYPES
-                or self.encoder_dtype in _ENCODER_DTYPES.values()):
-            raise ValueError(f'encoder_dtype must be None or one of {sorted(_ENCODER_DTYPES)}; got {self.encoder_dtype!r}')
+        if self.encoder_dtype is not None:
+            self.encoder_dtype = as_dtype(self.encoder_dtype, 'encoder_dtype')
         if self.long_prompt not in LONG_PROMPT_MODES:
             raise ValueError(f'long_prompt must be one of {list(LONG_PROMPT_MODES)} (chunks: the paper\'s '
                              f'encode_long_prompt.py); got {self.long_prompt!r}')
@@ -177,7 +176,7 @@ class ConditioningStage:
         if self.prompt_embeds is not None:
             return PromptConditioning.given(spec, self.prompt, self.prompt_embeds)
         return PromptConditioning.encode(spec, source, self.prompt, dtype, self.cache, self.class_label,
-                                         self.long_prompt, _ENCODER_DTYPES.get(self.encoder_dtype, self.encoder_dtype))
+                                         self.long_prompt, self.encoder_dtype)
 
 
 def _given_embeddings(spec: ModelSpec, embeds, n_prompts: int) -> list[PromptEmbedding]:

@@ -72,8 +72,8 @@ class DenoiserFamily:
         items = list(output) if isinstance(output, (tuple, list)) else [output]
         embeds = items[0][0].unsqueeze(0) if isinstance(items[0], list) else items[0]
         mask = next((x for x in items[1:] if torch.is_tensor(x) and x.ndim == 2 and x.shape == embeds.shape[:2]
-                     and not x.is_floating_point()), None)
-        return embeds, mask, None
+                     and not x.is_meta and ((x == 0) | (x == 1)).all()), None)  # 0/1, of any dtype (Chroma's float)
+        return embeds, None if mask is None else mask.long(), None
 
     def prediction(self, output, noisy: torch.Tensor) -> torch.Tensor:
         """The model's prediction from a whole forward's ``output``, in the layout of ``noisy`` (B, C, h, w)."""
