@@ -14,7 +14,8 @@ PIPELINE_TINY = sorted(n for n, s in MODELS.items() if n.startswith('test_') and
 
 def test_the_byte_tokenizer_spells_any_text_and_holds_a_chat_template():
     tok = byte_tokenizer()
-    assert len(tok) == BYTE_VOCAB_SIZE and tok('é').input_ids == list('é'.encode())
+    assert len(tok) == BYTE_VOCAB_SIZE and tok('é').input_ids == [256, *'é'.encode()]  # BOS, then the bytes
+    assert tok('').input_ids == [256]  # an empty prompt is a token: GLM (CogView4) cannot encode none
     text = tok.apply_chat_template([{'role': 'user', 'content': 'a cat'}], tokenize=False, add_generation_prompt=True)
     assert text == '<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n'
     assert tok.pad_token_id == 259 and tok.eos_token_id == 256

@@ -136,14 +136,21 @@ def test_in_chans_other_than_three_is_refused():
 #   third level would make the entry something other than the preset it is named after;
 # - by size: a transformer's 'default' is four mid-depth block outputs (1/4 to 5/8 of its depth), and these
 #   test models have 2 to 3 blocks; their real-size models (REAL_SIZE) have all four.
-FEWER_THAN_THREE_LEVELS = {'test_sdxl_tiny_practical': 2, 'test_sdxl_tiny_legacy': 2, 'test_sd3_tiny_default': 2,
-                           'test_dit_tiny_default': 2, 'test_hunyuan_tiny_default': 2, 'test_pixart_tiny_default': 2}
-REAL_SIZE = {'test_sd3_tiny_default': 'sd3', 'test_dit_tiny_default': 'dit_xl',
-             'test_hunyuan_tiny_default': 'hunyuan_dit', 'test_pixart_tiny_default': 'pixart_sigma'}
+def _real_size_of(tiny: str) -> str:
+    from diffbackbones.models.zoo import MODELS
+    spec = MODELS[tiny]
+    return next(n for n, s in MODELS.items() if s.hub_id and s.architecture == spec.architecture)
+
+
+_TINY_TRANSFORMERS = sorted(n for n in timm_models._ENTRIES if n.startswith('test_') and n.endswith('_default'))
+FEWER_THAN_THREE_LEVELS = {'test_sdxl_tiny_practical': 2, 'test_sdxl_tiny_legacy': 2,
+                           **{n: 2 for n in _TINY_TRANSFORMERS if n not in ('test_flux_tiny_default',)}}
+REAL_SIZE = {n: _real_size_of(n.removesuffix('_default')) for n in _TINY_TRANSFORMERS}
 
 
 def test_the_real_size_transformers_have_four_default_levels():
     from diffbackbones.models.zoo import MODELS
+    assert len(REAL_SIZE) >= 15  # every transformer family with a tiny model, the new ones included
     assert all(len(MODELS[real].presets['default']) == 4 for real in REAL_SIZE.values())
 
 

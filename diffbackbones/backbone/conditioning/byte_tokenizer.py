@@ -33,18 +33,21 @@ def _byte_symbols() -> dict[int, str]:
 
 @lru_cache(maxsize=None)
 def _tokenizer_object():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     vocab = {symbol: byte for byte, symbol in _byte_symbols().items()}  # id = the byte's value
     vocab.update({token: 256 + i for i, token in enumerate(SPECIAL_TOKENS)})
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    # a BOS first, as most language-model tokenizers (GLM's, Llama's): an empty prompt is then one token, not none
+    tokenizer.post_processor = processors.TemplateProcessing(single='<|endoftext|> $A', pair='<|endoftext|> $A $B',
+                                                             special_tokens=[('<|endoftext|>', 256)])
     return tokenizer.to_str()
 
 
 def byte_tokenizer(model_max_length: int = 512):
-    """A fresh ``PreTrainedTokenizerFast`` over UTF-8 bytes: ids 0-255 are bytes, 256 ``<|endoftext|>`` (BOS and
-    EOS), 257/258 ``<|im_start|>``/``<|im_end|>``, 259 ``<pad>``; a ChatML ``chat_template``."""
+    """A fresh ``PreTrainedTokenizerFast`` over UTF-8 bytes: ids 0-255 are bytes, 256 ``<|endoftext|>`` (BOS, put
+    first, and EOS), 257/258 ``<|im_start|>``/``<|im_end|>``, 259 ``<pad>``; a ChatML ``chat_template``."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tokenizer_object()),
