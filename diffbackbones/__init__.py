@@ -13,6 +13,7 @@ from .version import __version__  # noqa: E402
 from .backbone.diffusion_backbone import DiffusionBackbone
 from .backbone.denoiser.capture import ActivationCapture
 from .backbone.combined import CombinedDiffusionBackbone
+from .backbone.video import video_features
 from .models.catalog import ActivationInfo, list_activations
 from .backbone.presets import Preset
 from .tasks.screening.screen import ScreenReport, screen
@@ -36,7 +37,7 @@ else:
     from .integrations import mmdet as _mmdet_registrations  # noqa: F401  (mmdet comes with mmseg's extra)
 
 __all__ = ['DiffusionBackbone', 'CombinedDiffusionBackbone', 'ActivationCapture', 'ActivationInfo', 'list_activations', 'WeightsNotFoundError', 'FeatureStore',
-           'MODELS', 'get_model_spec', 'Preset',
+           'MODELS', 'get_model_spec', 'Preset', 'video_features',
            'screen', 'ScreenReport', 'extract', 'capture_generation', 'evaluate_probe', 'ProbeResult',
            'evaluate_correspondence', 'CorrespondenceResult', 'evaluate_geometric', 'GeometricResult',
            'evaluate_temporal', 'TemporalResult',

@@ -85,26 +85,19 @@ class DiffusionBackbone(nn.Module):
                  conditioning: Any = None, control: Any = None, denoiser: Any = None, fusion: Any = None,
                  **flat: Any):
         super().__init__()
-        # a zoo name, or a spec made for a pipeline that no zoo entry names (from_pipeline.py)
-        self.spec = spec = model if isinstance(model, ModelSpec) else get_model_spec(model)
+        self.spec = spec = model if isinstance(model, ModelSpec) else get_model_spec(model)  # or from_pipeline's
         self.stages = stages = build_stages(dict(image=image, vae=vae, noise=noise, conditioning=conditioning,
                                                  control=control, denoiser=denoiser, fusion=fusion), flat)
         if channels_last not in (None, True, False):
             raise ValueError(f'channels_last must be None (channels-last VAE on the CPU), True or False; '
                              f'got {channels_last!r}')
         self.dtype, self.channels_last = as_dtype(dtype), channels_last
-        if self.dtype == torch.float16 and spec.fp16_overflows:
-            warnings.warn(f'{spec.name} has activations beyond the float16 range (its blocks clip them, which '
-                          "changes the features): use dtype='bf16' for half precision.", stacklevel=2)
+        _warn_if_fp16_overflows(spec, self.dtype)
         stages.image.bind(spec)
         stages.noise.bind(spec)
 
         stages.denoiser.check_weights(gguf=is_gguf(pretrained))
-        if isinstance(pretrained, Components):  # parts already loaded (DiffusionBackbone.from_pipeline)
-            parts, pretrained = pretrained, pretrained.source
-        else:
-            parts = load_components(spec, pretrained, self.dtype,
-                                    vae_dtype=torch.float32 if self.dtype == torch.float16 else self.dtype)
+        parts, pretrained = _load_parts(spec, pretrained, self.dtype)
         self.denoiser, self.vae = parts.denoiser, parts.vae
         self.family = family_of(self.denoiser)
         self.lora = stages.denoiser.load_lora(self.denoiser, self.family, spec.name)
@@ -132,8 +125,7 @@ class DiffusionBackbone(nn.Module):
 
     @classmethod
     def from_pipeline(cls, pipeline, activations: ActivationsArg, **options) -> 'DiffusionBackbone':
-        """A backbone of any diffusers pipeline (an object, a local folder or a hub id), no zoo entry needed: the
-        pipeline's own ``encode_prompt`` and denoiser call make the inputs (``from_pipeline.py``)."""
+        """Any diffusers pipeline (object, folder or hub id) as a backbone, no zoo entry needed (``from_pipeline.py``)."""
         from .from_pipeline import backbone_from_pipeline
         return backbone_from_pipeline(cls, pipeline, activations, **options)
 
@@ -168,10 +160,7 @@ class DiffusionBackbone(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute denoiser activations in the backward pass (for a trainable denoiser)."""
-        if enable:
-            self.denoiser.enable_gradient_checkpointing()
-        else:
-            self.denoiser.disable_gradient_checkpointing()
+        (self.denoiser.enable_gradient_checkpointing if enable else self.denoiser.disable_gradient_checkpointing)()
 
     def select_levels(self, indices: Sequence[int]) -> None:
         """Keep only the levels at ``indices`` (renumbered 0..k-1, order kept).
@@ -299,6 +288,20 @@ class DiffusionBackbone(nn.Module):
         return (f'model={self.spec.name!r}, t={self.stages.noise.t}, levels={[list(level) for level in self.levels]}, '
                 f'channels={[i["num_chs"] for i in self.feature_info]}, '
                 f'strides={[i["reduction"] for i in self.feature_info]}, dtype={self.dtype}')
+
+
+def _load_parts(spec: ModelSpec, pretrained, dtype: torch.dtype) -> tuple[Components, Any]:
+    """The denoiser, VAE encoder and text-encoder source; ``pretrained`` may already be the parts (from_pipeline)."""
+    if isinstance(pretrained, Components):
+        return pretrained, pretrained.source
+    vae_dtype = torch.float32 if dtype == torch.float16 else dtype  # SDXL's VAE overflows in fp16
+    return load_components(spec, pretrained, dtype, vae_dtype=vae_dtype), pretrained
+
+
+def _warn_if_fp16_overflows(spec: ModelSpec, dtype: torch.dtype) -> None:
+    if dtype == torch.float16 and spec.fp16_overflows:
+        warnings.warn(f'{spec.name} has activations beyond the float16 range (its blocks clip them, which changes the '
+                      "features): use dtype='bf16' for half precision.", stacklevel=3)
 
 
 def _split_class_ids(inputs) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -68,9 +68,16 @@ class VideoVaeEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, sample: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        posterior = self.vae.encode(images.unsqueeze(2)).latent_dist
-        latent = (posterior.sample(generator) if sample else posterior.mode())[:, :, 0]
-        return (latent - self.mean.to(latent.dtype)) / self.std.to(latent.dtype) * self.scaling_factor
+        return self.encode_video(images.unsqueeze(2), sample, generator)[:, :, 0]
+
+    def encode_video(self, clip: torch.Tensor, sample: bool = False,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 3, T, H, W) -> (B, C, 1 + (T - 1) // 4, H / 8, W / 8): causal in time, frame 0 alone, then 4 to 1."""
+        posterior = self.vae.encode(clip).latent_dist
+        latent = posterior.sample(generator) if sample else posterior.mode()
+        shape = (1, -1, 1, 1, 1)
+        return (latent - self.mean.view(shape).to(latent.dtype)) / self.std.view(shape).to(latent.dtype) \
+            * self.scaling_factor
 
 
 class Flux2VaeEncoder(VaeEncoder):

@@ -26,10 +26,16 @@ class WanFamily(DenoiserFamily):
 
     def token_grid(self, args, kwargs, patch):
         x = args[0] if args else kwargs['hidden_states']  # (B, C, F, H, W)
-        if x.ndim != 5 or x.shape[2] != 1:
-            raise RuntimeError(f'{type(self).__name__}: the token grid of one frame needs a (B, C, 1, H, W) input; '
-                               f'got {tuple(x.shape)} (video tokens are frame-major: F x h x w)')
-        return math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+        if x.ndim != 5:
+            raise RuntimeError(f'{type(self).__name__}: expected a (B, C, F, H, W) input; got {tuple(x.shape)}')
+        # tokens are frame-major (F x h x w, row-major): F frames read as one grid of F * h rows, which the video
+        # path (backbone/video.py) cuts back into frames; an image is the one-frame case
+        return x.shape[2] * math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
+
+    def video_inputs(self, denoiser, noisy, timesteps, conditioning):
+        """Keyword arguments of one call on a clip's noisy latents (B, C, F, h, w)."""
+        kwargs = self.inputs(denoiser, noisy[:, :, 0], timesteps, conditioning, None)
+        return dict(kwargs, hidden_states=noisy.to(kwargs['hidden_states'].dtype))
 
     def walk(self, denoiser, latent_hw, n_text_tokens):
         p = self.latent_multiple(denoiser)
