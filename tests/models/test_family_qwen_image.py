@@ -99,8 +99,7 @@ def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     assert rel_l2(ours, unpack_latents(seen['prediction'], noisy.shape)) < 1e-5
 
 
-def test_the_catalog_walks_every_block_and_a_forward_is_fast():
-    import time
+def test_the_catalog_walks_every_block_and_the_forward_runs():
     torch.manual_seed(0)
     denoiser = QwenImageTransformer2DModel.from_config(config('test_qwen_image_tiny', 'transformer')).eval()
     catalog = FAMILY.walk(denoiser, (8, 8), 16)
@@ -111,11 +110,8 @@ def test_the_catalog_walks_every_block_and_a_forward_is_fast():
                                    guidance=None)
     noisy = torch.randn(1, 4, 8, 8)  # a 64 x 64 image
     kwargs = FAMILY.inputs(denoiser, noisy, torch.tensor([500]), conditioning, (64, 64))
-    with torch.no_grad():
-        denoiser(**kwargs)
-        start = time.perf_counter()
+    with torch.no_grad():  # (speed is a benchmark's claim, never a test's: tools/benchmark.py)
         out = denoiser(**kwargs)
-        assert time.perf_counter() - start < 0.5
     assert FAMILY.prediction(out, noisy).shape == noisy.shape
 
 

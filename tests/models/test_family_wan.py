@@ -106,8 +106,7 @@ def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     assert rel_l2(FAMILY.prediction(output, noisy), seen['prediction'][:, :, 0]) < 1e-5
 
 
-def test_the_catalog_walks_every_block_and_a_forward_is_fast():
-    import time
+def test_the_catalog_walks_every_block_and_the_forward_runs():
     torch.manual_seed(0)
     denoiser = WanTransformer3DModel.from_config(config('test_wan_tiny', 'transformer')).eval()
     catalog = FAMILY.walk(denoiser, (8, 8), 16)
@@ -118,14 +117,11 @@ def test_the_catalog_walks_every_block_and_a_forward_is_fast():
                                    guidance=None)
     noisy = torch.randn(1, 4, 8, 8)  # a 64 x 64 image
     kwargs = FAMILY.inputs(denoiser, noisy, torch.tensor([500]), conditioning, (64, 64))
-    with torch.no_grad():
-        denoiser(**kwargs)
-        start = time.perf_counter()
+    with torch.no_grad():  # (speed is a benchmark's claim, never a test's: tools/benchmark.py)
         out = denoiser(**kwargs)
-        assert time.perf_counter() - start < 0.5
     assert FAMILY.prediction(out, noisy).shape == noisy.shape
-    with pytest.raises(RuntimeError, match='frame-major'):  # a video's tokens are F x h x w: no 2-D grid
-        FAMILY.token_grid((), {'hidden_states': torch.zeros(1, 4, 3, 8, 8)}, 2)
+    # a clip's tokens are frame-major, F x h x w: one grid of F * h rows (backbone/video.py cuts it into frames)
+    assert FAMILY.token_grid((), {'hidden_states': torch.zeros(1, 4, 3, 8, 6)}, 2) == (12, 3)
 
 
 @pytest.mark.parametrize('model, layers, width, billions', [('wan21_t2v_1_3b', 30, 1536, 1.419),
