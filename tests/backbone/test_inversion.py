@@ -102,8 +102,12 @@ def test_pruning_is_skipped(tiny):
                                    unpruned.predict(z, torch.tensor([50]), (64, 64)))
 
 
-@pytest.mark.parametrize('model', ['test_hunyuan_tiny', 'test_sd3_tiny', 'test_flux_tiny'])
+@pytest.mark.parametrize('model', ['test_hunyuan_tiny', 'test_sd3_tiny', 'test_flux_tiny', 'test_chroma_tiny',
+                                   'test_flux2_tiny', 'test_qwen_image_tiny', 'test_zimage_tiny', 'test_sana_tiny',
+                                   'test_lumina2_tiny', 'test_cogview4_tiny', 'test_wan_tiny', 'test_hidream_tiny',
+                                   'test_hunyuan_image_tiny'])
 def test_v_prediction_and_flow_models_follow_their_formulas(model):
+    # (each family's prediction is the velocity its own pipeline steps with: tests/models/test_family_*.py)
     """v-prediction is turned into eps (eps = a v + b x); flow models take Euler steps of their velocity."""
     bb = DiffusionBackbone(model, 'default', pretrained=False, noise=dict(type='ddim-inversion', inversion_steps=20))
     spec, stage = bb.spec, bb.stages.noise

@@ -160,10 +160,18 @@ def test_a_kohya_file_gives_the_same_weights(loras):
     _assert_same_weights(fused, _merged_by_hand(build_denoiser(MODELS['test_sd_tiny']), (made['a'], 1.0)))
 
 
-@pytest.mark.parametrize('model', ['test_sd3_tiny', 'test_flux_tiny'])
+_PIPELINES = {'test_sd3_tiny': 'StableDiffusion3Pipeline', 'test_flux_tiny': 'FluxPipeline',
+              'test_chroma_tiny': 'ChromaPipeline', 'test_flux2_tiny': 'Flux2Pipeline',
+              'test_qwen_image_tiny': 'QwenImagePipeline', 'test_zimage_tiny': 'ZImagePipeline',
+              'test_sana_tiny': 'SanaPipeline', 'test_lumina2_tiny': 'Lumina2Pipeline',
+              'test_cogview4_tiny': 'CogView4Pipeline', 'test_wan_tiny': 'WanPipeline',
+              'test_hidream_tiny': 'HiDreamImagePipeline'}
+
+
+@pytest.mark.parametrize('model', sorted(_PIPELINES))
 def test_transformer_families_use_their_own_diffusers_loader(model, tmp_path):
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
-    pipeline = {'test_sd3_tiny': StableDiffusion3Pipeline, 'test_flux_tiny': FluxPipeline}[model]
+    import diffusers
+    pipeline = getattr(diffusers, _PIPELINES[model])
     transformer = build_denoiser(MODELS[model])
     config = LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=['to_q', 'to_k', 'to_v'])
     transformer.add_adapter(config)

@@ -66,6 +66,12 @@ LORA_LOADERS: dict[str, LoraLoader] = {
     'sd3': LoraLoader('SD3LoraLoaderMixin', 'load_lora_into_transformer', 'transformer'),
     'flux': LoraLoader('FluxLoraLoaderMixin', 'load_lora_into_transformer', 'transformer',
                        read_options={'return_alphas': True}),
+    'chroma': LoraLoader('FluxLoraLoaderMixin', 'load_lora_into_transformer', 'transformer',
+                         read_options={'return_alphas': True}),  # ChromaPipeline loads with Flux's
+    **{family: LoraLoader(f'{mixin}LoraLoaderMixin', 'load_lora_into_transformer', 'transformer')
+       for family, mixin in (('flux2', 'Flux2'), ('qwen_image', 'QwenImage'), ('zimage', 'ZImage'), ('sana', 'Sana'),
+                             ('lumina2', 'Lumina2'), ('cogview4', 'CogView4'), ('wan', 'Wan'),
+                             ('hidream', 'HiDreamImage'))},
 }
 
 
