@@ -109,42 +109,45 @@ def memory_tables(entries: list[BackboneMemory]) -> str:
     return '\n'.join(lines)
 
 
-def backbone_flops(model: str, preset: str, size: int = 1024) -> tuple[float | None, float | None]:
-    """(backbone, whole denoiser) FLOPs of one ``size`` x ``size`` image, counted by torch's ``FlopCounterMode`` on
-    the meta device: the backbone's forward (VAE encoder and the pruned denoiser up to its last activation), and
-    one call of the unpruned denoiser on the same input. None where the forward reads tensor values (Lumina 2's and
-    HunyuanImage's caption lengths), which the meta device does not have."""
+def backbone_flops(model: str, preset: str, size: int = 1024) -> tuple[float, float, float] | None:
+    """(VAE encoder, pruned denoiser, whole denoiser) FLOPs of one ``size`` x ``size`` image, counted by torch's
+    ``FlopCounterMode`` on the meta device: the backbone's forward split at the latent, and one call of the unpruned
+    denoiser on the same input. None where the forward reads tensor values (Lumina 2's and HunyuanImage's caption
+    lengths, HiDream's expert routing), which the meta device does not hold."""
     from torch.utils.flop_counter import FlopCounterMode
     from diffbackbones.backbone.diffusion_backbone import DiffusionBackbone
     from diffbackbones.models.loading import build_denoiser
     from diffbackbones.models.zoo import MODELS
     with torch.device('meta'):
         backbone = DiffusionBackbone(model, preset, pretrained=False, prompt_cache=False, dtype='bf16')
-        images = torch.zeros(1, 3, size, size)
+        working, work_hw = backbone.working_input(torch.zeros(1, 3, size, size))
         try:
-            with FlopCounterMode(display=False) as counted:
-                backbone.features(images)  # features: the value checks of forward need values
-            kept = counted.get_total_flops()
-            working, work_hw = backbone.working_input(images)
-            noisy = backbone.encode(working).to(torch.bfloat16)
+            with FlopCounterMode(display=False) as vae:
+                latents = backbone.encode(working)
+            with FlopCounterMode(display=False) as kept:
+                backbone.extract(latents, work_hw, working)
             full = build_denoiser(MODELS[model], 'meta').to(torch.bfloat16)
             timesteps = torch.full((1,), backbone.stages.noise.timesteps[0])
-            with FlopCounterMode(display=False) as counted:
-                full(**backbone.family.inputs(full, noisy, timesteps, backbone.conditioning, work_hw))
+            with FlopCounterMode(display=False) as whole:
+                full(**backbone.family.inputs(full, latents.to(torch.bfloat16), timesteps, backbone.conditioning,
+                                              work_hw))
         except (RuntimeError, NotImplementedError):
-            return None, None
-    return float(kept), float(counted.get_total_flops())
+            return None
+    return float(vae.get_total_flops()), float(kept.get_total_flops()), float(whole.get_total_flops())
 
 
 def cost_table(entries: list[BackboneMemory], size: int = 1024) -> str:
-    """Parameters, bf16 GiB, FLOPs per ``size``-px image, and what fits 80 / 48 / 24 GB GPUs, one row a backbone."""
-    lines = [f'| model | preset | denoiser parameters kept | backbone bf16 GiB | backbone TFLOPs / {size} px | whole '
-             f'denoiser TFLOPs / {size} px | ' + ' | '.join(f'fits {g} GB' for g in reversed(GPUS_GIB)) + ' |',
-             '| --- | --- | --- | --- | --- | --- |' + ' --- |' * len(GPUS_GIB)]
+    """One row a backbone: parameters kept, bf16 GiB, TFLOPs per ``size``-px image, what fits 80 / 48 / 24 GB GPUs
+    (steady state), and what a new prompt's first call adds (its largest text encoder, bf16)."""
+    lines = [f'| model | preset | denoiser parameters kept | backbone bf16 GiB | TFLOPs / {size} px: VAE encoder + '
+             'pruned denoiser (whole denoiser) | ' + ' | '.join(f'fits {g} GB' for g in reversed(GPUS_GIB)) +
+             ' | first call of a prompt |',
+             '| --- | --- | --- | --- | --- |' + ' --- |' * (len(GPUS_GIB) + 1)]
     for e in entries:
-        kept, full = backbone_flops(e.model, e.preset, size)
-        tflops = lambda f: 'n/a' if f is None else f'{f / 1e12:.1f}'  # noqa: E731
+        flops = backbone_flops(e.model, e.preset, size)
+        cost = 'n/a' if flops is None else f'{flops[0] / 1e12:.1f} + {flops[1] / 1e12:.1f} ({flops[2] / 1e12:.1f})'
         fits = [', '.join(f for f in FORMATS if e.gib(f) <= FIT_FRACTION * g) or 'none' for g in reversed(GPUS_GIB)]
         lines.append(f'| {e.model} | {e.preset} | {e.denoiser_kept / 1e9:.2f} B of {e.denoiser_full / 1e9:.2f} B | '
-                     f'{e.gib("bf16"):.1f} | {tflops(kept)} | {tflops(full)} | ' + ' | '.join(fits) + ' |')
+                     f'{e.gib("bf16"):.1f} | {cost} | ' + ' | '.join(fits) +
+                     f' | +{2 * e.largest_text_encoder / GIB:.1f} GiB |')
     return '\n'.join(lines)

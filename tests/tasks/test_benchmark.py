@@ -120,3 +120,26 @@ def test_format_benchmark_times_both_parts_in_both_formats():
     assert [r[0] for r in rows] == ['VAE encoder', 'denoiser to the last activation'], done.stdout
     for _, default_ms, cl_ms, ratio in rows:
         assert float(ratio) == pytest.approx(float(default_ms) / float(cl_ms), rel=0.02, abs=0.01)
+
+
+def test_flops_counted_on_meta_are_those_of_a_real_forward():
+    # the cost table's FLOPs come from meta-device forwards; on a tiny model they are a CPU forward's own count with
+    # attention in its math form (the CPU's fused kernel has no FLOP formula: it would count as none)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from diffbackbones import DiffusionBackbone
+    from diffbackbones.tasks.memory import backbone_flops
+    vae, kept, whole = backbone_flops('test_qwen_image_tiny', 'default', size=64)
+    # on meta no text encoder runs: the prompt is the entry's full length (512 tokens), as here
+    backbone = DiffusionBackbone('test_qwen_image_tiny', 'default', pretrained=False, dtype='bf16',
+                                 conditioning=dict(prompt_embeds=torch.zeros(1, 512, 32)))
+    working, work_hw = backbone.working_input(torch.zeros(1, 3, 64, 64))
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counted:
+        latents = backbone.encode(working)
+    assert counted.get_total_flops() == vae > 0
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counted:
+        backbone.extract(latents, work_hw, working)
+    assert counted.get_total_flops() == kept
+    assert 0 < kept < whole  # 'default' stops after block 1 of 2
+    assert backbone_flops('test_lumina2_tiny', 'default', size=64) is None  # its forward reads caption lengths
