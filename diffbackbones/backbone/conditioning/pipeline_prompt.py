@@ -148,10 +148,12 @@ def _call(pipe, spec: ModelSpec, prompt: str, device: torch.device):
 
 
 def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[str], dtype: torch.dtype,
-                         encoder_dtype: torch.dtype | None, limit: int, load_error: Callable) -> list[tuple]:
+                         encoder_dtype: torch.dtype | None, limit: int, load_error: Callable,
+                         encoder_device: str | None = None) -> list[tuple]:
     """(embeds (1, L, D), mask (1, L) or None, pooled or None) per prompt, float32 on the CPU.
 
-    ``encoder_dtype``: None is bfloat16 for pretrained weights and ``dtype`` for random ones.
+    ``encoder_dtype``: None is bfloat16 for pretrained weights and ``dtype`` for random ones. ``encoder_device``:
+    None is the GPU when there is one (pretrained weights), else the CPU.
     """
     from diffbackbones.models.families import family_of
     family = family_of(spec.prompt_pipeline.instance.transformer) if spec.prompt_pipeline.instance is not None else \
@@ -168,8 +170,8 @@ def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[
                                           torch.Generator().manual_seed(zlib.crc32(f'{spec.name}|{prompt}'.encode())))
                 for prompt in prompts]
     live = spec.prompt_pipeline.instance is not None
-    device = pipe._execution_device if live else torch.device(
-        'cuda' if torch.cuda.is_available() and source is not None else 'cpu')
+    device = pipe._execution_device if live else torch.device(encoder_device or (
+        'cuda' if torch.cuda.is_available() and source is not None else 'cpu'))
     if not live:
         pipe.to(device)
     outputs = []

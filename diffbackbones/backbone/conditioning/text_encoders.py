@@ -356,7 +356,8 @@ def _warn_cut(spec: ModelSpec, prompt: str, mode: str, cut: Sequence[tuple[str, 
 
 def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], dtype: torch.dtype,
                    load: Callable | None = None, cache: bool | str | Path = True,
-                   long_prompt: str = 'truncate', encoder_dtype: torch.dtype | None = None) -> list[PromptEmbedding]:
+                   long_prompt: str = 'truncate', encoder_dtype: torch.dtype | None = None,
+                   encoder_device: str | None = None) -> list[PromptEmbedding]:
     """Embeddings of ``prompts``: from the cache, else from the text encoders, one loaded at a time.
 
     Args:
@@ -371,6 +372,7 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
             tokens). Every prompt is encoded to the longest one's token count.
         encoder_dtype: The text encoders' dtype where the model's pipeline encodes (``PipelinePrompt``); None:
             bfloat16 for pretrained weights, ``dtype`` for random ones.
+        encoder_device: Where the model's pipeline encodes; None: the GPU when there is one.
     """
     if long_prompt not in LONG_PROMPT_MODES:
         raise ValueError(f'long_prompt must be one of {LONG_PROMPT_MODES}; got {long_prompt!r}')
@@ -402,10 +404,12 @@ def encode_prompts(spec: ModelSpec, source: str | None, prompts: Sequence[str], 
                 f'{source!r}{offline_note()}: {e}\nFix: download the model once into the Hugging Face cache, pass '
                 'pretrained="/path/to/local/diffusers/folder", or give the embeddings yourself: '
                 'conditioning=dict(prompt_embeds=...) (encoded elsewhere with the same pipeline).')
-        encoded = encode_with_pipeline(spec, source, [prompts[i] for i in missing], dtype, encoder_dtype,
-                                       RANDOM_ENCODER_LIMIT, load_error)
-        TEXT_ENCODER_LOADS.extend(PIPELINE_ENCODER_LOADS)
-        PIPELINE_ENCODER_LOADS.clear()
+        try:
+            encoded = encode_with_pipeline(spec, source, [prompts[i] for i in missing], dtype, encoder_dtype,
+                                           RANDOM_ENCODER_LIMIT, load_error, encoder_device)
+        finally:  # what was loaded counts, whether or not encoding then failed
+            TEXT_ENCODER_LOADS.extend(PIPELINE_ENCODER_LOADS)
+            PIPELINE_ENCODER_LOADS.clear()
         for i, (embeds, mask, pooled) in zip(missing, encoded):
             found[i] = PromptEmbedding(embeds, pooled, mask)
             if paths[i] is not None and not embeds.is_meta:  # built on the meta device: no values

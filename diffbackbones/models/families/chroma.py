@@ -15,7 +15,7 @@ def chroma_attention_mask(text_mask: torch.Tensor, batch: int, n_image: int) -> 
     ``ChromaPipeline.encode_prompt`` returns it: the prompt's tokens and the first padding token (Chroma's rule).
 
     Boolean on purpose: diffusers <= 0.42 casts the mask to float 0/1 before SDPA, which *adds* it to the scores,
-    so its pipeline masks nothing (diffusers issues #12116, #13619); the boolean mask is what Chroma was trained
+    so its pipeline masks nothing (checked on the installed version); the boolean mask is what Chroma was trained
     with. Casting it to float here would reproduce the pipeline's numbers, 3 % apart on the tiny model.
     """
     keep = text_mask.to(torch.bool)
