@@ -40,6 +40,8 @@ from diffbackbones.models.loading import Components, WeightsNotFoundError, offli
 from diffbackbones.models.zoo import FLOW_DEFAULT_T, ModelSpec, PipelinePrompt
 from diffbackbones.utils.dtypes import as_dtype
 
+from .stages import set_default_option
+
 __all__ = ['GenericFamily', 'backbone_from_pipeline', 'denoiser_of']
 
 PROBE_SIZES = ((16, 16), (32, 32))  # latent pixels: multiples of every patch size up to 16; four times the tokens
@@ -107,7 +109,7 @@ class GenericFamily(DenoiserFamily):
         key = (batch, tuple(latent_hw), t, key)
         if key in self.calls:
             return self.calls[key]
-        pipe, denoiser = self.pipeline, denoiser_of(self.pipeline)
+        pipe, denoiser = self.pipeline, denoiser_of(self.pipeline)  # (a copy of the user's, with its own scheduler)
         params = inspect.signature(type(pipe).__call__).parameters
         seen = {}
 
@@ -136,21 +138,20 @@ class GenericFamily(DenoiserFamily):
             call['use_resolution_binning'] = False
         guidance_embedded = bool(denoiser.config.get('guidance_embeds'))
         shape = (batch, self.latent_channels, *latent_hw)
+        refusal = None
         for guidance in ((None,) if guidance_embedded or 'guidance_scale' not in params else (1.0, 0.0)):
             if guidance is not None:  # one conditional call: no classifier-free guidance (1: most; 0: Z-Image)
                 call['guidance_scale'] = guidance
             handle = denoiser.register_forward_pre_hook(stop, with_kwargs=True)
-            refusal = None
             try:
                 pipe(**call)
             except _Recorded:
                 pass
             except ValueError as e:  # e.g. guidance 1 still means classifier-free guidance to Z-Image: try 0
                 refusal = e
+                continue
             finally:
                 handle.remove()
-            if refusal is not None:
-                continue
             if 'kwargs' not in seen:
                 raise RuntimeError(f'{type(pipe).__name__} never called its denoiser')
             found = [(name, _match_layout(value, shape)) for name, value in seen['kwargs'].items()]
@@ -158,6 +159,8 @@ class GenericFamily(DenoiserFamily):
             if found:
                 self.calls[key] = _Call(seen['kwargs'], *found[0])
                 return self.calls[key]
+        if 'kwargs' not in seen and refusal is not None:
+            raise refusal  # the pipeline's own word on the call
         raise TypeError(f'{type(pipe).__name__} gave its denoiser no argument holding a ({", ".join(map(str, shape))}) '
                         'latent as is, as one frame, packed 2x2 into tokens or as a list of frames: its layout has no '
                         'generic reading; write a family for ' + self.class_name + ' (diffbackbones/models/families/).')
@@ -165,7 +168,8 @@ class GenericFamily(DenoiserFamily):
     def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):
         if timesteps.unique().numel() != 1:
             raise ValueError('the generic path records one pipeline call per timestep: use a single t')
-        key = (id(conditioning), getattr(conditioning, 'active', 0))
+        # recorded per conditioning, prompt, device and dtype: a moved or cast backbone records its calls anew
+        key = (id(conditioning), getattr(conditioning, 'active', 0), noisy.device, noisy.dtype)
         call = self.record(noisy.shape[0], tuple(noisy.shape[-2:]), int(timesteps[0]), conditioning.prompt_embeds,
                            conditioning.attention_mask, conditioning.pooled_embeds, key)
         self.grid = tuple(s // self.patch for s in noisy.shape[-2:])
@@ -329,17 +333,23 @@ def _is_flow(scheduler) -> bool:
         or config.get('prediction_type') == 'flow_prediction'
 
 
-def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', dtype=torch.float32,
+def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', dtype=None,
                            prompt_length: int | None = None, **options):
     """``DiffusionBackbone.from_pipeline(pipeline, activations, family='auto' | 'generic', prompt_length=None,
-    **options)``; ``prompt_length``: ``max_sequence_length`` of ``encode_prompt`` (None: the pipeline's default)."""
+    **options)``; ``prompt_length``: ``max_sequence_length`` of ``encode_prompt`` (None: the pipeline's default);
+    ``dtype``: None is the denoiser's own.
+
+    The caller's pipeline stays usable: its scheduler is not replaced (calls are recorded on a copy of the pipeline),
+    its VAE keeps its decoder, and its denoiser is not pruned unless ``prune=True`` is passed (the pipeline then
+    cannot generate any more: the blocks after the last activation are gone)."""
     from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
     if family not in ('auto', 'generic'):
         raise ValueError(f"family must be 'auto' (the denoiser's own family where one names its class) or 'generic'; "
                          f'got {family!r}')
     if isinstance(pipeline, (str, os.PathLike)):
         try:
-            pipeline = DiffusionPipeline.from_pretrained(os.fspath(pipeline), torch_dtype=as_dtype(dtype))
+            pipeline = DiffusionPipeline.from_pretrained(os.fspath(pipeline),
+                                                         torch_dtype=as_dtype(dtype or torch.float32))
         except (OSError, ValueError) as e:
             raise WeightsNotFoundError(f'Could not load a diffusers pipeline from {os.fspath(pipeline)!r}'
                                        f'{offline_note()}: {e}') from e
@@ -351,15 +361,22 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
                         'pipeline). Give such a pipeline, or write a family for its denoiser '
                         '(diffbackbones/models/families/) and a zoo entry.')
     denoiser = denoiser_of(pipeline)
+    dtype = as_dtype(dtype) if dtype is not None else denoiser.dtype
+    if denoiser.dtype != dtype:
+        raise ValueError(f'the pipeline\'s denoiser is {denoiser.dtype}, the backbone was asked for {dtype}: build the '
+                         'pipeline in that dtype (torch_dtype=...), or leave dtype=None to use its own.')
     flow = _is_flow(pipeline.scheduler)
     level = 'sigmas' if flow else 'timesteps'
     if level not in inspect.signature(type(pipeline).__call__).parameters:
         raise TypeError(f'{type(pipeline).__name__} takes no `{level}=`, so the generic path cannot set the noise level '
                         f'of its one denoiser call; write a family for {type(denoiser).__name__} '
                         '(diffbackbones/models/families/) and a zoo entry.')
-    if flow:  # the noise level is the backbone's: sigmas pass through unshifted
-        pipeline.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipeline.scheduler.config, shift=1.0,
-                                                                         use_dynamic_shifting=False)
+    recorder = pipeline
+    if flow:  # the noise level is the backbone's: sigmas pass through unshifted, on a copy of the pipeline
+        recorder = type(pipeline)(**pipeline.components)
+        recorder.register_modules(scheduler=FlowMatchEulerDiscreteScheduler.from_config(
+            pipeline.scheduler.config, shift=1.0, use_dynamic_shifting=False))
+        recorder.set_progress_bar_config(disable=True)
     call = inspect.signature(type(pipeline).__call__).parameters
     max_length = prompt_length or (call['max_sequence_length'].default if 'max_sequence_length' in call else 512)
     source = getattr(pipeline, 'name_or_path', None) or pipeline.config.get('_name_or_path')
@@ -375,9 +392,10 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
 
         def probe_prompt():
             return encode_with_pipeline(spec, None, [''], denoiser.dtype, None, 0, None)[0]
-        generic = GenericFamily(pipeline, flow, vae.latent_channels, vae.downsample_factor, probe_prompt)
+        generic = GenericFamily(recorder, flow, vae.latent_channels, vae.downsample_factor, probe_prompt)
         setattr(denoiser, ADOPTED, generic)
     if not source:
-        options.setdefault('prompt_cache', False)  # nothing names these weights: a cache key could collide
+        set_default_option(options, 'prompt_cache', False)  # nothing names these weights: a cache key could collide
+    set_default_option(options, 'prune', False)  # the caller's pipeline keeps every block (see the docstring)
     parts = Components(denoiser, vae, source)
     return cls(spec, activations, pretrained=parts, dtype=dtype, **options)

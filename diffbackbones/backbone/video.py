@@ -45,9 +45,10 @@ def video_features(backbone, videos: torch.Tensor) -> tuple[torch.Tensor, ...]:
     with torch.set_grad_enabled(backbone.stages.vae.trainable and torch.is_grad_enabled()):
         latents = encoder.encode_video(clip)  # (B, C, T', h, w)
     _, c, n, h, w = latents.shape
-    # the noise is drawn per element: the stage sees the latent frames as channels
-    noisy, timesteps = backbone.stages.noise(latents.reshape(b, c * n, h, w))
-    noisy = noisy.reshape(-1, c, n, h, w).to(backbone.dtype)
+    # the noise is drawn per element: the stage sees the latent frames as channels, frame-major, so that frame 0 draws
+    # the noise of the same image alone
+    noisy, timesteps = backbone.stages.noise(latents.transpose(1, 2).reshape(b, n * c, h, w))
+    noisy = noisy.reshape(-1, n, c, h, w).transpose(1, 2).to(backbone.dtype)
     kwargs = family.video_inputs(backbone.denoiser, noisy, timesteps, backbone.conditioning)
     acts = backbone.stages.denoiser(backbone.denoiser, backbone.capture, kwargs, backbone.stages.noise.members,
                                     keep_graph=backbone.stages.denoiser.trains)

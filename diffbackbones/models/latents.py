@@ -15,6 +15,8 @@ attributes: ``scaling_factor`` (a last multiplier; ``vae=dict(scale=...)`` repla
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -57,9 +59,11 @@ class VideoVaeEncoder(nn.Module):
 
     def __init__(self, vae: nn.Module):
         super().__init__()
-        # encoding never runs the decoder; an empty module keeps the conv count Qwen-Image's clear_cache takes of it
-        vae.decoder = nn.Module()
-        self.vae = vae
+        # encoding never runs the decoder: a shallow copy of the VAE holds an empty module in its place (which keeps the
+        # conv count Qwen-Image's clear_cache takes of it); the caller's VAE keeps its own decoder
+        encoder_only = copy.copy(vae)
+        encoder_only._modules = dict(vae._modules, decoder=nn.Module())
+        self.vae = encoder_only
         self.scaling_factor = 1.0
         self.downsample_factor = downsample_factor(vae.config)
         self.latent_channels = int(vae.config.z_dim)
@@ -119,6 +123,9 @@ class DcaeEncoder(nn.Module):
 
     def forward(self, images: torch.Tensor, sample: bool = False,
                 generator: torch.Generator | None = None) -> torch.Tensor:
+        if sample:
+            raise ValueError('DC-AE (SANA) encodes deterministically: it has no posterior to sample; use '
+                             'vae=dict(sample_posterior=False).')
         return self.encoder(images) * self.scaling_factor
 
 

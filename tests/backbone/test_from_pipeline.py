@@ -36,6 +36,22 @@ def test_a_pipeline_whose_denoiser_has_a_family_keeps_it():
     assert backbone(torch.zeros(1, 3, 32, 32))[0].shape == (1, 32, 2, 2)  # stride 16
 
 
+def test_the_callers_pipeline_still_generates_afterwards():
+    # its scheduler is not replaced (calls are recorded on a copy), its VAE keeps its decoder, nothing is pruned
+    pipe = tiny_pipeline('test_qwen_image_tiny')
+    scheduler, decoder = pipe.scheduler, pipe.vae.decoder
+    backbone = DiffusionBackbone.from_pipeline(pipe, ['vit-block0-out'], family='generic')
+    backbone(torch.zeros(1, 3, 32, 32))
+    assert pipe.scheduler is scheduler and pipe.vae.decoder is decoder and not backbone.pruned
+    image = pipe(PROMPT, num_inference_steps=1, height=32, width=32, output_type='pt').images
+    assert image.shape == (1, 3, 32, 32) and image.isfinite().all()
+
+
+def test_a_dtype_other_than_the_pipelines_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match='denoiser is torch.float32, the backbone was asked for torch.bfloat16'):
+        DiffusionBackbone.from_pipeline(tiny_pipeline('test_qwen_image_tiny'), ['vit-block0-out'], dtype='bf16')
+
+
 def test_what_the_generic_path_cannot_read_is_refused_with_what_to_provide():
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
     unconditional = DDPMPipeline(unet=UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,

@@ -79,6 +79,9 @@ def test_wrong_embeddings_and_options_are_refused_with_what_was_expected():
                           conditioning=dict(cache=False, long_prompt='chunks'))
     with pytest.raises(ValueError, match='encoder_dtype must be one of'):
         DiffusionBackbone('test_zimage_tiny', 'default', pretrained=False, conditioning=dict(encoder_dtype='int8'))
+    with pytest.raises(RuntimeError, match='[Ii]nvalid device|device string'):  # torch's own word on a bad name
+        DiffusionBackbone('test_zimage_tiny', 'default', pretrained=False,
+                          conditioning=dict(cache=False, encoder_device='gpu0'))
 
 
 def test_the_encoded_prompt_is_cached_and_a_second_build_loads_no_encoder(tmp_path):

@@ -159,6 +159,9 @@ def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[
     family = family_of(spec.prompt_pipeline.instance.transformer) if spec.prompt_pipeline.instance is not None else \
         _family(spec)
     if spec.prompt_pipeline.instance is not None:  # a live pipeline (from_pipeline): its encoders as they are
+        if encoder_dtype is not None or encoder_device is not None:
+            raise ValueError('encoder_dtype and encoder_device do not apply to a pipeline handed to from_pipeline: its '
+                             'text encoders run where and as they are; move or cast them on the pipeline itself.')
         pipe = spec.prompt_pipeline.instance
     elif source is None:
         pipe = _random_pipeline(spec, encoder_dtype or dtype, limit)

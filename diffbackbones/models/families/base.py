@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..points import ActivationPoint
 
-__all__ = ['DenoiserFamily', 'ceil_div', 'text_context', 'pooled_text']
+__all__ = ['DenoiserFamily', 'ceil_div', 'text_context', 'pooled_text', 'batch_rows']
 
 
 def ceil_div(hw: tuple[int, int], p: int) -> tuple[int, int]:
@@ -88,6 +88,13 @@ def text_context(conditioning, batch: int, dtype: torch.dtype) -> torch.Tensor:
     # one context per image (VPD's class_embed_select): the rows are member-major (every noise member
     # holds a copy of the batch), so the B contexts tile
     return text.repeat(batch // text.shape[0], 1, 1)
+
+
+def batch_rows(rows: torch.Tensor, batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """A (1, L) or (b, L) per-prompt tensor (a text mask) for ``batch`` rows, tiled as ``text_context`` tiles the
+    contexts (member-major), on ``device``."""
+    rows = rows if device is None else rows.to(device)
+    return rows.expand(batch, -1) if rows.shape[0] == 1 else rows.repeat(batch // rows.shape[0], 1)
 
 
 def pooled_text(conditioning, batch: int, dtype: torch.dtype) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['CogView4Family', 'unshifted_sigma']
 
@@ -57,9 +57,8 @@ class CogView4Family(DenoiserFamily):
         u = unshifted_sigma(timesteps.float() / 1000, n_tokens)
         size = torch.tensor([image_hw], device=device, dtype=dtype).expand(b, -1)
         kwargs = dict(hidden_states=noisy, encoder_hidden_states=text_context(conditioning, b, dtype),
-                      timestep=(u * 1000).to(dtype), original_size=size, target_size=size,
+                      timestep=u * 1000, original_size=size, target_size=size,
                       crop_coords=torch.zeros(b, 2, device=device, dtype=dtype))
         if conditioning.attention_mask is not None:  # the pipeline pads without a mask; a padded text can have one
-            mask = conditioning.attention_mask
-            kwargs['attention_mask'] = mask.expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1)
+            kwargs['attention_mask'] = batch_rows(conditioning.attention_mask, b, device)
         return kwargs

@@ -37,6 +37,8 @@ class FluxFamily(DenoiserFamily):
     """
 
     name, class_name = 'flux', 'FluxTransformer2DModel'
+    maps = True                       # attention maps through the explicit (joint softmax) processor
+    single_out = dict(pick=1)         # a single block returns (text, image)
 
     def token_patch(self, config):
         return 2  # the pipeline packs 2x2 latent patches into one token (the model's patch_size is 1)
@@ -55,9 +57,10 @@ class FluxFamily(DenoiserFamily):
                         **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.inner_dim, grid, f'{path}.attn', 'tokens', pick=out_pick,
                     image_tokens=image_tokens, **on_grid)
-            joint = dict(image_tokens='last', attention='explicit', **on_grid)
-            pts.add(f'{prefix}-self-map', 'self-map', n, grid, f'{path}.attn', 'attn-map', **joint)
-            pts.add(f'{prefix}-cross-map', 'cross-map', n_text_tokens, grid, f'{path}.attn', 'attn-map', **joint)
+            if self.maps:
+                joint = dict(image_tokens='last', attention='explicit', **on_grid)
+                pts.add(f'{prefix}-self-map', 'self-map', n, grid, f'{path}.attn', 'attn-map', **joint)
+                pts.add(f'{prefix}-cross-map', 'cross-map', n_text_tokens, grid, f'{path}.attn', 'attn-map', **joint)
 
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix = f'transformer_blocks.{k}', f'vit-block{k}'
@@ -72,8 +75,8 @@ class FluxFamily(DenoiserFamily):
             attention(prefix, path, block.attn, 'last', None)
             pts.add(f'{prefix}-ffn-inner', 'ffn-inner', block.proj_mlp.out_features, grid, f'{path}.act_mlp', 'tokens',
                     image_tokens='last', **on_grid)
-            pts.add(f'{prefix}-out', 'vit-block-out', block.proj_out.out_features, grid, path, 'tokens', pick=1,
-                    **on_grid)
+            pts.add(f'{prefix}-out', 'vit-block-out', block.proj_out.out_features, grid, path, 'tokens',
+                    **self.single_out, **on_grid)
         return pts.points
 
     def inputs(self, denoiser, noisy, timesteps, conditioning, image_hw):

@@ -82,8 +82,9 @@ class Flux2Family(DenoiserFamily):
         text = text_context(conditioning, b, dtype)
         kwargs = dict(hidden_states=pack_latents(noisy), encoder_hidden_states=text,
                       timestep=timesteps.to(dtype) / 1000,  # FLUX.2 takes sigma in [0, 1] (it multiplies by 1000)
-                      img_ids=image_ids(grid, noisy.device, dtype),
-                      txt_ids=text_ids(text.shape[1], noisy.device, dtype))
+                      # int64 ids, as the pipeline's: bf16 would round positions past 256
+                      img_ids=image_ids(grid, noisy.device, torch.long),
+                      txt_ids=text_ids(text.shape[1], noisy.device, torch.long))
         if denoiser.config.guidance_embeds:  # dev: guidance-distilled (the scale itself, e.g. 4.0); klein: none
             kwargs['guidance'] = torch.full((b,), conditioning.guidance, device=noisy.device, dtype=dtype)
         return kwargs

@@ -86,7 +86,7 @@ class HiDreamFamily(DenoiserFamily):
                              f'(T5, then the Llama layers 1..{n_llama}; see read_prompt), got {text.shape[1]} tokens')
         chunks = text.chunk(n_llama + 1, dim=1)  # [T5; Llama layer 1; ...; Llama layer n], one length each
         t5_width, llama_width = denoiser.config.caption_channels
-        return dict(hidden_states=noisy, timesteps=timesteps.to(dtype),  # t = sigma * 1000, as the pipeline passes
+        return dict(hidden_states=noisy, timesteps=timesteps.float(),  # t = sigma * 1000, as the pipeline passes
                     encoder_hidden_states_t5=chunks[0][..., :t5_width],
                     encoder_hidden_states_llama3=torch.stack(chunks[1:])[..., :llama_width],
                     pooled_embeds=pooled_text(conditioning, b, dtype))

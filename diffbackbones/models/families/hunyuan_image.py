@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['HunyuanImageFamily']
 
@@ -71,8 +71,7 @@ class HunyuanImageFamily(DenoiserFamily):
         b, dtype, device = noisy.shape[0], noisy.dtype, noisy.device
         text = text_context(conditioning, b, dtype)
         mask = conditioning.attention_mask
-        mask = (torch.ones(text.shape[:2], dtype=torch.long, device=device) if mask is None
-                else mask.to(device).expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1))
+        mask = torch.ones(text.shape[:2], dtype=torch.long, device=device) if mask is None else batch_rows(mask, b, device)
         t = timesteps.to(dtype)  # HunyuanImage takes t = sigma * 1000 itself
         kwargs = dict(hidden_states=noisy, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask)
         if denoiser.context_embedder_2 is not None:

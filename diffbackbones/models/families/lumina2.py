@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['Lumina2Family']
 
@@ -49,14 +49,14 @@ class Lumina2Family(DenoiserFamily):
         mask = conditioning.attention_mask
         if mask is None:
             mask = torch.ones(text.shape[:2], dtype=torch.long, device=noisy.device)
-        mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1)
+        mask = batch_rows(mask, b, noisy.device)
         lengths = mask.sum(1)
         if bool((lengths != lengths[0]).any()):  # the image tokens would sit at a different place in each row
             raise ValueError('Lumina 2 captions of different token lengths in one batch are not supported: '
                              'the joint sequence puts each image after its own caption')
         # Lumina's time runs the other way: 0 is pure noise, 1 the clean image (the pipeline feeds 1 - sigma)
         return dict(hidden_states=noisy, encoder_hidden_states=text, encoder_attention_mask=mask,
-                    timestep=1 - timesteps.to(dtype) / 1000)
+                    timestep=1 - timesteps.float() / 1000)
 
     def prediction(self, output, noisy):
         # ... and so does its velocity: x0 - noise; the pipeline negates it before the Euler step

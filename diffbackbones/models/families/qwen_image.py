@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 from .flux import pack_latents, unpack_latents
 
 __all__ = ['QwenImageFamily', 'image_shapes']
@@ -61,8 +61,7 @@ class QwenImageFamily(DenoiserFamily):
         text = text_context(conditioning, b, dtype)
         mask = conditioning.attention_mask
         if mask is not None:
-            mask = mask.to(noisy.device)
-            mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1)
+            mask = batch_rows(mask, b, noisy.device)
             if bool(mask.all()):
                 mask = None  # as encode_prompt: an all-valid mask is dropped (the fused attention then runs)
         # guidance is never passed: Qwen-Image is not guidance-distilled (its forward breaks when it is given)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['SanaFamily']
 
@@ -49,11 +49,7 @@ class SanaFamily(DenoiserFamily):
             raise NotImplementedError('SANA-Sprint (guidance-embedded, TrigFlow timesteps) is not supported')
         kwargs = dict(hidden_states=noisy, encoder_hidden_states=text_context(conditioning, b, dtype),
                       # the pipeline's timestep is sigma * 1000 (our integer t), times the model's timestep_scale
-                      timestep=timesteps.to(dtype) * config.timestep_scale)
+                      timestep=timesteps.float() * config.timestep_scale)
         if conditioning.attention_mask is not None:  # the Gemma padding, masked in the cross-attention
-            kwargs['encoder_attention_mask'] = _rows(conditioning.attention_mask, b)
+            kwargs['encoder_attention_mask'] = batch_rows(conditioning.attention_mask, b, noisy.device)
         return kwargs
-
-
-def _rows(mask, batch):
-    return mask.expand(batch, -1) if mask.shape[0] == 1 else mask.repeat(batch // mask.shape[0], 1)

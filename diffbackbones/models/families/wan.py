@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['WanFamily']
 
@@ -66,11 +66,10 @@ class WanFamily(DenoiserFamily):
         text = text_context(conditioning, b, dtype)
         if conditioning.attention_mask is not None:
             # the pipeline zeroes the encoder's states past each prompt's end (and passes no mask)
-            mask = conditioning.attention_mask.to(device=text.device, dtype=dtype)
-            mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1)
+            mask = batch_rows(conditioning.attention_mask.to(dtype), b, text.device)
             text = text * mask[..., None]
         # Wan's timestep input is sigma * 1000: our integer t is exactly that (s = t / 1000)
-        return dict(hidden_states=noisy.unsqueeze(2), timestep=timesteps.to(dtype), encoder_hidden_states=text)
+        return dict(hidden_states=noisy.unsqueeze(2), timestep=timesteps.float(), encoder_hidden_states=text)
 
     def prediction(self, output, noisy):
         sample = output.sample if hasattr(output, 'sample') else output[0]

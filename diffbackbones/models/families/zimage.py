@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..points import _Points
-from .base import DenoiserFamily, ceil_div, text_context
+from .base import DenoiserFamily, batch_rows, ceil_div, text_context
 
 __all__ = ['ZImageFamily']
 
@@ -62,8 +62,7 @@ class ZImageFamily(DenoiserFamily):
         text = text_context(conditioning, b, dtype)
         captions = list(text.unbind(0))
         if conditioning.attention_mask is not None:  # the pipeline passes the prompt's tokens only, unpadded
-            mask = conditioning.attention_mask.to(device=text.device, dtype=torch.bool)
-            mask = mask.expand(b, -1) if mask.shape[0] == 1 else mask.repeat(b // mask.shape[0], 1)
+            mask = batch_rows(conditioning.attention_mask.to(torch.bool), b, text.device)
             captions = [c[m] for c, m in zip(captions, mask)]
         return dict(x=list(noisy.unsqueeze(2).unbind(0)),  # (C, F=1, h, w) each
                     # Z-Image's time runs the other way: 0 is pure noise, 1 the clean image (t = 1 - sigma),
