@@ -3,15 +3,20 @@
 The backbone's activations must equal what forward hooks read off the modules behind the same layer ids while the
 pipeline makes its one denoiser call: the pipeline encodes the prompt, the backbone hands it its own noisy latent
 (in the pipeline's layout) and noise level, and both run the same seeded tiny denoiser. Relative L2 < 1e-5.
+
+Also the helpers the family tests share: ``rel_l2``, ``model_config`` (a model_configs json's public keys),
+``diffusers_model`` / ``transformers_model`` (a seeded model of the class a json names) and ``pin_sigma``.
 """
 from __future__ import annotations
 
+import json
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
 from diffbackbones import DiffusionBackbone
+from diffbackbones.models.zoo import CONFIG_ROOT
 
 PROMPT, T = 'a red cube on a wooden table', 500  # t = 500: sigma 0.5, exact in binary
 TOLERANCE = 1e-5
@@ -19,6 +24,40 @@ TOLERANCE = 1e-5
 
 def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def _config_file(model: str, component: str) -> dict:
+    return json.loads((CONFIG_ROOT / model / f'{component}.json').read_text())
+
+
+def model_config(model: str, component: str) -> dict:
+    """``model_configs/<model>/<component>.json`` without its private keys (``_class_name``): the keyword arguments
+    of a diffusers ``from_config`` or of a transformers config class."""
+    return {k: v for k, v in _config_file(model, component).items() if not k.startswith('_')}
+
+
+def diffusers_model(model: str, component: str, device: str = 'cpu') -> nn.Module:
+    """The diffusers class the json names (``_class_name``) built from ``model_config``, seeded 0, in eval mode."""
+    import diffusers
+    cls = getattr(diffusers, _config_file(model, component)['_class_name'])
+    torch.manual_seed(0)
+    with torch.device(device):
+        return cls.from_config(model_config(model, component)).eval()
+
+
+def transformers_model(model: str, component: str = 'text_encoder') -> nn.Module:
+    """The transformers class the json names (``architectures[0]``, config by ``model_type``), seeded 0, eval."""
+    import transformers
+    config = model_config(model, component)
+    torch.manual_seed(0)
+    return getattr(transformers, config['architectures'][0])(transformers.AutoConfig.for_model(**config)).eval()
+
+
+def pin_sigma(scheduler, sigma: float) -> None:
+    """Pin a flow-matching scheduler's one step at ``sigma``: WanPipeline passes ``set_timesteps`` no sigmas (one
+    step would be sigma 1), so every ``set_timesteps`` call is answered with ``sigmas=[sigma]``."""
+    set_timesteps = scheduler.set_timesteps
+    scheduler.set_timesteps = lambda *args, device=None, **kwargs: set_timesteps(sigmas=[sigma], device=device)
 
 
 @torch.no_grad()

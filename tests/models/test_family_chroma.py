@@ -5,23 +5,17 @@ The pipeline runs one denoiser call (one step, guidance off) with plain forward 
 """
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
-import pytest
 import torch
 
 from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.chroma import ChromaFamily, chroma_attention_mask
 from diffbackbones.models.families.flux import pack_latents, unpack_latents
-from diffbackbones.models.zoo import CONFIG_ROOT
 
-PROMPT, TOKENS, T = 'a red cube on a wooden table', 48, 500  # t = 500: sigma 0.5, exact in binary
+from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, rel_l2
 
-
-def _config(model: str, component: str) -> dict:
-    config = json.loads((CONFIG_ROOT / model / f'{component}.json').read_text())
-    return {k: v for k, v in config.items() if not k.startswith('_') and k not in ('architectures', 'model_type')}
+TOKENS = 48
 
 
 def _tiny_pipeline():
@@ -30,18 +24,14 @@ def _tiny_pipeline():
 
     from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
     torch.manual_seed(0)
-    transformer = ChromaTransformer2DModel.from_config(_config('test_chroma_tiny', 'transformer')).eval()
+    transformer = ChromaTransformer2DModel.from_config(model_config('test_chroma_tiny', 'transformer')).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(_config('test_chroma_tiny', 'vae')).eval()
+    vae = AutoencoderKL.from_config(model_config('test_chroma_tiny', 'vae')).eval()
     torch.manual_seed(0)
-    text_encoder = T5EncoderModel(T5Config(**_config('test_chroma_tiny', 'text_encoder'))).eval()
+    text_encoder = T5EncoderModel(T5Config(**model_config('test_chroma_tiny', 'text_encoder'))).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     return ChromaPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=byte_tokenizer(),
                           transformer=transformer)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @torch.no_grad()
@@ -85,16 +75,16 @@ def test_chroma_family_matches_the_pipelines_own_denoiser_call():
         output = denoiser(**kwargs)
     for name in watch:
         assert cap.activations[name].shape == hooked[name].shape == (b, denoiser.inner_dim, *grid)
-        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+        assert rel_l2(cap.activations[name], hooked[name]) < 1e-5, name
     # the prediction is the velocity the pipeline's Euler step took (to sigma 0): x0 = x - sigma v
     velocity = (noisy - unpack_latents(stepped, noisy.shape)) / (T / 1000)
-    assert _rel(family.prediction(output, noisy), velocity) < 1e-5
+    assert rel_l2(family.prediction(output, noisy), velocity) < 1e-5
 
 
 def test_the_catalog_runs_in_execution_order_without_maps():
     from diffusers import ChromaTransformer2DModel
     torch.manual_seed(0)
-    denoiser = ChromaTransformer2DModel.from_config(_config('test_chroma_tiny', 'transformer'))
+    denoiser = ChromaTransformer2DModel.from_config(model_config('test_chroma_tiny', 'transformer'))
     catalog = ChromaFamily().walk(denoiser, (8, 8), TOKENS)
     blocks = [p.name for p in catalog if p.kind == 'vit-block-out']
     assert blocks == [f'vit-block{k}-out' for k in range(4)]
@@ -105,7 +95,7 @@ def test_the_catalog_runs_in_execution_order_without_maps():
 def test_the_chroma1_hd_architecture_on_meta():
     from diffusers import ChromaTransformer2DModel
     with torch.device('meta'):
-        denoiser = ChromaTransformer2DModel.from_config(_config('chroma', 'transformer'))
+        denoiser = ChromaTransformer2DModel.from_config(model_config('chroma', 'transformer'))
     assert sum(p.numel() for p in denoiser.parameters()) == 8_899_983_424  # "8.9B" (lodestones/Chroma1-HD)
     catalog = ChromaFamily().walk(denoiser, (128, 128), 512)
     outs = [p for p in catalog if p.kind == 'vit-block-out']
@@ -114,12 +104,11 @@ def test_the_chroma1_hd_architecture_on_meta():
 
 @torch.no_grad()
 def test_the_backbone_is_the_chroma_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call, rel_l2
     names = ['vit-block1-out', 'vit-block0-self-k', 'vit-block2-self-q', 'vit-block3-out']
     backbone, activations, noisy = backbone_and_noisy('test_chroma_tiny', names)
     pipe = _tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
-    embeds, _, mask = pipe.encode_prompt(P, do_classifier_free_guidance=False,
+    embeds, _, mask = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False,
                                          max_sequence_length=backbone.spec.prompt_pipeline.max_length)[:3]
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
     assert torch.equal(backbone.conditioning.attention_mask, mask.long())
@@ -133,6 +122,6 @@ def test_the_backbone_is_the_chroma_pipelines_denoiser_call():
     # the boolean mask (chroma_attention_mask): the pipeline's own float cast would mask nothing
     hooked, _ = hooked_call(watch, lambda: pipe(
         prompt_embeds=embeds.expand(b, -1, -1), prompt_attention_mask=mask.bool().expand(b, -1),
-        latents=pack_latents(noisy), sigmas=[t / 1000], num_inference_steps=1, guidance_scale=1.0,
+        latents=pack_latents(noisy), sigmas=[T / 1000], num_inference_steps=1, guidance_scale=1.0,
         height=8 * noisy.shape[-2], width=8 * noisy.shape[-1], output_type='latent'))
     assert_parity(activations, hooked)

@@ -1,45 +1,23 @@
 """CogView4 family: the captured activations equal those of CogView4Pipeline's own denoiser call (tiny random
 model, the real scheduler's resolution-dependent shift), and the real architecture's catalog on the meta device."""
-import json
 from types import SimpleNamespace
 
-import diffusers
 import torch
-import transformers
 from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.cogview4 import CogView4Family
-from diffbackbones.models.zoo import CONFIG_ROOT
 
-
-def config(name, component):
-    return json.loads((CONFIG_ROOT / name / f'{component}.json').read_text())
-
-
-def diffusers_model(name, component, device=None):
-    cfg = config(name, component)
-    torch.manual_seed(0)
-    with torch.device(device or 'cpu'):
-        return getattr(diffusers, cfg.pop('_class_name')).from_config(cfg).eval()
-
-
-def text_encoder(name):
-    cfg = config(name, 'text_encoder')
-    torch.manual_seed(0)
-    return getattr(transformers, cfg['architectures'][0])(transformers.AutoConfig.for_model(**cfg)).eval()
-
-
-def rel_l2(a, b):
-    return float((a - b).norm() / b.norm())
+from pipeline_parity import (PROMPT, assert_parity, backbone_and_noisy, diffusers_model, hooked_call, rel_l2,
+                             transformers_model)
 
 
 def _pipeline(name='test_cogview4_tiny'):
     # CogView4-6B's scheduler: the shift depends on the image's token count (the pipeline always passes mu)
     scheduler = FlowMatchEulerDiscreteScheduler(base_shift=0.25, max_shift=0.75, base_image_seq_len=256,
                                                 use_dynamic_shifting=True, time_shift_type='linear')
-    return CogView4Pipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder(name),
+    return CogView4Pipeline(tokenizer=byte_tokenizer(), text_encoder=transformers_model(name),
                             vae=diffusers_model(name, 'vae'), transformer=diffusers_model(name, 'transformer'),
                             scheduler=scheduler)
 
@@ -73,7 +51,7 @@ def test_cogview4_activations_match_the_pipelines_denoiser_call():
     names = ['vit-block1-out', 'vit-block0-q', 'vit-block0-attn-out']
     with torch.no_grad(), ActivationCapture(denoiser, names, catalog=family.walk(denoiser, (h, w), n_text)) as cap:
         output = denoiser(**family.inputs(denoiser, noisy, torch.full((b,), t), conditioning, (8 * h, 8 * w)))
-    grid = lambda tokens: tokens.transpose(1, 2).reshape(b, -1, h // p, w // p)  # row-major image tokens
+    grid = lambda tokens: tokens_to_grid(tokens, (h // p, w // p))  # noqa: E731  row-major image tokens
     assert rel_l2(cap.activations['vit-block1-out'], grid(seen['out'][0])) < 1e-5  # blocks return (image, text)
     assert rel_l2(cap.activations['vit-block0-q'], grid(seen['q'][:, n_text:])) < 1e-5  # [text; image]
     assert cap.activations['vit-block0-attn-out'].shape == (b, 32, h // p, w // p)
@@ -93,7 +71,6 @@ def test_cogview4_catalog_on_the_meta_device():
 
 @torch.no_grad()
 def test_the_backbone_is_the_cogview4_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT, assert_parity, backbone_and_noisy, hooked_call
     # 64 x 144 pixels: 8x VAE, patch 2, 4 x 9 = 36 image tokens, so mu = 17/32 and the pipeline's unshifted
     # timestep 800 is the shifted sigma 0.68: the backbone's t = 680 (noised at 0.68, fed timestep 800)
     t, timestep = 680, 800
@@ -106,7 +83,7 @@ def test_the_backbone_is_the_cogview4_pipelines_denoiser_call():
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # GLM's penultimate layer, left-padded
     assert backbone.conditioning.attention_mask is None  # as the pipeline: no mask, the padding is attended
     b, (h, w), p, n_text = noisy.shape[0], noisy.shape[-2:], 2, embeds.shape[1]
-    on_grid = lambda out: out.transpose(1, 2).reshape(b, -1, h // p, w // p)  # noqa: E731  row-major tokens
+    on_grid = lambda out: tokens_to_grid(out, (h // p, w // p))  # noqa: E731  row-major tokens
     blocks = pipe.transformer.transformer_blocks
     watch = {'vit-block1-out': (blocks[1], lambda out: on_grid(out[0]), 'output'),  # blocks return (image, text)
              'vit-block0-out': (blocks[0], lambda out: on_grid(out[0]), 'output'),

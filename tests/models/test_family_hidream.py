@@ -10,7 +10,6 @@ area of the test image (``default_sample_size = 8``: 64 x 64 px; 64 x 48 rescale
 """
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -18,15 +17,11 @@ import torch
 
 from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.hidream import HiDreamFamily
-from diffbackbones.models.zoo import CONFIG_ROOT, MODELS
 
-PROMPT, TOKENS, T = 'a red cube on a wooden table', 32, 500  # t = 500: sigma 0.5, exact in binary
+from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, rel_l2
+
+TOKENS = 32
 FAMILY = HiDreamFamily()
-
-
-def _config(model: str, component: str) -> dict:
-    config = json.loads((CONFIG_ROOT / model / f'{component}.json').read_text())
-    return {k: v for k, v in config.items() if not k.startswith('_') and k not in ('architectures', 'model_type')}
 
 
 def _tiny_pipeline():
@@ -42,21 +37,17 @@ def _tiny_pipeline():
                                     text_encoder_3=(T5EncoderModel, T5Config),
                                     text_encoder_4=(LlamaForCausalLM, LlamaConfig)).items():
         torch.manual_seed(0)  # each encoder seeded as pipeline_prompt.py builds it
-        encoders[name] = cls(config(**_config('test_hidream_tiny', name))).eval()
+        encoders[name] = cls(config(**model_config('test_hidream_tiny', name))).eval()
     torch.manual_seed(0)
-    transformer = HiDreamImageTransformer2DModel.from_config(_config('test_hidream_tiny', 'transformer')).eval()
+    transformer = HiDreamImageTransformer2DModel.from_config(model_config('test_hidream_tiny', 'transformer')).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(_config('test_hidream_tiny', 'vae')).eval()
+    vae = AutoencoderKL.from_config(model_config('test_hidream_tiny', 'vae')).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     tokenizers = {name: byte_tokenizer() for name in ('tokenizer', 'tokenizer_2', 'tokenizer_3', 'tokenizer_4')}
     pipe = HiDreamImagePipeline(scheduler=scheduler, vae=vae, transformer=transformer, **encoders, **tokenizers)
     pipe.default_sample_size = 8  # the pipeline's target area: 64 x 64 px (see the module docstring)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def _watch(denoiser, grid):
@@ -74,7 +65,6 @@ def _watch(denoiser, grid):
 
 @torch.no_grad()
 def test_hidream_family_matches_the_pipelines_own_denoiser_call():
-    from pipeline_parity import hooked_call
     pipe = _tiny_pipeline()
     denoiser = pipe.transformer
     encoded = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=TOKENS)
@@ -101,16 +91,16 @@ def test_hidream_family_matches_the_pipelines_own_denoiser_call():
     for name in watch:
         assert cap.activations[name].shape == hooked[name].shape, name
         assert cap.activations[name].shape[-2:] == grid, name
-        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+        assert rel_l2(cap.activations[name], hooked[name]) < 1e-5, name
     # the prediction is the velocity the pipeline's Euler step took (to sigma 0): x0 = x - sigma v
     velocity = (noisy - stepped) / (T / 1000)
-    assert _rel(FAMILY.prediction(output, noisy), velocity) < 1e-5
+    assert rel_l2(FAMILY.prediction(output, noisy), velocity) < 1e-5
 
 
 def test_the_catalog_runs_in_execution_order_without_maps():
     from diffusers import HiDreamImageTransformer2DModel
     torch.manual_seed(0)
-    denoiser = HiDreamImageTransformer2DModel.from_config(_config('test_hidream_tiny', 'transformer'))
+    denoiser = HiDreamImageTransformer2DModel.from_config(model_config('test_hidream_tiny', 'transformer'))
     catalog = FAMILY.walk(denoiser, (8, 6), TOKENS)
     assert [p.name for p in catalog if p.kind == 'vit-block-out'] == [f'vit-block{k}-out' for k in range(4)]
     assert not [p for p in catalog if p.layout == 'attn-map']
@@ -119,12 +109,12 @@ def test_the_catalog_runs_in_execution_order_without_maps():
 
 def test_the_prompt_must_split_into_the_llama_layers_the_denoiser_reads():
     from diffusers import HiDreamImageTransformer2DModel
-    denoiser = HiDreamImageTransformer2DModel.from_config(_config('test_hidream_tiny', 'transformer'))
+    denoiser = HiDreamImageTransformer2DModel.from_config(model_config('test_hidream_tiny', 'transformer'))
     conditioning = SimpleNamespace(prompt_embeds=torch.zeros(1, 4 * TOKENS, 32), pooled_embeds=torch.zeros(1, 32))
     with pytest.raises(ValueError, match='1 \\+ 2 equal-length token blocks'):
         FAMILY.inputs(denoiser, torch.zeros(1, 16, 8, 8), torch.full((1,), T), conditioning, (64, 64))
     # where no text encoder is built (meta device, HiDream-I1's 8 B Llama), stand-ins of read_prompt's shapes
-    full = _config('hidream_i1_full', 'transformer')
+    full = model_config('hidream_i1_full', 'transformer')
     embeds, mask, pooled = FAMILY.placeholder_prompt(full, 128, torch.Generator().manual_seed(0))
     assert embeds.shape == (1, 33 * 128, 4096) and mask is None and pooled.shape == (1, 2048)
     assert FAMILY.text_channels(full) == 4096
@@ -137,10 +127,11 @@ def test_the_prompt_must_split_into_the_llama_layers_the_denoiser_reads():
 def test_the_hidream_i1_full_architecture_on_meta():
     from diffusers import HiDreamImageTransformer2DModel
     with torch.device('meta'):
-        denoiser = HiDreamImageTransformer2DModel.from_config(_config('hidream_i1_full', 'transformer'))
+        denoiser = HiDreamImageTransformer2DModel.from_config(model_config('hidream_i1_full', 'transformer'))
     # "17B": HiDream-I1-Full's transformer is 34_211_466_368 bytes of bf16
     assert sum(p.numel() for p in denoiser.parameters()) == 17_105_733_184
-    assert max(denoiser.config.llama_layers) + 1 == _config('hidream_i1_full', 'text_encoder_4')['num_hidden_layers']
+    llama = model_config('hidream_i1_full', 'text_encoder_4')
+    assert max(denoiser.config.llama_layers) + 1 == llama['num_hidden_layers']
     catalog = FAMILY.walk(denoiser, (128, 128), 128)
     outs = [p for p in catalog if p.kind == 'vit-block-out']
     assert len(outs) == 48 and {p.channels for p in outs} == {2560} and outs[-1].size == (64, 64)
@@ -148,15 +139,12 @@ def test_the_hidream_i1_full_architecture_on_meta():
 
 @torch.no_grad()
 def test_the_backbone_is_the_hidream_pipelines_denoiser_call():
-    if 'test_hidream_tiny' not in MODELS:
-        pytest.skip("the zoo has no 'test_hidream_tiny' entry yet (diffbackbones/models/zoo.py)")
-    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call, rel_l2
     pipe = _tiny_pipeline()
     names = list(_watch(pipe.transformer, (1, 1)))
     backbone, activations, noisy = backbone_and_noisy('test_hidream_tiny', names)  # 64 x 48 px: a 4 x 3 grid
     length = backbone.spec.prompt_pipeline.max_length
-    embeds, _, pooled = FAMILY.read_prompt(pipe.encode_prompt(P, do_classifier_free_guidance=False,
-                                                              max_sequence_length=length))
+    embeds, _, pooled = FAMILY.read_prompt(pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False,
+                                                                   max_sequence_length=length))
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
     assert rel_l2(backbone.conditioning.pooled_embeds, pooled) < 1e-6
     assert backbone.conditioning.attention_mask is None  # HiDream attends every (padded) text token
@@ -165,7 +153,7 @@ def test_the_backbone_is_the_hidream_pipelines_denoiser_call():
     # the pipeline encodes the prompt itself (num_images_per_prompt copies it to the batch); a non-square latent
     # is padded to max_seq image tokens inside the denoiser, as in the backbone
     hooked, _ = hooked_call(watch, lambda: pipe(
-        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=noisy, sigmas=[t / 1000],
+        prompt=PROMPT, num_images_per_prompt=b, max_sequence_length=length, latents=noisy, sigmas=[T / 1000],
         num_inference_steps=1, guidance_scale=1.0, height=8 * noisy.shape[-2], width=8 * noisy.shape[-1],
         output_type='latent'))
     assert_parity(activations, hooked)

@@ -1,31 +1,24 @@
 """HunyuanImage 2.1 (HunyuanImageTransformer2DModel): the family reproduces HunyuanImagePipeline's own denoiser call."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.hunyuan_image import HunyuanImageFamily
 
-CONFIGS = Path(__file__).parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, rel_l2
+
 FAMILY = HunyuanImageFamily()
-
-
-def _config(name: str, component: str) -> dict:
-    config = json.loads((CONFIGS / name / f'{component}.json').read_text())
-    config.pop('_class_name', None)
-    return config
 
 
 def _transformer(name: str = 'test_hunyuan_image_tiny'):
     from diffusers import HunyuanImageTransformer2DModel
     torch.manual_seed(0)
-    return HunyuanImageTransformer2DModel.from_config(_config(name, 'transformer')).eval()
+    return HunyuanImageTransformer2DModel.from_config(model_config(name, 'transformer')).eval()
 
 
 @pytest.fixture(scope='module')
@@ -35,22 +28,13 @@ def pipe():
                               T5EncoderModel)
     name = 'test_hunyuan_image_tiny'
     torch.manual_seed(0)
-    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**_config(name, 'text_encoder'))).eval()
-    text_encoder_2 = T5EncoderModel(T5Config(**_config(name, 'text_encoder_2'))).eval()
+    text_encoder = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**model_config(name, 'text_encoder'))).eval()
+    text_encoder_2 = T5EncoderModel(T5Config(**model_config(name, 'text_encoder_2'))).eval()
     return HunyuanImagePipeline(  # no guider: AdaptiveProjectedMixGuidance(enabled=False), one denoiser call
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
-        vae=AutoencoderKLHunyuanImage.from_config(_config(name, 'vae')).eval(), text_encoder=text_encoder,
+        vae=AutoencoderKLHunyuanImage.from_config(model_config(name, 'vae')).eval(), text_encoder=text_encoder,
         tokenizer=byte_tokenizer(2048), text_encoder_2=text_encoder_2, tokenizer_2=ByT5Tokenizer(),
         transformer=_transformer())
-
-
-def _grid(tokens: torch.Tensor, hw) -> torch.Tensor:
-    """(B, N, C) row-major tokens -> (B, C, h, w)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *hw)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def test_the_family_reproduces_the_pipelines_denoiser_call(pipe):
@@ -70,7 +54,7 @@ def test_the_family_reproduces_the_pipelines_denoiser_call(pipe):
                'vit-block2-attn-out': (singles[0].attn, lambda o: o[0]),
                'vit-block3-ffn-inner': (singles[1].act_mlp, lambda o: o[:, :n]),
                'vit-block3-out': (singles[1], lambda o: o[0])}
-    handles = [m.register_forward_hook(lambda m, a, o, k=k, f=f: hooked.__setitem__(k, _grid(f(o), grid)))
+    handles = [m.register_forward_hook(lambda m, a, o, k=k, f=f: hooked.__setitem__(k, tokens_to_grid(f(o), grid)))
                for k, (m, f) in modules.items()]
     handles.append(transformer.register_forward_hook(lambda m, a, o: hooked.__setitem__('pred', o[0])))
     try:  # the pipeline's latents are (B, C, h, w) as they are
@@ -88,9 +72,9 @@ def test_the_family_reproduces_the_pipelines_denoiser_call(pipe):
         out = transformer(**kwargs)
     for name in names:
         assert cap.activations[name].shape == hooked[name].shape, name
-        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+        assert rel_l2(cap.activations[name], hooked[name]) < 1e-5, name
     pred = FAMILY.prediction(out, noisy)
-    assert pred.shape == noisy.shape and _rel(pred, hooked['pred']) < 1e-5
+    assert pred.shape == noisy.shape and rel_l2(pred, hooked['pred']) < 1e-5
 
 
 def test_the_catalog_holds_every_block_in_execution_order():
@@ -108,28 +92,26 @@ def test_the_catalog_holds_every_block_in_execution_order():
 def test_the_real_config_builds_at_its_published_size():
     from diffusers import HunyuanImageTransformer2DModel
     with torch.device('meta'):
-        transformer = HunyuanImageTransformer2DModel.from_config(_config('hunyuan_image21', 'transformer'))
-    count = sum(p.numel() for p in transformer.parameters())
-    assert abs(count - 17e9) / 17e9 < 0.05  # 17.43e9: "17B"
+        transformer = HunyuanImageTransformer2DModel.from_config(model_config('hunyuan_image21', 'transformer'))
+    assert sum(p.numel() for p in transformer.parameters()) == 17_425_795_520  # "17B"
     assert FAMILY.token_patch(transformer.config) == 1
     assert FAMILY.walk(transformer, (64, 64), 1128)[-1].name == 'vit-block59-out'
 
 
 @torch.no_grad()
 def test_the_backbone_is_the_hunyuan_image_pipelines_denoiser_call(pipe):
-    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
     names = ['vit-block1-out', 'vit-block0-self-q', 'vit-block2-self-k', 'vit-block3-out']
     # 64 x 128 pixels: the VAE's 32x, patch 1, a 2 x 4 latent grid (the pipeline asks for multiples of 64)
     backbone, activations, noisy = backbone_and_noisy('test_hunyuan_image_tiny', names, size=(64, 128))
     pipe.set_progress_bar_config(disable=True)
     embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(PROMPT, device='cpu')
-    assert _rel(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # Qwen2.5-VL under the pipeline's template
+    assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # Qwen2.5-VL under the pipeline's template
     assert torch.equal(backbone.conditioning.attention_mask, mask.long()) and 0 < int(mask.sum()) < 1000
     assert not embeds_2.any() and not mask_2.any()  # no quoted text: the glyph stream the family passes (zeros)
     b, grid = noisy.shape[0], tuple(noisy.shape[-2:])
     n = grid[0] * grid[1]
     blocks, singles = pipe.transformer.transformer_blocks, pipe.transformer.single_transformer_blocks
-    on_grid = lambda pick: lambda out: _grid(pick(out), grid)  # noqa: E731
+    on_grid = lambda pick: lambda out: tokens_to_grid(pick(out), grid)  # noqa: E731
     watch = {'vit-block1-out': (blocks[1], on_grid(lambda o: o[0]), 'output'),  # (image, text)
              'vit-block0-self-q': (blocks[0].attn.to_q, on_grid(lambda o: o), 'output'),
              'vit-block2-self-k': (singles[0].attn.to_k, on_grid(lambda o: o[:, :n]), 'output'),  # [image; text]

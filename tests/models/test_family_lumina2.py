@@ -1,46 +1,24 @@
 """Lumina 2 family: the captured activations equal those of Lumina2Pipeline's own denoiser call (tiny random model),
 and the real architecture's catalog on the meta device."""
-import json
 from types import SimpleNamespace
 
-import diffusers
 import pytest
 import torch
-import transformers
 from diffusers import FlowMatchEulerDiscreteScheduler, Lumina2Pipeline
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.lumina2 import Lumina2Family
-from diffbackbones.models.zoo import CONFIG_ROOT
 
-
-def config(name, component):
-    return json.loads((CONFIG_ROOT / name / f'{component}.json').read_text())
-
-
-def diffusers_model(name, component, device=None):
-    cfg = config(name, component)
-    torch.manual_seed(0)
-    with torch.device(device or 'cpu'):
-        return getattr(diffusers, cfg.pop('_class_name')).from_config(cfg).eval()
-
-
-def text_encoder(name):
-    cfg = config(name, 'text_encoder')
-    torch.manual_seed(0)
-    return getattr(transformers, cfg['architectures'][0])(transformers.AutoConfig.for_model(**cfg)).eval()
-
-
-def rel_l2(a, b):
-    return float((a - b).norm() / b.norm())
+from pipeline_parity import (PROMPT, T, assert_parity, backbone_and_noisy, diffusers_model, hooked_call, rel_l2,
+                             transformers_model)
 
 
 def test_lumina2_activations_match_the_pipelines_denoiser_call():
     family, name = Lumina2Family(), 'test_lumina2_tiny'
     denoiser = diffusers_model(name, 'transformer')
     pipe = Lumina2Pipeline(transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
-                           vae=diffusers_model(name, 'vae'), text_encoder=text_encoder(name),
+                           vae=diffusers_model(name, 'vae'), text_encoder=transformers_model(name),
                            tokenizer=byte_tokenizer())
     with torch.no_grad():  # the pipeline's own prompt path: system prompt, Gemma's penultimate layer
         embeds, mask, _, _ = pipe.encode_prompt('a red cube on a table', do_classifier_free_guidance=False)
@@ -67,7 +45,7 @@ def test_lumina2_activations_match_the_pipelines_denoiser_call():
     names = ['vit-block0-out', 'vit-block2-out', 'vit-block1-q', 'vit-block1-k', 'vit-block2-ffn-inner']
     with torch.no_grad(), ActivationCapture(denoiser, names, catalog=family.walk(denoiser, (h, w), 256)) as cap:
         output = denoiser(**family.inputs(denoiser, noisy, torch.full((b,), t), conditioning, (8 * h, 8 * w)))
-    grid = lambda tokens: tokens[:, -n:].transpose(1, 2).reshape(b, -1, h // p, w // p)  # image tokens are last
+    grid = lambda tokens: tokens_to_grid(tokens[:, -n:], (h // p, w // p))  # noqa: E731  image tokens are last
     assert rel_l2(cap.activations['vit-block0-out'], grid(seen['refiner'])) < 1e-5
     assert rel_l2(cap.activations['vit-block2-out'], grid(seen['out'])) < 1e-5
     assert rel_l2(cap.activations['vit-block1-q'], grid(seen['q'])) < 1e-5
@@ -102,12 +80,11 @@ def test_lumina2_catalog_on_the_meta_device():
 def _pipeline(name='test_lumina2_tiny'):
     return Lumina2Pipeline(transformer=diffusers_model(name, 'transformer'),
                            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=diffusers_model(name, 'vae'),
-                           text_encoder=text_encoder(name), tokenizer=byte_tokenizer())
+                           text_encoder=transformers_model(name), tokenizer=byte_tokenizer())
 
 
 @torch.no_grad()
 def test_the_backbone_is_the_lumina2_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
     names = ['vit-block0-out', 'vit-block2-out', 'vit-block1-q', 'vit-block2-k']
     # 64 x 48 pixels: 8x VAE, patch 2, a 4 x 3 token grid
     backbone, activations, noisy = backbone_and_noisy('test_lumina2_tiny', names)
@@ -116,12 +93,12 @@ def test_the_backbone_is_the_lumina2_pipelines_denoiser_call():
     pipe.set_progress_bar_config(disable=True)
     embeds, mask = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length)[:2]
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # system prompt, Gemma's penultimate layer
-    # NB: the entry's 64 tokens hold only the start of the system prompt (~190 byte tokens with the prompt), so
-    # the mask is all ones and the conditioning does not depend on the prompt; 256 (the pipeline's) would keep it
+    # the system prompt and the prompt (~190 byte tokens) padded to the entry's 256: the mask must matter
+    assert 0 < int(mask.sum()) < length
     assert torch.equal(backbone.conditioning.attention_mask, mask.long())
     b, (h, w), p = noisy.shape[0], noisy.shape[-2:], 2
     n = (h // p) * (w // p)
-    on_grid = lambda out: out[:, -n:].transpose(1, 2).reshape(b, -1, h // p, w // p)  # noqa: E731  image last
+    on_grid = lambda out: tokens_to_grid(out[:, -n:], (h // p, w // p))  # noqa: E731  image last
     denoiser = pipe.transformer
     watch = {'vit-block0-out': (denoiser.noise_refiner[0], on_grid, 'output'),  # image tokens only
              'vit-block2-out': (denoiser.layers[1], on_grid, 'output'),  # [unpadded caption; image]

@@ -1,7 +1,5 @@
 """Qwen-Image family: parity of its catalog's activations with diffusers' own QwenImagePipeline (tiny model),
 and the catalog of the real 20 B architecture on the meta device."""
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -10,40 +8,28 @@ from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, 
 from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.flux import pack_latents, unpack_latents
 from diffbackbones.models.families.qwen_image import QwenImageFamily
 
-CONFIGS = Path(__file__).resolve().parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, rel_l2
+
 FAMILY = QwenImageFamily()
-
-
-def config(model: str, component: str) -> dict:
-    return json.loads((CONFIGS / model / f'{component}.json').read_text())
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def tiny_pipeline() -> QwenImagePipeline:
     torch.manual_seed(0)
-    transformer = QwenImageTransformer2DModel.from_config(config('test_qwen_image_tiny', 'transformer')).eval()
+    transformer = QwenImageTransformer2DModel.from_config(model_config('test_qwen_image_tiny', 'transformer')).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKLQwenImage.from_config(config('test_qwen_image_tiny', 'vae')).eval()
+    vae = AutoencoderKLQwenImage.from_config(model_config('test_qwen_image_tiny', 'vae')).eval()
     torch.manual_seed(0)
     text_encoder = Qwen2_5_VLForConditionalGeneration(
-        AutoConfig.for_model(**config('test_qwen_image_tiny', 'text_encoder'))).eval()
+        AutoConfig.for_model(**model_config('test_qwen_image_tiny', 'text_encoder'))).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     pipe = QwenImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=byte_tokenizer(),
                              transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def tokens_on_grid(tokens: torch.Tensor, grid) -> torch.Tensor:
-    """(B, h*w, C) row-major image tokens -> (B, C, h, w)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
 # module the pipeline run is hooked on -> how its hook reads the image tokens (B, N, C)
@@ -94,14 +80,14 @@ def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     for name in HOOKED:
         ours = cap.activations[name]
         assert ours.shape[-2:] == grid, name
-        assert rel_l2(ours, tokens_on_grid(seen[name], grid)) < 1e-5, name
+        assert rel_l2(ours, tokens_to_grid(seen[name], grid)) < 1e-5, name
     ours = FAMILY.prediction(output, noisy)
     assert rel_l2(ours, unpack_latents(seen['prediction'], noisy.shape)) < 1e-5
 
 
 def test_the_catalog_walks_every_block_and_the_forward_runs():
     torch.manual_seed(0)
-    denoiser = QwenImageTransformer2DModel.from_config(config('test_qwen_image_tiny', 'transformer')).eval()
+    denoiser = QwenImageTransformer2DModel.from_config(model_config('test_qwen_image_tiny', 'transformer')).eval()
     catalog = FAMILY.walk(denoiser, (8, 8), 16)
     assert [p.order for p in catalog] == list(range(len(catalog)))
     assert {p.name for p in catalog if p.kind == 'vit-block-out'} == {'vit-block0-out', 'vit-block1-out'}
@@ -110,15 +96,15 @@ def test_the_catalog_walks_every_block_and_the_forward_runs():
                                    guidance=None)
     noisy = torch.randn(1, 4, 8, 8)  # a 64 x 64 image
     kwargs = FAMILY.inputs(denoiser, noisy, torch.tensor([500]), conditioning, (64, 64))
-    with torch.no_grad():  # (speed is a benchmark's claim, never a test's: tools/benchmark.py)
+    with torch.no_grad():
         out = denoiser(**kwargs)
     assert FAMILY.prediction(out, noisy).shape == noisy.shape
 
 
 def test_the_real_architecture_on_the_meta_device():
     with torch.device('meta'):
-        denoiser = QwenImageTransformer2DModel.from_config(config('qwen_image', 'transformer'))
-    assert abs(sum(p.numel() for p in denoiser.parameters()) / 1e9 - 20.43) < 0.01  # "20 B"
+        denoiser = QwenImageTransformer2DModel.from_config(model_config('qwen_image', 'transformer'))
+    assert sum(p.numel() for p in denoiser.parameters()) == 20_430_401_088  # "20 B"
     catalog = FAMILY.walk(denoiser, (128, 128), 512)  # 1024 x 1024 pixels
     blocks = [p for p in catalog if p.kind == 'vit-block-out']
     assert len(blocks) == 60 and blocks[-1].name == 'vit-block59-out'
@@ -128,19 +114,18 @@ def test_the_real_architecture_on_the_meta_device():
 
 @torch.no_grad()
 def test_the_backbone_is_the_qwen_image_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
     backbone, activations, noisy = backbone_and_noisy('test_qwen_image_tiny', HOOKED)
     pipe = tiny_pipeline()
     length = backbone.spec.prompt_pipeline.max_length
-    embeds, mask = pipe.encode_prompt(P, device='cpu', max_sequence_length=length)
+    embeds, mask = pipe.encode_prompt(PROMPT, device='cpu', max_sequence_length=length)
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
     assert mask is None and backbone.conditioning.attention_mask is None  # one prompt, unpadded: no mask
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
     # HOOKED's input readers take the argument tuple; hooked_call hands them the first input alone
-    watch = {name: (pipe.transformer.get_submodule(path), lambda x, read=read, where=where: tokens_on_grid(
+    watch = {name: (pipe.transformer.get_submodule(path), lambda x, read=read, where=where: tokens_to_grid(
         read(x if where == 'output' else (x,)), grid), where) for name, (path, where, read) in HOOKED.items()}
     hooked, _ = hooked_call(watch, lambda: pipe(
-        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=pack_latents(noisy),
-        sigmas=[t / 1000], num_inference_steps=1, true_cfg_scale=1.0, height=8 * noisy.shape[-2],
+        prompt=PROMPT, num_images_per_prompt=b, max_sequence_length=length, latents=pack_latents(noisy),
+        sigmas=[T / 1000], num_inference_steps=1, true_cfg_scale=1.0, height=8 * noisy.shape[-2],
         width=8 * noisy.shape[-1], output_type='latent'))
     assert_parity(activations, hooked)

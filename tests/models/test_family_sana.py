@@ -1,46 +1,25 @@
 """SANA family: the captured activations equal those of SanaPipeline's own denoiser call (tiny random model),
 and the real architecture's catalog on the meta device."""
 import inspect
-import json
 from types import SimpleNamespace
 
-import diffusers
 import torch
-import transformers
 from diffusers import FlowMatchEulerDiscreteScheduler, SanaPipeline
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.sana import SanaFamily
-from diffbackbones.models.zoo import CONFIG_ROOT
 
-
-def config(name, component):
-    return json.loads((CONFIG_ROOT / name / f'{component}.json').read_text())
-
-
-def diffusers_model(name, component, device=None):
-    cfg = config(name, component)
-    torch.manual_seed(0)
-    with torch.device(device or 'cpu'):
-        return getattr(diffusers, cfg.pop('_class_name')).from_config(cfg).eval()
-
-
-def text_encoder(name):
-    cfg = config(name, 'text_encoder')
-    torch.manual_seed(0)
-    return getattr(transformers, cfg['architectures'][0])(transformers.AutoConfig.for_model(**cfg)).eval()
-
-
-def rel_l2(a, b):
-    return float((a - b).norm() / b.norm())
+from pipeline_parity import (PROMPT, T, assert_parity, backbone_and_noisy, diffusers_model, hooked_call, rel_l2,
+                             transformers_model)
 
 
 def test_sana_activations_match_the_pipelines_denoiser_call():
     family, name = SanaFamily(), 'test_sana_tiny'
     denoiser = diffusers_model(name, 'transformer')
-    pipe = SanaPipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder(name), vae=diffusers_model(name, 'vae'),
-                        transformer=denoiser, scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
+    pipe = SanaPipeline(tokenizer=byte_tokenizer(), text_encoder=transformers_model(name),
+                        vae=diffusers_model(name, 'vae'), transformer=denoiser,
+                        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
     chi = inspect.signature(SanaPipeline.__call__).parameters['complex_human_instruction'].default
     with torch.no_grad():  # the pipeline's own prompt path: complex human instruction, Gemma, token selection
         embeds, mask, _, _ = pipe.encode_prompt('a red cube on a table', do_classifier_free_guidance=False,
@@ -66,7 +45,7 @@ def test_sana_activations_match_the_pipelines_denoiser_call():
     names = ['vit-block1-out', 'vit-block0-q', 'vit-block1-cross-map', 'vit-block0-ffn-inner']
     with torch.no_grad(), ActivationCapture(denoiser, names, catalog=family.walk(denoiser, (h, w), 300)) as cap:
         output = denoiser(**family.inputs(denoiser, noisy, torch.full((b,), t), conditioning, (32 * h, 32 * w)))
-    grid = lambda tokens: tokens.transpose(1, 2).reshape(b, -1, h, w)  # row-major image tokens (patch 1)
+    grid = lambda tokens: tokens_to_grid(tokens, (h, w))  # noqa: E731  row-major image tokens (patch 1)
     assert rel_l2(cap.activations['vit-block1-out'], grid(seen['out'])) < 1e-5
     assert rel_l2(cap.activations['vit-block0-q'], grid(seen['q'])) < 1e-5
     # the Euler step to sigma 0 gives the velocity back: x0 = x - s * v
@@ -91,14 +70,13 @@ def test_sana_1600m_catalog_on_the_meta_device():
 
 
 def _pipeline(name='test_sana_tiny'):
-    return SanaPipeline(tokenizer=byte_tokenizer(300), text_encoder=text_encoder(name),
+    return SanaPipeline(tokenizer=byte_tokenizer(300), text_encoder=transformers_model(name),
                         vae=diffusers_model(name, 'vae'), transformer=diffusers_model(name, 'transformer'),
                         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0))
 
 
 @torch.no_grad()
 def test_the_backbone_is_the_sana_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call
     names = ['vit-block1-out', 'vit-block0-q', 'vit-block1-cross-q', 'vit-block0-out']
     # 64 x 96 pixels: the DC-AE's 32x, patch 1, a 2 x 3 latent grid
     backbone, activations, noisy = backbone_and_noisy('test_sana_tiny', names, size=(64, 96))
@@ -111,7 +89,7 @@ def test_the_backbone_is_the_sana_pipelines_denoiser_call():
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # __call__'s instruction, Gemma, selection
     assert torch.equal(backbone.conditioning.attention_mask, mask.long()) and 0 < int(mask.sum()) < length
     b, (h, w) = noisy.shape[0], noisy.shape[-2:]
-    on_grid = lambda out: out.transpose(1, 2).reshape(b, -1, h, w)  # noqa: E731  row-major tokens, patch 1
+    on_grid = lambda out: tokens_to_grid(out, (h, w))  # noqa: E731  row-major tokens, patch 1
     blocks = pipe.transformer.transformer_blocks
     watch = {'vit-block1-out': (blocks[1], on_grid, 'output'), 'vit-block0-out': (blocks[0], on_grid, 'output'),
              'vit-block0-q': (blocks[0].attn1.to_q, on_grid, 'output'),

@@ -1,7 +1,5 @@
 """Wan family: parity of its catalog's activations with diffusers' own WanPipeline (tiny model; an image is a
 one-frame video), and the catalogs of the real 1.3 B and 14 B architectures on the meta device."""
-import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,41 +8,28 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipe
 from transformers import UMT5Config, UMT5EncoderModel
 
 from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
-from diffbackbones.backbone.denoiser.capture import ActivationCapture
+from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.wan import WanFamily
 
-CONFIGS = Path(__file__).resolve().parents[2] / 'diffbackbones' / 'models' / 'model_configs'
+from pipeline_parity import (PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, pin_sigma,
+                             rel_l2)
+
 FAMILY = WanFamily()
-
-
-def config(model: str, component: str) -> dict:
-    return json.loads((CONFIGS / model / f'{component}.json').read_text())
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).norm() / b.norm())
 
 
 def tiny_pipeline(sigma: float) -> WanPipeline:
     torch.manual_seed(0)
-    transformer = WanTransformer3DModel.from_config(config('test_wan_tiny', 'transformer')).eval()
+    transformer = WanTransformer3DModel.from_config(model_config('test_wan_tiny', 'transformer')).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKLWan.from_config(config('test_wan_tiny', 'vae')).eval()
+    vae = AutoencoderKLWan.from_config(model_config('test_wan_tiny', 'vae')).eval()
     torch.manual_seed(0)
-    text_encoder = UMT5EncoderModel(UMT5Config(**config('test_wan_tiny', 'text_encoder'))).eval()
+    text_encoder = UMT5EncoderModel(UMT5Config(**model_config('test_wan_tiny', 'text_encoder'))).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
-    # WanPipeline passes the scheduler no sigmas (one step would be sigma = 1): pin its one step at ``sigma``
-    set_timesteps = scheduler.set_timesteps
-    scheduler.set_timesteps = lambda *args, device=None, **kwargs: set_timesteps(sigmas=[sigma], device=device)
+    pin_sigma(scheduler, sigma)  # WanPipeline passes the scheduler no sigmas (one step would be sigma = 1)
     pipe = WanPipeline(tokenizer=byte_tokenizer(), text_encoder=text_encoder, vae=vae, scheduler=scheduler,
                        transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def tokens_on_grid(tokens: torch.Tensor, grid) -> torch.Tensor:
-    """(B, 1*h*w, C) frame-major image tokens of one frame -> (B, C, h, w)."""
-    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
 # module the pipeline run is hooked on -> how its hook reads the image tokens (B, N, C)
@@ -102,13 +87,13 @@ def test_capture_matches_hooks_on_the_pipelines_own_denoiser_call():
     for name in HOOKED:
         ours = cap.activations[name]
         assert ours.shape[-2:] == grid, name
-        assert rel_l2(ours, tokens_on_grid(seen[name], grid)) < 1e-5, name
+        assert rel_l2(ours, tokens_to_grid(seen[name], grid)) < 1e-5, name
     assert rel_l2(FAMILY.prediction(output, noisy), seen['prediction'][:, :, 0]) < 1e-5
 
 
 def test_the_catalog_walks_every_block_and_the_forward_runs():
     torch.manual_seed(0)
-    denoiser = WanTransformer3DModel.from_config(config('test_wan_tiny', 'transformer')).eval()
+    denoiser = WanTransformer3DModel.from_config(model_config('test_wan_tiny', 'transformer')).eval()
     catalog = FAMILY.walk(denoiser, (8, 8), 16)
     assert [p.order for p in catalog] == list(range(len(catalog)))
     assert {p.name for p in catalog if p.kind == 'vit-block-out'} == {'vit-block0-out', 'vit-block1-out'}
@@ -117,19 +102,19 @@ def test_the_catalog_walks_every_block_and_the_forward_runs():
                                    guidance=None)
     noisy = torch.randn(1, 4, 8, 8)  # a 64 x 64 image
     kwargs = FAMILY.inputs(denoiser, noisy, torch.tensor([500]), conditioning, (64, 64))
-    with torch.no_grad():  # (speed is a benchmark's claim, never a test's: tools/benchmark.py)
+    with torch.no_grad():
         out = denoiser(**kwargs)
     assert FAMILY.prediction(out, noisy).shape == noisy.shape
     # a clip's tokens are frame-major, F x h x w: one grid of F * h rows (backbone/video.py cuts it into frames)
     assert FAMILY.token_grid((), {'hidden_states': torch.zeros(1, 4, 3, 8, 6)}, 2) == (12, 3)
 
 
-@pytest.mark.parametrize('model, layers, width, billions', [('wan21_t2v_1_3b', 30, 1536, 1.419),
-                                                             ('wan21_t2v_14b', 40, 5120, 14.288)])
-def test_the_real_architectures_on_the_meta_device(model, layers, width, billions):
+@pytest.mark.parametrize('model, layers, width, count', [('wan21_t2v_1_3b', 30, 1536, 1_418_996_800),
+                                                          ('wan21_t2v_14b', 40, 5120, 14_288_491_584)])
+def test_the_real_architectures_on_the_meta_device(model, layers, width, count):
     with torch.device('meta'):
-        denoiser = WanTransformer3DModel.from_config(config(model, 'transformer'))
-    assert abs(sum(p.numel() for p in denoiser.parameters()) / 1e9 - billions) < 0.001
+        denoiser = WanTransformer3DModel.from_config(model_config(model, 'transformer'))
+    assert sum(p.numel() for p in denoiser.parameters()) == count
     catalog = FAMILY.walk(denoiser, (60, 104), 512)  # 480 x 832 pixels, the 1.3 B model's size
     blocks = [p for p in catalog if p.kind == 'vit-block-out']
     assert len(blocks) == layers and blocks[-1].name == f'vit-block{layers - 1}-out'
@@ -139,18 +124,17 @@ def test_the_real_architectures_on_the_meta_device(model, layers, width, billion
 
 @torch.no_grad()
 def test_the_backbone_is_the_wan_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call
     backbone, activations, noisy = backbone_and_noisy('test_wan_tiny', HOOKED)
-    pipe = tiny_pipeline(t / 1000)
+    pipe = tiny_pipeline(T / 1000)
     length = backbone.spec.prompt_pipeline.max_length
-    embeds, _ = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length, device='cpu')
+    embeds, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length, device='cpu')
     assert rel_l2(backbone.conditioning.prompt_embeds, embeds) < 1e-6  # the pipeline's own encoding
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
-    on_grid = lambda tokens: tokens_on_grid(tokens, grid)  # noqa: E731
+    on_grid = lambda tokens: tokens_to_grid(tokens, grid)  # noqa: E731
     watch = {name: (pipe.transformer.get_submodule(path), on_grid, where) for name, (path, where) in HOOKED.items()}
     # the pipeline's own latent layout: (B, C, F, h, w), one frame
     hooked, _ = hooked_call(watch, lambda: pipe(
-        prompt=P, num_videos_per_prompt=b, max_sequence_length=length, latents=noisy.unsqueeze(2), num_frames=1,
+        prompt=PROMPT, num_videos_per_prompt=b, max_sequence_length=length, latents=noisy.unsqueeze(2), num_frames=1,
         num_inference_steps=1, guidance_scale=1.0, height=8 * noisy.shape[-2], width=8 * noisy.shape[-1],
         output_type='latent'))
     assert_parity(activations, hooked)

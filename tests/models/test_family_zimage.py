@@ -9,21 +9,16 @@ Z-Image's forward takes lists (``x``: per-sample (C, 1, h, w) latents); capture 
 """
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import torch
 
 from diffbackbones.backbone.denoiser.capture import ActivationCapture, tokens_to_grid
 from diffbackbones.models.families.zimage import ZImageFamily
-from diffbackbones.models.zoo import CONFIG_ROOT
 
-PROMPT, TOKENS, T = 'a red cube on a wooden table', 96, 500  # t = 500: sigma 0.5, exact in binary
+from pipeline_parity import PROMPT, T, assert_parity, backbone_and_noisy, hooked_call, model_config, rel_l2
 
-
-def _config(model: str, component: str) -> dict:
-    config = json.loads((CONFIG_ROOT / model / f'{component}.json').read_text())
-    return {k: v for k, v in config.items() if not k.startswith('_') and k not in ('architectures', 'model_type')}
+TOKENS = 96
 
 
 def _tiny_pipeline():
@@ -32,18 +27,14 @@ def _tiny_pipeline():
 
     from diffbackbones.backbone.conditioning.byte_tokenizer import byte_tokenizer
     torch.manual_seed(0)
-    transformer = ZImageTransformer2DModel.from_config(_config('test_zimage_tiny', 'transformer')).eval()
+    transformer = ZImageTransformer2DModel.from_config(model_config('test_zimage_tiny', 'transformer')).eval()
     torch.manual_seed(0)
-    vae = AutoencoderKL.from_config(_config('test_zimage_tiny', 'vae')).eval()
+    vae = AutoencoderKL.from_config(model_config('test_zimage_tiny', 'vae')).eval()
     torch.manual_seed(0)
-    text_encoder = Qwen3Model(Qwen3Config(**_config('test_zimage_tiny', 'text_encoder'))).eval()
+    text_encoder = Qwen3Model(Qwen3Config(**model_config('test_zimage_tiny', 'text_encoder'))).eval()
     scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)
     return ZImagePipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=byte_tokenizer(),
                           transformer=transformer)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 def _encode_as_diffbackbones(pipe, prompt: str):
@@ -65,7 +56,7 @@ def test_zimage_family_matches_the_pipelines_own_denoiser_call():
     captions = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=TOKENS)[0]
     states, mask = _encode_as_diffbackbones(pipe, PROMPT)
     assert 0 < mask.sum() < TOKENS  # padded: the family must drop the padding as the pipeline does
-    assert _rel(states[0][mask[0].bool()], captions[0]) < 1e-6
+    assert rel_l2(states[0][mask[0].bool()], captions[0]) < 1e-6
 
     b, latent_hw = 2, (8, 8)  # 64 x 64 pixels: a 4 x 4 grid of 2 x 2 patches
     noisy = torch.randn(b, 16, *latent_hw, generator=torch.Generator().manual_seed(1))
@@ -118,17 +109,17 @@ def test_zimage_family_matches_the_pipelines_own_denoiser_call():
     for name in watch:
         expected = catalog[name].channels
         assert hooked[name].shape == ours[name].shape == cap.activations[name].shape == (b, expected, *grid)
-        assert _rel(ours[name], hooked[name]) < 1e-5, name
-        assert _rel(cap.activations[name], hooked[name]) < 1e-5, name
+        assert rel_l2(ours[name], hooked[name]) < 1e-5, name
+        assert rel_l2(cap.activations[name], hooked[name]) < 1e-5, name
     # the prediction is the velocity the pipeline's Euler step took (to sigma 0): x0 = x - sigma v
     velocity = (noisy - stepped) / (T / 1000)
-    assert _rel(family.prediction(output, noisy), velocity) < 1e-5
+    assert rel_l2(family.prediction(output, noisy), velocity) < 1e-5
 
 
 def test_the_catalog_numbers_the_image_blocks_in_execution_order():
     from diffusers import ZImageTransformer2DModel
     torch.manual_seed(0)
-    denoiser = ZImageTransformer2DModel.from_config(_config('test_zimage_tiny', 'transformer'))
+    denoiser = ZImageTransformer2DModel.from_config(model_config('test_zimage_tiny', 'transformer'))
     catalog = ZImageFamily().walk(denoiser, (8, 8), TOKENS)
     outs = [(p.name, p.module) for p in catalog if p.kind == 'vit-block-out']
     assert outs == [('vit-block0-out', 'noise_refiner.0'), ('vit-block1-out', 'layers.0'),
@@ -140,7 +131,7 @@ def test_the_catalog_numbers_the_image_blocks_in_execution_order():
 def test_the_z_image_turbo_architecture_on_meta():
     from diffusers import ZImageTransformer2DModel
     with torch.device('meta'):
-        denoiser = ZImageTransformer2DModel.from_config(_config('z_image_turbo', 'transformer'))
+        denoiser = ZImageTransformer2DModel.from_config(model_config('z_image_turbo', 'transformer'))
     assert sum(p.numel() for p in denoiser.parameters()) == 6_154_908_736  # "6B" (Tongyi-MAI/Z-Image-Turbo)
     catalog = ZImageFamily().walk(denoiser, (128, 128), 512)
     outs = [p for p in catalog if p.kind == 'vit-block-out']
@@ -150,13 +141,12 @@ def test_the_z_image_turbo_architecture_on_meta():
 
 @torch.no_grad()
 def test_the_backbone_is_the_zimage_pipelines_denoiser_call():
-    from pipeline_parity import PROMPT as P, T as t, assert_parity, backbone_and_noisy, hooked_call, rel_l2
     names = ['vit-block0-self-q', 'vit-block0-out', 'vit-block1-ffn-inner', 'vit-block2-self-k', 'vit-block2-out']
     backbone, activations, noisy = backbone_and_noisy('test_zimage_tiny', names)
     pipe = _tiny_pipeline()
     pipe.set_progress_bar_config(disable=True)
     length = backbone.spec.prompt_pipeline.max_length
-    captions = pipe.encode_prompt(P, do_classifier_free_guidance=False, max_sequence_length=length)[0]
+    captions = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=length)[0]
     assert backbone.conditioning.prompt_embeds.shape == captions[0][None].shape  # the unpadded prompt tokens
     assert rel_l2(backbone.conditioning.prompt_embeds, captions[0][None]) < 1e-6
     b, grid = noisy.shape[0], (noisy.shape[-2] // 2, noisy.shape[-1] // 2)
@@ -169,7 +159,7 @@ def test_the_backbone_is_the_zimage_pipelines_denoiser_call():
              'vit-block2-out': (denoiser.layers[1], image, 'output')}
     # the pipeline encodes the prompt itself; the latent is already its layout, (B, C, h, w)
     hooked, _ = hooked_call(watch, lambda: pipe(
-        prompt=P, num_images_per_prompt=b, max_sequence_length=length, latents=noisy, sigmas=[t / 1000],
+        prompt=PROMPT, num_images_per_prompt=b, max_sequence_length=length, latents=noisy, sigmas=[T / 1000],
         num_inference_steps=1, guidance_scale=0.0, height=8 * noisy.shape[-2], width=8 * noisy.shape[-1],
         output_type='latent'))
     assert_parity(activations, hooked)
