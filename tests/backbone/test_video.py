@@ -60,8 +60,10 @@ def test_the_clip_latent_is_the_vaes_and_the_features_the_wan_pipelines_own_deno
     assert rel_l2(wan.vae.encode_video(frames), expected) < 1e-6 and expected.shape[2] == latent_frames(5) == 2
     # the noisy latent the backbone hands its denoiser, given to the pipeline as its latents
     seen = {}
-    hook = wan.denoiser.register_forward_pre_hook(lambda m, a, k: seen.setdefault('latents', k['hidden_states']),
-                                                  with_kwargs=True)
+
+    def keep(module, args, kwargs):  # (returns None: a pre-hook's value would replace the inputs)
+        seen.setdefault('latents', kwargs['hidden_states'])
+    hook = wan.denoiser.register_forward_pre_hook(keep, with_kwargs=True)
     try:
         (level,) = video_features(wan, videos)
     finally:
