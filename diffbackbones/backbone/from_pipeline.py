@@ -25,7 +25,9 @@ import inspect
 import json
 import math
 import os
+import shutil
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -381,7 +383,9 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
     max_length = prompt_length or (call['max_sequence_length'].default if 'max_sequence_length' in call else 512)
     source = getattr(pipeline, 'name_or_path', None) or pipeline.config.get('_name_or_path')
     name = f'pipeline:{type(pipeline).__name__}:{source or id(pipeline)}'
-    spec = _spec_for(pipeline, name, tempfile.mkdtemp(prefix='diffbackbones-pipeline-'), flow, max_length)
+    folder = tempfile.mkdtemp(prefix='diffbackbones-pipeline-')  # the configs the spec reads, gone with the spec
+    spec = _spec_for(pipeline, name, folder, flow, max_length)
+    weakref.finalize(spec, shutil.rmtree, folder, ignore_errors=True)
     vae = latent_encoder(pipeline.vae)
     try:
         own = family_of(denoiser) if family == 'auto' else None
