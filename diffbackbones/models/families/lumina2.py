@@ -51,7 +51,8 @@ class Lumina2Family(DenoiserFamily):
             mask = torch.ones(text.shape[:2], dtype=torch.long, device=noisy.device)
         mask = batch_rows(mask, b, noisy.device)
         lengths = mask.sum(1)
-        if bool((lengths != lengths[0]).any()):  # the image tokens would sit at a different place in each row
+        # the image tokens would sit at a different place in each row (meta tensors hold no lengths to compare)
+        if not lengths.is_meta and bool((lengths != lengths[0]).any()):
             raise ValueError('Lumina 2 captions of different token lengths in one batch are not supported: '
                              'the joint sequence puts each image after its own caption')
         # Lumina's time runs the other way: 0 is pure noise, 1 the clean image (the pipeline feeds 1 - sigma)
