@@ -68,8 +68,8 @@ class _Call:
     layout: Callable[[torch.Tensor], object]      # (B, C, h, w) -> that argument
 
 
-def _layouts(shape) -> list[tuple[str, Callable]]:
-    """How a (B, C, h, w) latent may reach a denoiser, by the shape it then has."""
+def _layouts(shape) -> list[tuple[tuple[int, ...] | str, Callable]]:
+    """How a (B, C, h, w) latent may reach a denoiser, by the shape it then has ('frames': a list of (C, 1, h, w))."""
     b, c, h, w = shape
     return [((b, c, h, w), lambda x: x), ((b, c, 1, h, w), lambda x: x.unsqueeze(2)),
             ((b, h * w // 4, 4 * c), pack_latents), ('frames', lambda x: list(x.unsqueeze(2).unbind(0)))]
@@ -106,9 +106,10 @@ class GenericFamily(DenoiserFamily):
         return getattr(denoiser, ADOPTED, None) is self
 
     # -- the pipeline's call ---------------------------------------------------------------------------
-    def record(self, batch: int, latent_hw: tuple[int, int], t: int, embeds, mask, pooled, key=None) -> _Call:
-        """The keyword arguments the pipeline gives its denoiser for ``batch`` images of ``latent_hw`` at ``t``."""
-        key = (batch, tuple(latent_hw), t, key)
+    def record(self, batch: int, latent_hw: tuple[int, int], t: int, embeds, mask, pooled, context=None) -> _Call:
+        """The keyword arguments the pipeline gives its denoiser for ``batch`` images of ``latent_hw`` at ``t``;
+        ``context`` names what else they depend on (the conditioning, its prompt, the device and dtype)."""
+        key = (batch, tuple(latent_hw), t, context)
         if key in self.calls:
             return self.calls[key]
         pipe, denoiser = self.pipeline, denoiser_of(self.pipeline)  # (a copy of the user's, with its own scheduler)
@@ -171,9 +172,9 @@ class GenericFamily(DenoiserFamily):
         if timesteps.unique().numel() != 1:
             raise ValueError('the generic path records one pipeline call per timestep: use a single t')
         # recorded per conditioning, prompt, device and dtype: a moved or cast backbone records its calls anew
-        key = (id(conditioning), getattr(conditioning, 'active', 0), noisy.device, noisy.dtype)
+        context = (id(conditioning), getattr(conditioning, 'active', 0), noisy.device, noisy.dtype)
         call = self.record(noisy.shape[0], tuple(noisy.shape[-2:]), int(timesteps[0]), conditioning.prompt_embeds,
-                           conditioning.attention_mask, conditioning.pooled_embeds, key)
+                           conditioning.attention_mask, conditioning.pooled_embeds, context)
         self.grid = tuple(s // self.patch for s in noisy.shape[-2:])
         return dict(call.kwargs, **{call.latent: call.layout(noisy)})
 
