@@ -50,7 +50,7 @@ class BackboneMemory:
     linear_weights: int  # of those kept: linear-layer weight matrices (what quantization converts)
     linear_rows: int     # their rows (a scale each under int8 / float8)
     vae: int             # the VAE encoder the backbone holds
-    largest_text_encoder: int = 0   # text encoders held at once on a new prompt's first call, then released
+    largest_text_encoder: int = 0   # loaded for a new prompt's first call only, then released
 
     def gib(self, fmt: str) -> float:
         """Parameter GiB of the backbone (pruned denoiser + VAE encoder) with the denoiser in ``fmt``."""
@@ -78,11 +78,10 @@ def backbone_memory(model: str, preset: str) -> BackboneMemory:
     linears = [m for m in backbone.denoiser.modules() if type(m) is nn.Linear]
     count = lambda module: sum(p.numel() for p in module.parameters())
     _, encoders = pipeline_parts_on_meta(MODELS[model])
-    sizes = [count(encoder) for encoder in encoders.values()]
-    # a model's own pipeline (PipelinePrompt) holds all its encoders at once; the others load one at a time
-    at_once = sum(sizes) if MODELS[model].prompt_pipeline is not None else max(sizes, default=0)
+    # the text encoders load one at a time (a pipeline's several too: conditioning/one_at_a_time.py): the largest
     return BackboneMemory(model, preset, count(full), count(backbone.denoiser), sum(m.weight.numel() for m in linears),
-                          sum(m.out_features for m in linears), count(backbone.vae), at_once)
+                          sum(m.out_features for m in linears), count(backbone.vae),
+                          max((count(encoder) for encoder in encoders.values()), default=0))
 
 
 def memory_tables(entries: list[BackboneMemory]) -> str:

@@ -102,3 +102,18 @@ def test_a_real_size_language_model_entry_builds_on_meta_without_its_encoder():
         backbone = DiffusionBackbone('flux2_dev', 'default', pretrained=False, prompt_cache=False)
     assert len(TEXT_ENCODER_LOADS) == before
     assert backbone.conditioning.prompt_embeds.shape == (1, 512, 15360)
+
+
+def test_a_pipeline_with_several_encoders_holds_one_at_a_time():
+    # HiDream's encode_prompt calls four encoders: each loads its weights when called and drops them after, so one is
+    # in memory at a time (its embeddings equal the pipeline's own eager call: test_family_hidream.py)
+    from diffbackbones.backbone.conditioning.one_at_a_time import RESIDENT_AT_EACH_CALL
+    RESIDENT_AT_EACH_CALL.clear()
+    before = len(TEXT_ENCODER_LOADS)
+    DiffusionBackbone('test_hidream_tiny', 'default', pretrained=False, prompt='a red cube', prompt_cache=False)
+    assert RESIDENT_AT_EACH_CALL == [1, 1, 1, 1]
+    assert [c for _, c in TEXT_ENCODER_LOADS[before:]] == [f'text_encoder{s}' for s in ('', '_2', '_3', '_4')]
+    # HunyuanImage's ByT5 runs on quoted text only: for a plain prompt it is never loaded
+    before = len(TEXT_ENCODER_LOADS)
+    DiffusionBackbone('test_hunyuan_image_tiny', 'default', pretrained=False, prompt='a red cube', prompt_cache=False)
+    assert [c for _, c in TEXT_ENCODER_LOADS[before:]] == ['text_encoder']

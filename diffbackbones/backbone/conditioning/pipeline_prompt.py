@@ -6,6 +6,8 @@ of those would drift from the pipelines; calling the pipeline cannot. So the zoo
 (``PipelinePrompt``), and only its text encoders and tokenizers are loaded: the pipeline is built with every other
 component left out, asked for one prompt at a time, and dropped.
 
+- One encoder at a time: a pipeline with several (HiDream's four, HunyuanImage's two) gets them on the meta device,
+  each loading its weights when called and dropping them after (``one_at_a_time.py``).
 - Weights: ``pipeline.from_pretrained(source, transformer=None, vae=None, ...)`` in bfloat16 by default (the released
   language models are bf16; fp32 doubles their memory for nothing), on the GPU when there is one; the embeddings come
   back to the CPU in float32 and are cached on disk by the caller (``text_encoders.encode_prompts``).
@@ -67,16 +69,16 @@ def _family(spec: ModelSpec):
     return family_by_class(spec.architecture)
 
 
+def _parameters(spec: ModelSpec, component: str) -> int:
+    return sum(p.numel() for p in _on_meta(spec, component, torch.float32).parameters())
+
+
 def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: int):
     """A seeded random encoder from the embedded config, or None where it would be too big (or on meta)."""
     import transformers
     architecture, config = _encoder_config(spec, component)
     cls = getattr(transformers, architecture)
-    if torch.empty(0).device.type == 'meta':
-        return None
-    with torch.device('meta'):
-        n_params = sum(p.numel() for p in cls(config).parameters())
-    if n_params > limit:
+    if torch.empty(0).device.type == 'meta' or _parameters(spec, component) > limit:
         return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
@@ -85,8 +87,17 @@ def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: 
     return model
 
 
-def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int):
-    """The pipeline with seeded random text encoders and byte-level tokenizers, or None when an encoder is not built."""
+def _on_meta(spec: ModelSpec, component: str, dtype: torch.dtype):
+    """The encoder's module tree, config and dtype without weights (``one_at_a_time.py`` loads them on call)."""
+    import transformers
+    architecture, config = _encoder_config(spec, component)
+    with torch.device('meta'):
+        return getattr(transformers, architecture)(config).to(dtype).eval()
+
+
+def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int, one_at_a_time: bool = False):
+    """The pipeline with seeded random text encoders and byte-level tokenizers, or None when an encoder is not built;
+    ``one_at_a_time``: the encoders start on meta and are built (seeded) when called."""
     from .byte_tokenizer import byte_tokenizer
     cls = pipeline_class(spec)
     components = {}
@@ -94,9 +105,10 @@ def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int):
         if name == 'self' or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
             continue
         if name.startswith('text_encoder'):
-            components[name] = _random_encoder(spec, name, dtype, limit)
-            if components[name] is None:
+            if torch.empty(0).device.type == 'meta' or _parameters(spec, name) > limit:
                 return None
+            components[name] = _on_meta(spec, name, dtype) if one_at_a_time else _random_encoder(spec, name, dtype,
+                                                                                                  limit)
         elif name.startswith('tokenizer'):
             components[name] = byte_tokenizer(spec.prompt_pipeline.max_length)
         elif param.default is inspect.Parameter.empty:
@@ -104,19 +116,43 @@ def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int):
     return cls(**components)
 
 
-def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_error: Callable):
+def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_error: Callable,
+                         one_at_a_time: bool = False):
+    """The pipeline's text encoders and tokenizers from ``source``; ``one_at_a_time``: the encoders start on meta
+    (their weights load when called, ``_load_pretrained_encoder``), the tokenizers load now."""
     cls = pipeline_class(spec)
     skipped = {name: None for name, param in inspect.signature(cls.__init__).parameters.items()
                if name != 'self' and param.default is inspect.Parameter.empty
                and not name.startswith(('text_encoder', 'tokenizer', 'processor'))}
+    extra_repos = dict(spec.prompt_pipeline.components)
     try:
         # components the checkpoint does not ship (HiDream's Llama): from their own repositories
-        extra = {name: _load_extra(spec, name, repo, dtype) for name, repo in spec.prompt_pipeline.components}
+        extra = {name: _load_extra(spec, name, repo, dtype) for name, repo in extra_repos.items()
+                 if not (one_at_a_time and name.startswith('text_encoder'))}
+        if one_at_a_time:
+            extra.update({name: _on_meta(spec, name, dtype) for name in text_components(spec)})
         pipe = cls.from_pretrained(source, torch_dtype=dtype, **skipped, **extra)
     except (OSError, ValueError) as e:
         raise load_error(spec, source, e) from e
-    PIPELINE_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
+    if not one_at_a_time:
+        PIPELINE_ENCODER_LOADS.extend((spec.name, name) for name in text_components(spec))
     return pipe
+
+
+def _load_encoder(spec: ModelSpec, source: str | None, name: str, dtype: torch.dtype, load_error: Callable):
+    """One encoder's weights, when ``one_at_a_time.py`` calls for them: seeded random, or from the checkpoint."""
+    if source is None:
+        return _random_encoder(spec, name, dtype, limit=float('inf'))
+    import transformers
+    architecture, _ = _encoder_config(spec, name)
+    repo = dict(spec.prompt_pipeline.components).get(name)
+    try:
+        model = getattr(transformers, architecture).from_pretrained(
+            repo or source, **({} if repo else {'subfolder': name}), torch_dtype=dtype).eval()
+    except (OSError, ValueError) as e:
+        raise load_error(spec, repo or source, e) from e
+    PIPELINE_ENCODER_LOADS.append((spec.name, name))
+    return model
 
 
 # encode_prompt keywords that are about the call, not about how a prompt is encoded
@@ -158,30 +194,39 @@ def encode_with_pipeline(spec: ModelSpec, source: str | None, prompts: Sequence[
     from diffbackbones.models.families import family_of
     family = family_of(spec.prompt_pipeline.instance.transformer) if spec.prompt_pipeline.instance is not None else \
         _family(spec)
-    if spec.prompt_pipeline.instance is not None:  # a live pipeline (from_pipeline): its encoders as they are
+    live = spec.prompt_pipeline.instance is not None
+    # a pipeline with several encoders holds one at a time: each loads when called and is dropped after it
+    one_at_a_time = not live and len(text_components(spec)) > 1
+    if live:  # a live pipeline (from_pipeline): its encoders as they are
         if encoder_dtype is not None or encoder_device is not None:
             raise ValueError('encoder_dtype and encoder_device do not apply to a pipeline handed to from_pipeline: its '
                              'text encoders run where and as they are; move or cast them on the pipeline itself.')
         pipe = spec.prompt_pipeline.instance
-    elif source is None:
-        pipe = _random_pipeline(spec, encoder_dtype or dtype, limit)
     else:
-        pipe = _pretrained_pipeline(spec, source, encoder_dtype or torch.bfloat16, load_error)
+        encoder_dtype = encoder_dtype or (dtype if source is None else torch.bfloat16)
+        pipe = _random_pipeline(spec, encoder_dtype, limit, one_at_a_time) if source is None else \
+            _pretrained_pipeline(spec, source, encoder_dtype, load_error, one_at_a_time)
     if pipe is None:  # shape only: seeded values of the shapes the denoiser takes (the family's placeholder)
         config = load_config(spec, spec.denoiser_component)
         return [family.placeholder_prompt(config, spec.prompt_pipeline.max_length,
                                           torch.Generator().manual_seed(zlib.crc32(f'{spec.name}|{prompt}'.encode())))
                 for prompt in prompts]
-    live = spec.prompt_pipeline.instance is not None
     device = pipe._execution_device if live else torch.device(encoder_device or (
         'cuda' if torch.cuda.is_available() and source is not None else 'cpu'))
-    if not live:
+    handles = []
+    if one_at_a_time:
+        from .one_at_a_time import load_on_call
+        handles = load_on_call({name: getattr(pipe, name) for name in text_components(spec)},
+                               lambda name: _load_encoder(spec, source, name, encoder_dtype, load_error), device)
+    elif not live:
         pipe.to(device)
     outputs = []
     for prompt in prompts:
         embeds, mask, pooled = family.read_prompt(_call(pipe, spec, prompt, device))
         outputs.append(tuple(None if x is None else (x.float() if x.is_floating_point() else x.long()).cpu()
                              for x in (embeds, mask, pooled)))
+    for handle in handles:
+        handle.remove()
     if live:
         return outputs
     del pipe
