@@ -125,7 +125,7 @@ class DiffusionBackbone(nn.Module):
 
     @classmethod
     def from_pipeline(cls, pipeline, activations: ActivationsArg, **options) -> 'DiffusionBackbone':
-        """Any diffusers pipeline (object, folder or hub id) as a backbone, no zoo entry needed (``from_pipeline.py``)."""
+        """Any diffusers pipeline (object, folder, hub id) as a backbone; no zoo entry (``from_pipeline.py``)."""
         from .from_pipeline import backbone_from_pipeline
         return backbone_from_pipeline(cls, pipeline, activations, **options)
 

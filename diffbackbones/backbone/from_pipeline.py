@@ -371,8 +371,8 @@ def backbone_from_pipeline(cls, pipeline, activations, *, family: str = 'auto', 
     flow = _is_flow(pipeline.scheduler)
     level = 'sigmas' if flow else 'timesteps'
     if level not in inspect.signature(type(pipeline).__call__).parameters:
-        raise TypeError(f'{type(pipeline).__name__} takes no `{level}=`, so the generic path cannot set the noise level '
-                        f'of its one denoiser call; write a family for {type(denoiser).__name__} '
+        raise TypeError(f'{type(pipeline).__name__} takes no `{level}=`, so the generic path cannot set the noise '
+                        f'level of its one denoiser call; write a family for {type(denoiser).__name__} '
                         '(diffbackbones/models/families/) and a zoo entry.')
     recorder = pipeline
     if flow:  # the noise level is the backbone's: sigmas pass through unshifted, on a copy of the pipeline

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or else 'default')")
     parser.add_argument('--costs', action='store_true',
                         help='print one table instead: denoiser parameters kept, bf16 GiB, TFLOPs per 1024 px image '
-                             '(backbone and whole denoiser, counted on the meta device) and the formats that fit each GPU')
+                             '(backbone and whole denoiser, counted on the meta device) and the formats that fit '
+                             'each GPU')
 
 
 def run(args: argparse.Namespace) -> str:

@@ -84,6 +84,13 @@ class _Points:
         self.points.append(ActivationPoint(name, kind, int(channels), tuple(size), module, layout, grid_module,
                                            order=len(self.points), **extra))
 
+    def self_projections(self, prefix: str, path: str, attn: nn.Module, hw, **extra):
+        """An attention's query, key and value projections (``{path}.to_q`` ...) as ``{prefix}-self-{q,k,v}``, also
+        accepted as ``{prefix}-{q,k,v}`` (the original implementation's Flux ids); ``extra``: where their tokens sit."""
+        for proj in 'qkv':
+            self.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, hw,
+                     f'{path}.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **extra)
+
     def resnet(self, prefix: str, path: str, block: nn.Module, hw):
         self.add(f'{prefix}-res-increment', 'res-increment', block.conv2.out_channels, hw, f'{path}.conv2', 'output')
         self.add(f'{prefix}-res-out', 'res-out', block.conv2.out_channels, hw, path, 'output')

@@ -26,7 +26,8 @@ import torch
 
 from diffbackbones.models.zoo import ModelSpec, load_config
 
-__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class', 'PIPELINE_ENCODER_LOADS', 'text_encoders_on_meta']
+__all__ = ['encode_with_pipeline', 'text_components', 'pipeline_class', 'PIPELINE_ENCODER_LOADS',
+           'text_encoders_on_meta']
 
 
 def pipeline_class(spec: ModelSpec):

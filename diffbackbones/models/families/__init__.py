@@ -35,13 +35,14 @@ from .unet import UNetFamily
 from .wan import WanFamily
 from .zimage import ZImageFamily
 
-__all__ = ['DenoiserFamily', 'FAMILIES', 'ADOPTED', 'family_of', 'family_by_class', 'pack_latents', 'unpack_latents', 'image_ids']
+__all__ = ['DenoiserFamily', 'FAMILIES', 'ADOPTED', 'family_of', 'family_by_class', 'pack_latents',
+           'unpack_latents', 'image_ids']
 
-FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(),
-                                                            SD3Family(), FluxFamily(), ChromaFamily(),
-                                                            ZImageFamily(), QwenImageFamily(), WanFamily(), SanaFamily(),
-                                                            Lumina2Family(), CogView4Family(), Flux2Family(),
-                                                            HunyuanImageFamily(), HiDreamFamily())}
+FAMILIES: dict[str, DenoiserFamily] = {f.name: f for f in (
+    UNetFamily(), PixArtFamily(), DiTFamily(), HunyuanFamily(), SD3Family(), FluxFamily(),
+    # the families that followed the paper's list
+    ChromaFamily(), ZImageFamily(), QwenImageFamily(), WanFamily(), SanaFamily(), Lumina2Family(), CogView4Family(),
+    Flux2Family(), HunyuanImageFamily(), HiDreamFamily())}
 
 
 def family_by_class(class_name: str) -> DenoiserFamily:

@@ -45,7 +45,8 @@ class DenoiserFamily:
         read the grid off their position inputs instead (Flux's ``img_ids``, Qwen-Image's ``img_shapes``)."""
         x = args[0] if args else kwargs.get('hidden_states', kwargs.get('sample'))
         if x.ndim != 4:
-            raise RuntimeError(f'{type(self).__name__}: the token grid needs a (B, C, H, W) input; got {tuple(x.shape)}')
+            raise RuntimeError(f'{type(self).__name__}: the token grid needs a (B, C, H, W) input; '
+                               f'got {tuple(x.shape)}')
         return math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
 
     # the denoiser config key of its text-feature width, by family: where no text encoder is built (the meta device,

@@ -41,10 +41,7 @@ class CogView4Family(DenoiserFamily):
         on_grid = dict(grid_module='', grid_patch=p)
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn = f'transformer_blocks.{k}', f'vit-block{k}', block.attn1
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn1.to_{proj}', 'tokens', image_tokens='last', aliases=(f'{prefix}-{proj}',),
-                        **on_grid)
+            pts.self_projections(prefix, f'{path}.attn1', attn, grid, image_tokens='last', **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn1', 'tokens',
                     pick=0, **on_grid)
             pts.add(f'{prefix}-out', 'vit-block-out', block.ff.net[-1].out_features, grid, path, 'tokens', pick=0,

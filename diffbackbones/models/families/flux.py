@@ -51,10 +51,7 @@ class FluxFamily(DenoiserFamily):
         double = len(denoiser.transformer_blocks)
 
         def attention(prefix, path, attn, image_tokens, out_pick):
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', image_tokens=image_tokens, aliases=(f'{prefix}-{proj}',),
-                        **on_grid)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, image_tokens=image_tokens, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.inner_dim, grid, f'{path}.attn', 'tokens', pick=out_pick,
                     image_tokens=image_tokens, **on_grid)
             if self.maps:

@@ -1,4 +1,5 @@
-"""Flux2Transformer2DModel (FLUX.2 dev, klein): 2x2-patchified latents, double-stream then fused single-stream blocks."""
+"""Flux2Transformer2DModel (FLUX.2 dev, klein): 2x2-patchified latents, double-stream then fused single-stream
+blocks."""
 from __future__ import annotations
 
 import torch
@@ -52,9 +53,8 @@ class Flux2Family(DenoiserFamily):
         double = len(denoiser.transformer_blocks)
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn = f'transformer_blocks.{k}', f'vit-block{k}', block.attn
-            for proj in 'qkv':  # the image stream's projections (the text stream has add_*_proj)
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            # the image stream's projections (the text stream has add_*_proj)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     pick=0, **on_grid)  # the processor returns (image, text)
             # joint softmax over [text; image] keys with qk-norm and 4-axis RoPE: the explicit path's math

@@ -1,4 +1,5 @@
-"""HiDreamImageTransformer2DModel (HiDream-I1): 2x2 patches, double- then single-stream blocks with MoE feed-forwards."""
+"""HiDreamImageTransformer2DModel (HiDream-I1): 2x2 patches, double- then single-stream blocks with MoE
+feed-forwards."""
 from __future__ import annotations
 
 import torch
@@ -43,9 +44,8 @@ class HiDreamFamily(DenoiserFamily):
         for k, (path, block) in enumerate(blocks):
             prefix, attn, is_double = f'vit-block{k}', block.attn1, k < double
             inner = f'{path}.block'
-            for proj in 'qkv':  # double: the image stream's projections; single: the whole [image; text] sequence
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{inner}.attn1.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **first)
+            # double: the image stream's projections; single: the whole [image; text] sequence
+            pts.self_projections(prefix, f'{inner}.attn1', attn, grid, **first)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out.out_features, grid, f'{inner}.attn1', 'tokens',
                     pick=0 if is_double else None, **first)  # double: (image, text)
             ff = block.ff_i

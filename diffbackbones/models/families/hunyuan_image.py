@@ -34,9 +34,8 @@ class HunyuanImageFamily(DenoiserFamily):
         double = len(denoiser.transformer_blocks)
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn = f'transformer_blocks.{k}', f'vit-block{k}', block.attn
-            for proj in 'qkv':  # the image stream's projections (the text stream has add_*_proj)
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            # the image stream's projections (the text stream has add_*_proj)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     pick=0, **on_grid)  # the processor returns (image, text)
             dim = block.ff.net[-1].out_features
@@ -47,9 +46,7 @@ class HunyuanImageFamily(DenoiserFamily):
         for j, block in enumerate(denoiser.single_transformer_blocks):
             path, prefix, attn = f'single_transformer_blocks.{j}', f'vit-block{double + j}', block.attn
             first = dict(image_tokens='first', **on_grid)  # these see [image; text]
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **first)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **first)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.inner_dim, grid, f'{path}.attn', 'tokens', pick=0,
                     **on_grid)  # (image, text) attention outputs, unprojected: proj_out merges them with the MLP
             dim = block.proj_out.out_features
@@ -71,7 +68,8 @@ class HunyuanImageFamily(DenoiserFamily):
         b, dtype, device = noisy.shape[0], noisy.dtype, noisy.device
         text = text_context(conditioning, b, dtype)
         mask = conditioning.attention_mask
-        mask = torch.ones(text.shape[:2], dtype=torch.long, device=device) if mask is None else batch_rows(mask, b, device)
+        mask = (torch.ones(text.shape[:2], dtype=torch.long, device=device) if mask is None
+                else batch_rows(mask, b, device))
         t = timesteps.to(dtype)  # HunyuanImage takes t = sigma * 1000 itself
         kwargs = dict(hidden_states=noisy, timestep=t, encoder_hidden_states=text, encoder_attention_mask=mask)
         if denoiser.context_embedder_2 is not None:

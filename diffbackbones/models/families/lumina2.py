@@ -30,9 +30,8 @@ class Lumina2Family(DenoiserFamily):
         for k, (path, block, where) in enumerate(blocks):
             prefix, attn, ff = f'vit-block{k}', block.attn, block.feed_forward
             on_grid = dict(grid_module='', grid_patch=p, image_tokens=where)
-            for proj in 'qkv':  # grouped-query attention: k and v are narrower than q
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            # grouped-query attention: k and v are narrower than q
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     **on_grid)
             # the feed-forward's input is the (scale-)modulated RMS norm; linear_2's input the SwiGLU product

@@ -43,9 +43,8 @@ class QwenImageFamily(DenoiserFamily):
         on_grid = dict(grid_module='', grid_patch=2, image_tokens='first')
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn = f'transformer_blocks.{k}', f'vit-block{k}', block.attn
-            for proj in 'qkv':  # to_q/k/v project the image stream only (add_*_proj the text stream)
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            # to_q/k/v project the image stream only (add_*_proj the text stream)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **on_grid)
             # the processor returns (image, text), the image part already through to_out
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     pick=0, **on_grid)

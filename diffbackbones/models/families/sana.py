@@ -25,9 +25,7 @@ class SanaFamily(DenoiserFamily):
         on_grid = dict(grid_module='', grid_patch=p)
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn1, attn2 = f'transformer_blocks.{k}', f'vit-block{k}', block.attn1, block.attn2
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn1, f'to_{proj}').out_features, grid,
-                        f'{path}.attn1.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            pts.self_projections(prefix, f'{path}.attn1', attn1, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn1.to_out[0].out_features, grid, f'{path}.attn1', 'tokens',
                     **on_grid)
             if attn2 is not None:

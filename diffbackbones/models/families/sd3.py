@@ -20,9 +20,7 @@ class SD3Family(DenoiserFamily):
         on_grid = dict(grid_module='', grid_patch=p)
         for k, block in enumerate(denoiser.transformer_blocks):
             path, prefix, attn = f'transformer_blocks.{k}', f'vit-block{k}', block.attn
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attn.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            pts.self_projections(prefix, f'{path}.attn', attn, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attn', 'tokens',
                     pick=0, **on_grid)
             joint = dict(image_tokens='first', attention='explicit', **on_grid)

@@ -44,9 +44,7 @@ class WanFamily(DenoiserFamily):
         on_grid = dict(grid_module='', grid_patch=p)
         for k, block in enumerate(denoiser.blocks):
             path, prefix = f'blocks.{k}', f'vit-block{k}'
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(block.attn1, f'to_{proj}').out_features,
-                        grid, f'{path}.attn1.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            pts.self_projections(prefix, f'{path}.attn1', block.attn1, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', block.attn1.to_out[0].out_features, grid, f'{path}.attn1',
                     'tokens', **on_grid)
             pts.add(f'{prefix}-cross-q', 'cross-q', block.attn2.to_q.out_features, grid, f'{path}.attn2.to_q',

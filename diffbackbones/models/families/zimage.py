@@ -44,9 +44,7 @@ class ZImageFamily(DenoiserFamily):
         for k, path in enumerate(paths):
             block, prefix = denoiser.get_submodule(path), f'vit-block{k}'
             attn, ffn = block.attention, block.feed_forward
-            for proj in 'qkv':
-                pts.add(f'{prefix}-self-{proj}', f'self-{proj}', getattr(attn, f'to_{proj}').out_features, grid,
-                        f'{path}.attention.to_{proj}', 'tokens', aliases=(f'{prefix}-{proj}',), **on_grid)
+            pts.self_projections(prefix, f'{path}.attention', attn, grid, **on_grid)
             pts.add(f'{prefix}-attn-out', 'attn-out', attn.to_out[0].out_features, grid, f'{path}.attention',
                     'tokens', **on_grid)
             # the modulated norm feeding the SwiGLU feed-forward, and its gated product silu(w1 x) * w3 x
