@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import math
-
 import torch
 import torch.nn as nn
 from diffusers.models.attention_processor import Attention
@@ -58,33 +56,13 @@ def _text_part(tokens: torch.Tensor, n_image: int, where: str, dim: int) -> torc
     return tokens.narrow(dim, 0 if where == 'last' else n_image, n_text)
 
 
-def token_grid(args, kwargs, patch: int) -> tuple[int, int]:
-    """The image-token grid of a module call: (H / patch, W / patch) of a (B, C, H, W) input, or the
-    rows and columns of Flux's ``img_ids`` (N, 3) = [0, row, col] for packed (B, N, C) input."""
-    x = args[0] if args else kwargs.get('hidden_states', kwargs.get('sample'))
-    if x.ndim == 4:
-        return math.ceil(x.shape[-2] / patch), math.ceil(x.shape[-1] / patch)
-    ids = kwargs.get('img_ids')
-    if ids is None:
-        raise RuntimeError('packed (B, N, C) tokens need img_ids to give their grid; never guessed from sqrt(N)')
-    ids = ids[0] if ids.ndim == 3 else ids
-    if ids.is_meta:  # no values on the meta device: only shape probes run there, and they are square
-        side = math.isqrt(ids.shape[0])
-        if side * side != ids.shape[0]:
-            raise RuntimeError('on the meta device, packed tokens are only supported on a square grid')
-        return side, side
-    return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
-
-
 def _grid_reader(denoiser: nn.Module) -> Callable:
-    """How the denoiser's family reads a token grid off a module call: Flux.1's packed tokens and ``img_ids`` are
-    ``token_grid``'s own case; other families that pack tokens give their own reader (``DenoiserFamily.token_grid``)."""
+    """How the denoiser's family reads a token grid off a module call (``DenoiserFamily.token_grid``: a (B, C, H, W)
+    input; packed tokens from their position inputs, as Flux's ``img_ids``)."""
     try:
-        family = family_of(denoiser)
-    except TypeError:  # a catalog handed in for a class no family names (the generic path's probe)
-        return token_grid
-    own = type(family).token_grid is not DenoiserFamily.token_grid
-    return family.token_grid if own else token_grid
+        return family_of(denoiser).token_grid
+    except TypeError:  # a catalog handed in for a class no family names: the (B, C, H, W) reading
+        return DenoiserFamily().token_grid
 
 
 def tokens_to_grid(tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:

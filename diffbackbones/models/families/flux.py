@@ -1,12 +1,14 @@
 """FluxTransformer2DModel (FLUX.1): packed 2x2 latent patches, double-stream then single-stream blocks."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..points import _Points
 from .base import DenoiserFamily, ceil_div, pooled_text, text_context
 
-__all__ = ['FluxFamily', 'pack_latents', 'unpack_latents', 'image_ids']
+__all__ = ['FluxFamily', 'pack_latents', 'unpack_latents', 'image_ids', 'grid_from_ids']
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -30,6 +32,21 @@ def image_ids(grid: tuple[int, int], device, dtype) -> torch.Tensor:
     return torch.stack([torch.zeros_like(rows), rows, cols], dim=1)
 
 
+def grid_from_ids(kwargs) -> tuple[int, int]:
+    """The token grid of packed (B, N, C) tokens: the rows and columns of their ``img_ids`` (N, 3) = [0, row, col]
+    (FLUX.2's (N, 4) ids hold them in the same columns). Never guessed from sqrt(N)."""
+    ids = kwargs.get('img_ids')
+    if ids is None:
+        raise RuntimeError('packed (B, N, C) tokens need img_ids to give their grid; never guessed from sqrt(N)')
+    ids = ids[0] if ids.ndim == 3 else ids
+    if ids.is_meta:  # no values on the meta device: only shape probes run there, and they are square
+        side = math.isqrt(ids.shape[0])
+        if side * side != ids.shape[0]:
+            raise RuntimeError('on the meta device, packed tokens are only supported on a square grid')
+        return side, side
+    return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+
+
 class FluxFamily(DenoiserFamily):
     """FluxTransformer2DModel: double-stream blocks, then single-stream blocks, counted on in one sequence.
 
@@ -42,6 +59,9 @@ class FluxFamily(DenoiserFamily):
 
     def token_patch(self, config):
         return 2  # the pipeline packs 2x2 latent patches into one token (the model's patch_size is 1)
+
+    def token_grid(self, args, kwargs, patch):
+        return grid_from_ids(kwargs)
 
     def walk(self, denoiser, latent_hw, n_text_tokens):
         grid = ceil_div(latent_hw, 2)

@@ -6,7 +6,7 @@ import torch
 
 from ..points import _Points
 from .base import DenoiserFamily, ceil_div, text_context
-from .flux import pack_latents, unpack_latents
+from .flux import grid_from_ids, pack_latents, unpack_latents
 
 __all__ = ['Flux2Family', 'image_ids', 'text_ids']
 
@@ -14,7 +14,7 @@ __all__ = ['Flux2Family', 'image_ids', 'text_ids']
 def image_ids(grid: tuple[int, int], device, dtype) -> torch.Tensor:
     """(h*w, 4) position ids [t=0, row, col, l=0] of a row-major token grid (the pipeline's ``_prepare_latent_ids``).
 
-    Columns 1 and 2 are row and column, as in Flux.1's 3-axis ids, so capture's token_grid reads them unchanged."""
+    Columns 1 and 2 are row and column, as in Flux.1's 3-axis ids, so ``grid_from_ids`` reads them unchanged."""
     rows = torch.arange(grid[0], device=device, dtype=dtype).repeat_interleave(grid[1])
     cols = torch.arange(grid[1], device=device, dtype=dtype).repeat(grid[0])
     zeros = torch.zeros_like(rows)
@@ -44,6 +44,9 @@ class Flux2Family(DenoiserFamily):
 
     def token_patch(self, config):
         return 2  # 2x2 latent patches per token (the pipeline patchifies; the model's patch_size is 1)
+
+    def token_grid(self, args, kwargs, patch):
+        return grid_from_ids(kwargs)
 
     def walk(self, denoiser, latent_hw, n_text_tokens):
         grid = ceil_div(latent_hw, 2)
