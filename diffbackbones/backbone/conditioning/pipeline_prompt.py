@@ -74,13 +74,11 @@ def _parameters(spec: ModelSpec, component: str) -> int:
     return sum(p.numel() for p in _on_meta(spec, component, torch.float32).parameters())
 
 
-def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype, limit: int):
-    """A seeded random encoder from the embedded config, or None where it would be too big (or on meta)."""
+def _random_encoder(spec: ModelSpec, component: str, dtype: torch.dtype):
+    """A seeded random encoder from the embedded config (``_random_pipeline`` has checked its size)."""
     import transformers
     architecture, config = _encoder_config(spec, component)
     cls = getattr(transformers, architecture)
-    if torch.empty(0).device.type == 'meta' or _parameters(spec, component) > limit:
-        return None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = cls(config).to(dtype).eval()
@@ -108,8 +106,7 @@ def _random_pipeline(spec: ModelSpec, dtype: torch.dtype, limit: int, one_at_a_t
         if name.startswith('text_encoder'):
             if torch.empty(0).device.type == 'meta' or _parameters(spec, name) > limit:
                 return None
-            components[name] = _on_meta(spec, name, dtype) if one_at_a_time else _random_encoder(spec, name, dtype,
-                                                                                                  limit)
+            components[name] = _on_meta(spec, name, dtype) if one_at_a_time else _random_encoder(spec, name, dtype)
         elif name.startswith('tokenizer'):
             components[name] = byte_tokenizer(spec.prompt_pipeline.max_length)
         elif param.default is inspect.Parameter.empty:
@@ -143,7 +140,7 @@ def _pretrained_pipeline(spec: ModelSpec, source: str, dtype: torch.dtype, load_
 def _load_encoder(spec: ModelSpec, source: str | None, name: str, dtype: torch.dtype, load_error: Callable):
     """One encoder's weights, when ``one_at_a_time.py`` calls for them: seeded random, or from the checkpoint."""
     if source is None:
-        return _random_encoder(spec, name, dtype, limit=float('inf'))
+        return _random_encoder(spec, name, dtype)
     import transformers
     architecture, _ = _encoder_config(spec, name)
     repo = dict(spec.prompt_pipeline.components).get(name)
